@@ -1,0 +1,66 @@
+"""Exceptions raised by Baton."""
+
+from __future__ import annotations
+
+__all__ = [
+    "BatonError",
+    "CancelledRun",
+    "CrashedRun",
+    "FlowRunFailed",
+    "InvalidOptionsError",
+    "MappingError",
+    "PluginLoadError",
+    "RunnerClosedError",
+    "TaskTimeoutError",
+    "UnknownRunnerError",
+    "UpstreamTaskError",
+]
+
+
+class BatonError(Exception):
+    """Base class of every error that Baton itself raises."""
+
+
+class InvalidOptionsError(BatonError, ValueError):
+    """Task, flow or runner options that do not validate.
+
+    The message names each offending option and what was wrong with it.
+    """
+
+
+class MappingError(BatonError, ValueError):
+    """`.map` was given arguments it cannot map over (no iterable, or mismatched lengths)."""
+
+
+class UpstreamTaskError(BatonError):
+    """A task run did not start because a run it depends on did not complete."""
+
+
+class CrashedRun(BatonError):
+    """A task run did not end by itself: its worker died, it was killed, or a
+    `BaseException` such as `KeyboardInterrupt` or `SystemExit` ended it."""
+
+
+class CancelledRun(BatonError):
+    """The task run was cancelled before it finished."""
+
+
+class TaskTimeoutError(BatonError, TimeoutError):
+    """A task run exceeded its `timeout_seconds`."""
+
+
+class RunnerClosedError(BatonError, RuntimeError):
+    """Work was submitted to a task runner that has been shut down."""
+
+
+class UnknownRunnerError(BatonError, LookupError):
+    """No installed task runner has the requested name or URL scheme."""
+
+
+class PluginLoadError(BatonError, ImportError):
+    """A plugin failed to load while strict plugin loading was on."""
+
+
+class FlowRunFailed(BatonError):
+    """A flow run ended in a failed state without an exception of its own to re-raise
+    (for example, a task failure that nothing in the flow looked at)."""

@@ -1,0 +1,325 @@
+"""Flows: the `@flow` decorator, flow runs and their final states."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import itertools
+import logging
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+from typing_extensions import ParamSpec
+
+from baton._errors import FlowRunFailed
+from baton._futures import Future
+from baton._resolve import resolve
+from baton._scope import RunScope
+from baton._states import State
+
+if TYPE_CHECKING:
+    from baton._options import FlowOptions
+    from baton._runner import TaskRunner
+
+__all__ = ["Flow", "FlowRun", "flow"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+logger = logging.getLogger("baton")
+_ids = itertools.count(1)
+
+
+class FlowRun:
+    """One call of a flow: its name, parameters, runner and, at the end, its state."""
+
+    def __init__(
+        self, flow: Flow[..., Any], parameters: dict[str, Any], task_runner: TaskRunner
+    ) -> None:
+        from baton._names import flow_run_name
+
+        self.id = next(_ids)
+        self.flow = flow
+        self.parameters = parameters
+        self.task_runner = task_runner
+        self.name = flow.run_name_for(parameters) or flow_run_name()
+        self.state = State.pending()
+        self.start_time = time.time()
+        self.end_time: float | None = None
+        self.scope: RunScope
+
+    def __repr__(self) -> str:
+        return f"<FlowRun {self.name!r} of {self.flow.name!r} {self.state!r}>"
+
+
+class Flow(Generic[P, R]):
+    """A function whose task runs are submitted to one task runner and awaited together.
+
+    Calling a flow runs it: it starts its task runner, calls the function, waits
+    for every task run submitted inside it, shuts the runner down, and returns the
+    function's return value (with returned futures resolved) or raises.
+    `return_state=True` returns the final `State` instead.
+    """
+
+    def __init__(self, fn: Callable[P, R], options: FlowOptions) -> None:
+        if not callable(fn):
+            raise TypeError(f"@flow needs a function, got {fn!r}")
+        self.fn = fn
+        self.options = options
+        self.name: str = options.name or getattr(fn, "__name__", "flow").replace("_", "-")
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self.task_runner = options.task_runner
+        self._signature = inspect.signature(fn)
+        functools.update_wrapper(self, fn)
+
+    def with_options(self, **changes: Any) -> Flow[P, R]:
+        """A copy of this flow with some options changed, for example another runner."""
+        from baton._options import FlowOptions, validate_options
+
+        values = self.options.model_dump(exclude_unset=True)
+        values.update(changes)
+        return Flow(self.fn, validate_options(FlowOptions, f"flow {self.name!r}", values))
+
+    def run_name_for(self, parameters: dict[str, Any]) -> str | None:
+        template = self.options.flow_run_name
+        if template is None:
+            return None
+        try:
+            if isinstance(template, str):
+                return template.format(**parameters)
+            from baton._options import callable_arity
+
+            return str(template() if callable_arity(template) == 0 else template(parameters))
+        except Exception as exc:
+            logger.warning(
+                "flow_run_name of flow %r failed (%s); using a generated name", self.name, exc
+            )
+            return None
+
+    @overload
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+    @overload
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return_state = bool(kwargs.pop("return_state", False))
+        try:
+            bound = self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}(): {exc}") from None
+        bound.apply_defaults()
+        parameters = dict(bound.arguments)
+        if self.is_async:
+            return self._run_async(args, kwargs, parameters, return_state)
+        return self._run_sync(args, kwargs, parameters, return_state)
+
+    # -- running ------------------------------------------------------------------
+
+    def _begin(self, parameters: dict[str, Any]) -> tuple[FlowRun, RunScope, bool, Any]:
+        from baton import _logging
+        from baton._plugins import make_observer, plugin_manager, resolve_task_runner
+        from baton._settings import get_settings
+
+        settings = get_settings()
+        _logging.configure(settings.log_level)
+        runner, owned = resolve_task_runner(self.task_runner)
+        flow_run = FlowRun(self, parameters, runner)
+        pm = plugin_manager()
+        scope = RunScope(runner, f"flow run {flow_run.name!r}", make_observer(pm))
+        flow_run.scope = scope
+        flow_run.state = State.running()
+        _call_hook(pm.hook.flow_run_started, flow_run=flow_run)
+        if owned:
+            runner.start()
+        return flow_run, scope, owned, pm
+
+    def _finish(
+        self,
+        flow_run: FlowRun,
+        scope: RunScope,
+        owned: bool,
+        pm: Any,
+        state: State,
+        interrupted: bool,
+    ) -> None:
+        try:
+            if owned:
+                scope.runner.shutdown(wait=not interrupted)
+        finally:
+            flow_run.state = state
+            flow_run.end_time = time.time()
+            _call_hook(pm.hook.flow_run_finished, flow_run=flow_run, state=state)
+
+    def _settle(self, scope: RunScope, value: Any) -> State:
+        """The final state of a flow whose function returned `value`."""
+        scope.drain_lazy_maps()
+        if isinstance(value, State):
+            scope.wait_all()
+            return value
+        try:
+            value = resolve(value, _returned_result)
+        except Exception as exc:
+            scope.wait_all()
+            return State.failed(exc, f"The flow returned a task run that failed: {exc}")
+        scope.wait_all()
+        unhandled = scope.unobserved_failures()
+        if unhandled:
+            shown = ", ".join(f"{f.name!r} ({f._state!r})" for f in unhandled[:5])
+            more = f" and {len(unhandled) - 5} more" if len(unhandled) > 5 else ""
+            error = FlowRunFailed(
+                f"{len(unhandled)} task run(s) failed and nothing in the flow handled them: "
+                f"{shown}{more}. Call .result(), read .state or use wait() on a future to "
+                "handle its failure in the flow."
+            )
+            first = unhandled[0]._state.error
+            error.__cause__ = first
+            return State.failed(error)
+        return State.completed(value)
+
+    def _run_sync(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        parameters: dict[str, Any],
+        return_state: bool,
+    ) -> Any:
+        flow_run, scope, owned, pm = self._begin(parameters)
+        token = scope.enter()
+        interrupted = False
+        try:
+            try:
+                value = self.fn(*args, **kwargs)
+            except Exception as exc:
+                scope.cancel_pending()
+                scope.wait_all()
+                state = State.failed(exc)
+            except BaseException as exc:
+                interrupted = True
+                cancelled = scope.cancel_pending()
+                state = State.crashed(
+                    exc,
+                    f"Flow run {flow_run.name!r} was interrupted by {type(exc).__name__}; "
+                    f"{cancelled} task run(s) that had not started were cancelled.",
+                )
+                logger.error("Flow run %r - %s", flow_run.name, state.message)
+                raise
+            else:
+                state = self._settle(scope, value)
+        finally:
+            scope.exit(token)
+            if interrupted:
+                self._finish(flow_run, scope, owned, pm, state, True)
+        self._finish(flow_run, scope, owned, pm, state, False)
+        return state if return_state else state.result()
+
+    async def _run_async(
+        self,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        parameters: dict[str, Any],
+        return_state: bool,
+    ) -> Any:
+        import asyncio
+
+        flow_run, scope, owned, pm = self._begin(parameters)
+        token = scope.enter()
+        loop = asyncio.get_running_loop()
+        interrupted = False
+        try:
+            try:
+                value = await self.fn(*args, **kwargs)  # type: ignore[misc]
+            except Exception as exc:
+                scope.cancel_pending()
+                await loop.run_in_executor(None, scope.wait_all)
+                state = State.failed(exc)
+            except BaseException as exc:
+                interrupted = True
+                cancelled = scope.cancel_pending()
+                state = State.crashed(
+                    exc,
+                    f"Flow run {flow_run.name!r} was interrupted by {type(exc).__name__}; "
+                    f"{cancelled} task run(s) that had not started were cancelled.",
+                )
+                raise
+            else:
+                state = await loop.run_in_executor(None, self._settle, scope, value)
+        finally:
+            scope.exit(token)
+            if interrupted:
+                self._finish(flow_run, scope, owned, pm, state, True)
+        self._finish(flow_run, scope, owned, pm, state, False)
+        return state if return_state else state.result()
+
+    def __repr__(self) -> str:
+        return f"<Flow {self.name!r}>"
+
+
+def _returned_result(future: Future[Any], allowed: bool) -> Any:
+    return future.result(raise_on_failure=not allowed)
+
+
+def _call_hook(hook: Any, **kwargs: Any) -> None:
+    try:
+        hook(**kwargs)
+    except Exception:
+        logger.exception("A %s hook raised", hook.name)
+
+
+@overload
+def flow(fn: Callable[P, R], /) -> Flow[P, R]: ...
+@overload
+def flow(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = None,
+    flow_run_name: str | Callable[..., str] | None = None,
+    description: str | None = None,
+    task_runner: str | TaskRunner | type[TaskRunner] | None = None,
+) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
+
+
+def flow(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
+    """Make a function a flow, bare (`@flow`) or with options.
+
+    `task_runner` picks where its tasks run: a name (``"thread"``, ``"process"``,
+    ``"dask"``), a URL (``"dask://127.0.0.1:8786"``), or a `TaskRunner` instance.
+    Unset, the ``BATON_TASK_RUNNER`` setting decides (default ``"thread"``).
+
+    >>> from baton import flow, task
+    >>> @task
+    ... def double(x):
+    ...     return 2 * x
+    >>> @flow(task_runner="thread")
+    ... def doubles(xs):
+    ...     return double.map(xs).result()
+    >>> doubles([1, 2, 3])
+    [2, 4, 6]
+    """
+    from baton._options import FlowOptions, validate_options
+
+    if fn is not None:
+        if options:
+            raise TypeError("Use @flow or @flow(option=...), not both.")
+        return Flow(fn, FlowOptions())
+    runner = options.get("task_runner")
+    if runner is not None and not isinstance(runner, str):
+        from baton._runner import TaskRunner
+
+        if not isinstance(runner, TaskRunner) and not (
+            isinstance(runner, type) and issubclass(runner, TaskRunner)
+        ):
+            from baton._errors import InvalidOptionsError
+
+            raise InvalidOptionsError(
+                "Invalid options for a flow:\n  task_runner: must be a runner name such as "
+                "'thread', a URL such as 'dask://127.0.0.1:8786', or a TaskRunner instance "
+                f"(got {runner!r})"
+            )
+    owner = f"flow {options['name']!r}" if isinstance(options.get("name"), str) else "a flow"
+    validated = validate_options(FlowOptions, owner, options)
+
+    def decorate(function: Callable[P, R]) -> Flow[P, R]:
+        return Flow(function, validated)
+
+    return decorate

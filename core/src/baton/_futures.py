@@ -1,0 +1,354 @@
+"""Futures: handles on task runs, owned by the core and completed by runners."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Generator, Iterable, Iterator
+from queue import Empty, SimpleQueue
+from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, final
+
+from baton._states import State, StateType
+
+if TYPE_CHECKING:
+    import asyncio
+
+    from baton._taskrun import TaskRun
+
+__all__ = [
+    "DoneAndNotDone",
+    "Future",
+    "FutureList",
+    "as_completed",
+    "blocking_section",
+    "wait",
+]
+
+R = TypeVar("R")
+logger = logging.getLogger("baton")
+
+_PENDING = StateType.PENDING
+_RUNNING = StateType.RUNNING
+_COMPLETED = StateType.COMPLETED
+_FAILED_TYPES = frozenset({StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
+_FINAL_TYPES = _FAILED_TYPES | {StateType.COMPLETED}
+
+# A worker thread of a bounded pool registers itself here while it runs a task, so
+# that a task which blocks on other futures gives its slot up for as long as it
+# waits: nested submission never deadlocks a full pool.
+_worker = threading.local()
+
+
+@contextlib.contextmanager
+def blocking_section() -> Iterator[None]:
+    """Mark a stretch of code that blocks waiting for other task runs.
+
+    Inside a bounded pool's worker this lends the worker's slot to another thread
+    until the block ends. Runner plugins with their own pools can take part by
+    setting ``baton._futures._worker.pool`` to an object with ``secede()`` and
+    ``rejoin()`` in their worker threads.
+    """
+    pool = getattr(_worker, "pool", None)
+    if pool is None:
+        yield
+        return
+    pool.secede()
+    try:
+        yield
+    finally:
+        pool.rejoin()
+
+
+@final
+class Future(Generic[R]):
+    """A handle on a task run: its state now, and its result once it is final.
+
+    Returned by `Task.submit` and (in a `FutureList`) by `Task.map`. Pass it to
+    another task to make that task wait for this one and receive its result.
+    """
+
+    __slots__ = ("__weakref__", "_callbacks", "_lock", "_observed", "_run", "_state", "_waiters")
+
+    def __init__(self, run: TaskRun) -> None:
+        self._run = run
+        self._state = State(_PENDING)
+        self._lock = threading.Lock()
+        self._waiters: list[threading.Event] | None = None
+        self._callbacks: list[Callable[[Future[R]], None]] | None = None
+        self._observed = False
+
+    # -- read ---------------------------------------------------------------------
+
+    @property
+    def task_run_id(self) -> int:
+        """The id of the task run, unique within this process."""
+        return self._run.id
+
+    @property
+    def task_run(self) -> TaskRun:
+        """The task run this future follows (name, task, parameters)."""
+        return self._run
+
+    @property
+    def name(self) -> str:
+        """The task run's name."""
+        return self._run.name
+
+    @property
+    def state(self) -> State:
+        """The run's current State. Reading a final failed state counts as handling it."""
+        state = self._state
+        if state.type in _FAILED_TYPES:
+            self._mark_observed()
+        return state
+
+    def done(self) -> bool:
+        """True once the run is in a final state."""
+        return self._state.type in _FINAL_TYPES
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until the run is final or `timeout` seconds pass. Returns `done()`."""
+        if self._state.type in _FINAL_TYPES:
+            return True
+        with self._lock:
+            if self._state.type in _FINAL_TYPES:
+                return True
+            event = threading.Event()
+            if self._waiters is None:
+                self._waiters = [event]
+            else:
+                self._waiters.append(event)
+        _check_not_on_event_loop(self)
+        with blocking_section():
+            return event.wait(timeout)
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
+        """The run's return value, waiting for it if need be.
+
+        If the run failed, its exception is raised (or returned, with
+        `raise_on_failure=False`). If `timeout` seconds pass first, `TimeoutError`
+        is raised and the run carries on.
+        """
+        if self._state.type not in _FINAL_TYPES and not self.wait(timeout):
+            raise TimeoutError(
+                f"Task run {self._run.name!r} did not finish within {timeout:g} s; "
+                f"it is still {self._state.type.value}."
+            )
+        state = self._state
+        if state.type is _COMPLETED:
+            return state._data  # type: ignore[no-any-return]
+        self._mark_observed()
+        return state.result(raise_on_failure)  # type: ignore[no-any-return]
+
+    def add_done_callback(self, fn: Callable[[Future[R]], None]) -> None:
+        """Call `fn(future)` once the run is final (at once, if it already is)."""
+        with self._lock:
+            if self._state.type not in _FINAL_TYPES:
+                if self._callbacks is None:
+                    self._callbacks = [fn]
+                else:
+                    self._callbacks.append(fn)
+                return
+        _call_back(fn, self)
+
+    def cancel(self) -> bool:
+        """Cancel the run if it has not started. Returns True if it is now cancelled."""
+        if not self._set_final(
+            State.cancelled(f"Task run {self._run.name!r} was cancelled before it started."),
+            only_if_pending=True,
+        ):
+            return self._state.type is StateType.CANCELLED
+        self._run.scope.runner_cancel(self._run)
+        return True
+
+    def __await__(self) -> Generator[Any, None, R]:
+        if self._state.type not in _FINAL_TYPES:
+            import asyncio
+
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+
+            def wake(_: Future[R]) -> None:
+                loop.call_soon_threadsafe(_resolve_waiter, waiter)
+
+            self.add_done_callback(wake)
+            yield from waiter.__await__()
+        return self.result()
+
+    def __repr__(self) -> str:
+        return f"<Future {self._run.name!r} {self._state!r}>"
+
+    # -- internal: driven by the core and the runners ----------------------------
+
+    def _mark_observed(self) -> None:
+        if not self._observed and self._state.type in _FINAL_TYPES:
+            self._observed = True
+            if self._state.type in _FAILED_TYPES:
+                self._run.scope.failure_observed(self)
+
+    def _set_running(self) -> bool:
+        """PENDING -> RUNNING. False if the run was cancelled (or already final)."""
+        with self._lock:
+            if self._state.type is not _PENDING:
+                return False
+            self._state = State(_RUNNING)
+        return True
+
+    def _set_interim(self, state: State) -> None:
+        """Record a non-final state reported while the run goes on (Retrying, Running)."""
+        with self._lock:
+            if self._state.type in _FINAL_TYPES:
+                return
+            self._state = state
+
+    def _set_final(self, state: State, only_if_pending: bool = False) -> bool:
+        """Make `state` the run's final state. The first final state wins."""
+        with self._lock:
+            current = self._state.type
+            if current in _FINAL_TYPES or (only_if_pending and current is not _PENDING):
+                return False
+            self._state = state
+            waiters, self._waiters = self._waiters, None
+            callbacks, self._callbacks = self._callbacks, None
+        if waiters:
+            for event in waiters:
+                event.set()
+        self._run.scope.run_finished(self, state)
+        if callbacks:
+            for fn in callbacks:
+                _call_back(fn, self)
+        return True
+
+
+def _resolve_waiter(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
+def _call_back(fn: Callable[[Future[Any]], None], future: Future[Any]) -> None:
+    try:
+        fn(future)
+    except Exception:
+        logger.exception("Done callback %r of %r raised", fn, future)
+
+
+def _check_not_on_event_loop(future: Future[Any]) -> None:
+    from baton._portal import on_portal_thread
+
+    if on_portal_thread():
+        raise RuntimeError(
+            f"Blocking on {future!r} from an async task would stall the event loop that "
+            "runs it. Use `await future` (or `await asyncio.gather(...)`) in async code."
+        )
+
+
+class FutureList(list[Future[R]]):
+    """The futures of a `.map`, in the order of its inputs."""
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list[R]:
+        """Every run's result, in order; raises the first failure met, unless told not to."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        results: list[R] = []
+        for future in self:
+            remaining = None if deadline is None else max(0.0, deadline - time.monotonic())
+            results.append(future.result(remaining, raise_on_failure))
+        return results
+
+    def wait(self, timeout: float | None = None) -> DoneAndNotDone:
+        """Wait for every run; see `baton.wait`."""
+        return wait(self, timeout)
+
+    @property
+    def states(self) -> list[State]:
+        """Every run's current state, in order."""
+        return [future.state for future in self]
+
+
+class DoneAndNotDone(NamedTuple):
+    """What `wait` returns: the futures that are final, and those that are not."""
+
+    done: set[Future[Any]]
+    not_done: set[Future[Any]]
+
+
+def wait(futures: Iterable[Future[Any]], timeout: float | None = None) -> DoneAndNotDone:
+    """Wait until every future is final, or `timeout` seconds pass.
+
+    Returns `(done, not_done)`. Futures that ended in failure are in `done`; read
+    their `.state` to tell them apart. Waiting counts as handling their failures.
+
+    >>> from baton import task, wait
+    >>> @task
+    ... def double(x):
+    ...     return 2 * x
+    >>> done, not_done = wait(double.map([1, 2, 3]))
+    >>> sorted(f.result() for f in done), not_done
+    ([2, 4, 6], set())
+    """
+    items = list(futures)
+    pending = [f for f in items if f._state.type not in _FINAL_TYPES]
+    if pending:
+        event = threading.Event()
+        count = [len(pending)]
+        lock = threading.Lock()
+
+        def one_done(_: Future[Any]) -> None:
+            with lock:
+                count[0] -= 1
+                if count[0] == 0:
+                    event.set()
+
+        for future in pending:
+            future.add_done_callback(one_done)
+        if not event.is_set():
+            _check_not_on_event_loop(pending[0])
+            with blocking_section():
+                event.wait(timeout)
+    done: set[Future[Any]] = set()
+    not_done: set[Future[Any]] = set()
+    for future in items:
+        if future._state.type in _FINAL_TYPES:
+            future._mark_observed()
+            done.add(future)
+        else:
+            not_done.add(future)
+    return DoneAndNotDone(done, not_done)
+
+
+def as_completed(futures: Iterable[Future[R]], timeout: float | None = None) -> Iterator[Future[R]]:
+    """Yield futures as their runs become final, in completion order.
+
+    Raises `TimeoutError` if `timeout` seconds pass before all are final.
+    """
+    items = list(dict.fromkeys(futures))
+    finished: SimpleQueue[Future[R]] = SimpleQueue()
+    for future in items:
+        future.add_done_callback(finished.put)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    for left in range(len(items), 0, -1):
+        try:
+            future = finished.get_nowait()
+        except Empty:
+            future = _next_finished(finished, deadline, left, len(items), items[0])
+        future._mark_observed()
+        yield future
+
+
+def _next_finished(
+    finished: SimpleQueue[Future[R]],
+    deadline: float | None,
+    left: int,
+    total: int,
+    sample: Future[Any],
+) -> Future[R]:
+    remaining = None if deadline is None else deadline - time.monotonic()
+    if remaining is None or remaining > 0:
+        _check_not_on_event_loop(sample)
+        with blocking_section():
+            try:
+                return finished.get(timeout=remaining)
+            except Empty:
+                pass
+    raise TimeoutError(f"{left} of {total} futures still unfinished after the timeout.")

@@ -1,0 +1,304 @@
+"""`Task.map`: one run per item, with broadcasting, `unmapped`, and bounded lazy maps."""
+
+from __future__ import annotations
+
+import collections
+import io
+import threading
+from collections.abc import Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+
+from baton._errors import MappingError
+from baton._futures import DoneAndNotDone, Future, FutureList, wait
+from baton._resolve import _ATOMIC, collect_futures, quote, unmapped
+from baton._scope import current_scope
+from baton._taskrun import TaskRun
+
+if TYPE_CHECKING:
+    from baton._scope import RunScope
+    from baton._task import Task
+
+__all__ = ["LazyMap", "map_task"]
+
+R = TypeVar("R")
+
+_STATIC_TYPES = (str, bytes, bytearray, memoryview, io.IOBase, dict)
+
+
+def _is_mapped(value: Any) -> bool:
+    if isinstance(value, (unmapped, quote, Future, _STATIC_TYPES)):
+        return False
+    return isinstance(value, Iterable)
+
+
+class _CallPlan:
+    """How to build each run's (args, kwargs) from the bound call of `.map`."""
+
+    def __init__(self, task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]):
+        try:
+            bound = task._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{task.name}.map(): {exc}") from None
+        self.task = task
+        # slots: (kind, name, value); kind is "pos", "varpos", "kw" or "varkw"
+        self.slots: list[tuple[str, str, Any]] = []
+        self.mapped: dict[str, Any] = {}
+        positional_ok = True
+        for name, param in task._signature.parameters.items():
+            if name not in bound.arguments:
+                if param.kind in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+                    positional_ok = False
+                continue
+            value = bound.arguments[name]
+            if param.kind is param.VAR_POSITIONAL:
+                self.slots.append(("varpos", name, value))
+            elif param.kind is param.VAR_KEYWORD:
+                self.slots.append(("varkw", name, value))
+            else:
+                if param.kind is param.POSITIONAL_ONLY or (
+                    param.kind is param.POSITIONAL_OR_KEYWORD and positional_ok
+                ):
+                    kind = "pos"
+                else:
+                    kind = "kw"
+                if _is_mapped(value):
+                    self.mapped[name] = value
+                self.slots.append((kind, name, value))
+        if not self.mapped:
+            given = ", ".join(f"{n}={v!r}" for _, n, v in self.slots) or "no arguments"
+            raise MappingError(
+                f"{task.name}.map() needs at least one iterable argument to map over, "
+                f"got {given}. Pass a list (or other iterable) for the parameter to map "
+                f"over, or call {task.name}.submit(...) for a single run."
+            )
+        # Futures in the broadcast values are found once, not once per run.
+        self.static_upstreams: list[Future[Any]] = []
+        for _, name, value in self.slots:
+            if name not in self.mapped and type(value) not in _ATOMIC:
+                collect_futures(value, self.static_upstreams)
+
+    def sized(self) -> bool:
+        return all(hasattr(v, "__len__") for v in self.mapped.values())
+
+    def check_lengths(self) -> int:
+        lengths = {name: len(value) for name, value in self.mapped.items()}
+        if len(set(lengths.values())) > 1:
+            detail = ", ".join(f"{name} has {n}" for name, n in lengths.items())
+            raise MappingError(
+                f"{self.task.name}.map() got iterables of different lengths: {detail}. "
+                "Map over iterables of the same length, or wrap the ones every run should "
+                "receive whole in unmapped(...)."
+            )
+        return next(iter(lengths.values()))
+
+    def calls(self) -> Iterator[tuple[tuple[Any, ...], dict[str, Any], dict[str, Any]]]:
+        """Each run's (args, kwargs, mapped values), in input order."""
+        names = list(self.mapped)
+        iterators = [iter(self.mapped[name]) for name in names]
+        index = 0
+        while True:
+            values: dict[str, Any] = {}
+            exhausted: list[str] = []
+            for name, iterator in zip(names, iterators, strict=False):
+                try:
+                    values[name] = next(iterator)
+                except StopIteration:
+                    exhausted.append(name)
+            if exhausted:
+                if len(exhausted) != len(names):
+                    ended = ", ".join(exhausted)
+                    going = ", ".join(n for n in names if n not in exhausted)
+                    raise MappingError(
+                        f"{self.task.name}.map() got iterables of different lengths: "
+                        f"{ended} ended after {index} items while {going} went on. Map over "
+                        "iterables of the same length, or wrap the ones every run should "
+                        "receive whole in unmapped(...)."
+                    )
+                return
+            index += 1
+            args, kwargs = self._build(values)
+            yield args, kwargs, values
+
+    def _build(self, values: dict[str, Any]) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        args: list[Any] = []
+        kwargs: dict[str, Any] = {}
+        for kind, name, value in self.slots:
+            if name in values:
+                value = values[name]
+            elif type(value) is unmapped:
+                value = value.value
+            if kind == "pos":
+                args.append(value)
+            elif kind == "kw":
+                kwargs[name] = value
+            elif kind == "varpos":
+                args.extend(value)
+            else:
+                kwargs.update(value)
+        return tuple(args), kwargs
+
+
+def map_task(
+    task: Task[..., R],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    wait_for: tuple[Any, ...],
+    max_in_flight: int | None,
+) -> FutureList[R] | LazyMap[R]:
+    if max_in_flight is not None and (not isinstance(max_in_flight, int) or max_in_flight < 1):
+        raise MappingError(
+            f"{task.name}.map(): max_in_flight must be a whole number >= 1, got {max_in_flight!r}"
+        )
+    plan = _CallPlan(task, args, kwargs)
+    scope = current_scope()
+    wait_upstreams: list[Future[Any]] = []
+    if wait_for:
+        collect_futures(wait_for, wait_upstreams)
+    if max_in_flight is None and plan.sized():
+        plan.check_lengths()
+        futures: FutureList[R] = FutureList()
+        for call_args, call_kwargs, values in plan.calls():
+            futures.append(
+                _submit_fast(plan, scope, call_args, call_kwargs, values, wait_for, wait_upstreams)
+            )
+        return futures
+    if max_in_flight is None:
+        from baton._settings import get_settings
+
+        max_in_flight = get_settings().map_max_in_flight
+    lazy: LazyMap[R] = LazyMap(plan, scope, wait_for, wait_upstreams, max_in_flight)
+    scope.add_lazy_map(lazy)
+    lazy.fill()
+    return lazy
+
+
+def _submit_fast(
+    plan: _CallPlan,
+    scope: RunScope,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    values: dict[str, Any],
+    wait_for: tuple[Any, ...],
+    wait_upstreams: list[Future[Any]],
+) -> Future[Any]:
+    """Submit one mapped run; only the mapped values are scanned for futures."""
+    upstreams = plan.static_upstreams + wait_upstreams
+    for value in values.values():
+        if type(value) not in _ATOMIC:
+            collect_futures(value, upstreams)
+    run = TaskRun(plan.task, args, kwargs, scope, wait_for)
+    return scope.submit(run, upstreams)
+
+
+@final
+class LazyMap(Generic[R]):
+    """The runs of a `.map` over a lazy iterable, submitted as they are consumed.
+
+    At most `max_in_flight` runs are unfinished at any time, so mapping over a
+    generator of millions of items keeps memory flat. Iterate it to get the
+    futures in input order; `.result()` collects every result in a list (which
+    holds them all); whatever nobody consumes is run to its end when the flow ends.
+    """
+
+    def __init__(
+        self,
+        plan: _CallPlan,
+        scope: RunScope,
+        wait_for: tuple[Any, ...],
+        wait_upstreams: list[Future[Any]],
+        max_in_flight: int,
+    ) -> None:
+        self._plan = plan
+        self._scope = scope
+        self._wait_for = wait_for
+        self._wait_upstreams = wait_upstreams
+        self.max_in_flight = max_in_flight
+        self._calls = plan.calls()
+        self._ahead: collections.deque[Future[R]] = collections.deque()
+        self._slots = threading.BoundedSemaphore(max_in_flight)
+        self._lock = threading.RLock()
+        self._exhausted = False
+        self.submitted = 0
+
+    def _release(self, _: Future[Any]) -> None:
+        self._slots.release()
+
+    def _submit_next(self) -> bool:
+        """Submit one more run, waiting for a free slot. False when the input is used up."""
+        if self._exhausted:
+            return False
+        try:
+            args, kwargs, values = next(self._calls)
+        except StopIteration:
+            self._exhausted = True
+            return False
+        except BaseException:
+            self._exhausted = True
+            raise
+        from baton._futures import blocking_section
+
+        if not self._slots.acquire(blocking=False):
+            with blocking_section():
+                self._slots.acquire()
+        try:
+            future = _submit_fast(
+                self._plan,
+                self._scope,
+                args,
+                kwargs,
+                values,
+                self._wait_for,
+                self._wait_upstreams,
+            )
+        except BaseException:
+            self._slots.release()
+            raise
+        future.add_done_callback(self._release)
+        self._ahead.append(future)
+        self.submitted += 1
+        return True
+
+    def fill(self) -> None:
+        """Submit runs until `max_in_flight` are ahead of the consumer or the input ends."""
+        with self._lock:
+            while len(self._ahead) < self.max_in_flight and self._submit_next():
+                pass
+
+    def __iter__(self) -> Iterator[Future[R]]:
+        return self
+
+    def __next__(self) -> Future[R]:
+        with self._lock:
+            if not self._ahead and not self._submit_next():
+                raise StopIteration
+            future = self._ahead.popleft()
+            if len(self._ahead) < self.max_in_flight:
+                self._submit_next()
+            return future
+
+    def drain(self) -> None:
+        """Submit everything left and drop the futures (the flow still tracks failures)."""
+        with self._lock:
+            while self._submit_next():
+                self._ahead.clear()
+            self._ahead.clear()
+
+    def close(self) -> None:
+        """Stop submitting: what was not submitted yet never runs."""
+        with self._lock:
+            self._exhausted = True
+            self._calls.close()  # type: ignore[attr-defined]
+
+    def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> list[R]:
+        """Every remaining run's result, in input order (this holds them all in memory)."""
+        return [future.result(timeout, raise_on_failure) for future in self]
+
+    def wait(self, timeout: float | None = None) -> DoneAndNotDone:
+        """Submit and wait for every remaining run; see `baton.wait`."""
+        return wait(list(self), timeout)
+
+    def __repr__(self) -> str:
+        return (
+            f"<LazyMap of {self._plan.task.name!r}: {self.submitted} submitted, "
+            f"max_in_flight={self.max_in_flight}>"
+        )

@@ -1,0 +1,184 @@
+"""Finding futures inside task arguments and replacing them with results.
+
+Futures may stand directly in the arguments or nested in lists, tuples, dicts,
+sets, dataclass instances and pydantic models. `quote(x)` passes `x` through
+untouched (and untraversed, which is also how to skip scanning a large input);
+`allow_failure(future)` passes a failed upstream's exception in instead of
+failing the downstream run.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
+
+if TYPE_CHECKING:
+    from baton._futures import Future
+
+__all__ = ["allow_failure", "collect_futures", "quote", "resolve", "unmapped"]
+
+T = TypeVar("T")
+
+# Types that can never contain a future: the scan stops at them at once.
+_ATOMIC: frozenset[type] = frozenset(
+    {int, float, complex, bool, str, bytes, bytearray, type(None), range, type}
+)
+
+
+class _Annotation(Generic[T]):
+    __slots__ = ("value",)
+
+    def __init__(self, value: T) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({self.value!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return type(other) is type(self) and other.value == self.value
+
+    def __hash__(self) -> int:
+        return hash((type(self), id(self.value)))
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.value,))
+
+
+@final
+class unmapped(_Annotation[T]):
+    """Pass the same value to every run of a `.map`, even if it is iterable.
+
+    >>> from baton import task, unmapped
+    >>> @task
+    ... def add_all(x, ys):
+    ...     return x + sum(ys)
+    >>> add_all.map([1, 2], unmapped([10, 20])).result()
+    [31, 32]
+    """
+
+
+@final
+class quote(_Annotation[T]):
+    """Pass a value to a task exactly as it is: not scanned for futures, not mapped over.
+
+    Use it for large inputs whose scan would cost time, or to pass a future itself.
+    """
+
+
+@final
+class allow_failure(_Annotation[T]):
+    """Run the downstream task even if this upstream future fails.
+
+    The downstream receives the upstream's result if it completed, and its exception
+    if it did not.
+    """
+
+
+def _is_model(obj: Any) -> bool:
+    return hasattr(type(obj), "__pydantic_fields__") and not isinstance(obj, type)
+
+
+def collect_futures(obj: Any, found: list[Future[Any]], depth: int = 0) -> None:
+    """Append every future reachable in `obj` to `found` (`allow_failure` ones too)."""
+    from baton._futures import Future
+
+    kind = type(obj)
+    if kind in _ATOMIC or kind is quote:
+        return
+    if isinstance(obj, Future):
+        found.append(obj)
+    elif kind is allow_failure:
+        collect_futures(obj.value, found, depth)
+    elif depth > 50:
+        return
+    elif kind is list or kind is tuple or kind is set or kind is frozenset:
+        for item in obj:
+            if type(item) not in _ATOMIC:
+                collect_futures(item, found, depth + 1)
+    elif kind is dict:
+        for key, value in obj.items():
+            collect_futures(key, found, depth + 1)
+            collect_futures(value, found, depth + 1)
+    elif isinstance(obj, (list, tuple, set, frozenset)):
+        for item in obj:
+            collect_futures(item, found, depth + 1)
+    elif isinstance(obj, dict):
+        for key, value in obj.items():
+            collect_futures(key, found, depth + 1)
+            collect_futures(value, found, depth + 1)
+    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        for field in dataclasses.fields(obj):
+            collect_futures(getattr(obj, field.name, None), found, depth + 1)
+    elif _is_model(obj):
+        for name in type(obj).__pydantic_fields__:
+            collect_futures(getattr(obj, name, None), found, depth + 1)
+
+
+_MISSING = object()
+
+
+def resolve(obj: Any, result_of: Callable[[Future[Any], bool], Any]) -> Any:
+    """Return `obj` with every future replaced by `result_of(future, allow_failed)`.
+
+    Containers are rebuilt only where they held a future; everything else is
+    passed through as the same object. `quote` is unwrapped, untraversed.
+    """
+    from baton._futures import Future
+
+    kind = type(obj)
+    if kind in _ATOMIC:
+        return obj
+    if kind is quote:
+        return obj.value
+    if isinstance(obj, Future):
+        return result_of(obj, False)
+    if kind is allow_failure:
+        inner = obj.value
+        if isinstance(inner, Future):
+            return result_of(inner, True)
+        return resolve(inner, lambda f, _allowed: result_of(f, True))
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = [resolve(item, result_of) for item in obj]
+        if all(a is b for a, b in zip(items, obj, strict=False)):
+            return obj
+        if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
+            return kind(*items)
+        return kind(items)
+    if isinstance(obj, dict):
+        pairs = [(resolve(k, result_of), resolve(v, result_of)) for k, v in obj.items()]
+        if all(
+            k1 is k2 and v1 is v2 for (k1, v1), (k2, v2) in zip(pairs, obj.items(), strict=False)
+        ):
+            return obj
+        new = copy.copy(obj)
+        new.clear()
+        new.update(pairs)
+        return new
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        changes = {}
+        for field in dataclasses.fields(obj):
+            value = getattr(obj, field.name, _MISSING)
+            if value is _MISSING:
+                continue
+            new_value = resolve(value, result_of)
+            if new_value is not value:
+                changes[field.name] = new_value
+        if not changes:
+            return obj
+        new = copy.copy(obj)  # type: ignore[arg-type]
+        for name, value in changes.items():
+            object.__setattr__(new, name, value)
+        return new
+    if _is_model(obj):
+        updates = {}
+        for name in type(obj).__pydantic_fields__:
+            value = getattr(obj, name, _MISSING)
+            if value is _MISSING:
+                continue
+            new_value = resolve(value, result_of)
+            if new_value is not value:
+                updates[name] = new_value
+        return obj.model_copy(update=updates) if updates else obj
+    return obj

@@ -1,0 +1,170 @@
+"""The `thread` runner (the default): a pool of threads, plus one event loop for async tasks."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from queue import Empty, SimpleQueue
+from typing import TYPE_CHECKING, final
+
+from baton._errors import InvalidOptionsError, RunnerClosedError
+from baton._futures import _worker
+from baton._runner import Capability, TaskRunner
+
+if TYPE_CHECKING:
+    from baton._taskrun import TaskRun
+
+__all__ = ["ThreadPool", "ThreadRunner"]
+
+Work = Callable[[], object]
+
+
+def default_max_workers() -> int:
+    return min(32, (os.cpu_count() or 1) + 4)
+
+
+class ThreadPool:
+    """A bounded pool of worker threads in which a worker that blocks on other runs
+    lends its slot to a new thread until it stops blocking (see `secede`), so
+    nested submission cannot deadlock a full pool."""
+
+    def __init__(self, max_workers: int, name: str = "baton") -> None:
+        self.max_workers = max_workers
+        self._name = name
+        self._work: SimpleQueue[Work | None] = SimpleQueue()
+        self._lock = threading.Lock()
+        self._idle = threading.Semaphore(0)
+        self._threads: set[threading.Thread] = set()
+        self._seceded = 0
+        self._closed = False
+
+    def submit(self, work: Work) -> None:
+        if self._closed:
+            raise RunnerClosedError("The thread pool has been shut down.")
+        self._work.put(work)
+        if self._idle.acquire(blocking=False):
+            return
+        if len(self._threads) - self._seceded < self.max_workers:
+            with self._lock:
+                if len(self._threads) - self._seceded < self.max_workers:
+                    self._spawn()
+
+    def _spawn(self) -> None:
+        thread = threading.Thread(
+            target=self._serve, name=f"{self._name}-{len(self._threads)}", daemon=True
+        )
+        self._threads.add(thread)
+        thread.start()
+
+    def _serve(self) -> None:
+        _worker.pool = self
+        work_queue = self._work
+        idle = self._idle
+        while True:
+            work = work_queue.get()
+            if work is None:
+                work_queue.put(None)  # let the next worker see it too
+                break
+            try:
+                work()
+            except BaseException:  # the engine catches everything; this is a last guard
+                import logging
+
+                logging.getLogger("baton").exception("Work item %r raised in the pool", work)
+            del work
+            if len(self._threads) - self._seceded > self.max_workers:
+                with self._lock:
+                    if len(self._threads) - self._seceded > self.max_workers:
+                        self._threads.discard(threading.current_thread())
+                        break
+            idle.release()
+
+    def secede(self) -> None:
+        """The calling worker is about to block: let another thread take its slot."""
+        with self._lock:
+            self._seceded += 1
+            if not self._closed and len(self._threads) - self._seceded < self.max_workers:
+                self._spawn()
+
+    def rejoin(self) -> None:
+        """The calling worker stopped blocking and takes a slot again."""
+        with self._lock:
+            self._seceded -= 1
+
+    def shutdown(self, wait: bool = True) -> list[Work]:
+        """Stop the workers; returns the work that was still queued (not run)."""
+        with self._lock:
+            self._closed = True
+            threads = list(self._threads)
+        dropped: list[Work] = []
+        while True:
+            try:
+                work = self._work.get_nowait()
+            except Empty:
+                break
+            if work is not None:
+                dropped.append(work)
+        self._work.put(None)
+        if wait:
+            current = threading.current_thread()
+            for thread in threads:
+                if thread is not current:
+                    thread.join()
+        return dropped
+
+
+@final
+class ThreadRunner(TaskRunner):
+    """Runs sync tasks in a pool of threads and async tasks on one shared event loop.
+
+    Good for I/O-bound work and for code that releases the GIL. `max_workers`
+    defaults to the `BATON_THREAD_MAX_WORKERS` setting, else `min(32, CPUs + 4)`.
+    A task blocked waiting on other runs does not hold a worker, so nested
+    submission works with any `max_workers`, 1 included.
+    """
+
+    name = "thread"
+    capabilities = frozenset({Capability.NESTED, Capability.ASYNC})
+
+    def __init__(self, max_workers: int | None = None) -> None:
+        if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
+            raise InvalidOptionsError(
+                f"Invalid options for task runner 'thread':\n  max_workers: must be a whole "
+                f"number >= 1 (got {max_workers!r})"
+            )
+        self.max_workers = max_workers
+        self._pool: ThreadPool | None = None
+
+    def on_start(self) -> None:
+        workers = self.max_workers
+        if workers is None:
+            from baton._settings import get_settings
+
+            workers = get_settings().thread_max_workers or default_max_workers()
+        self._pool = ThreadPool(workers, name="baton-thread")
+
+    def on_shutdown(self, wait: bool) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        for work in pool.shutdown(wait):
+            run = getattr(work, "__self__", None)
+            future = getattr(run, "future", None)
+            if future is not None:
+                future.cancel()
+
+    def submit(self, run: TaskRun) -> None:
+        pool = self._pool
+        if pool is None:
+            raise RunnerClosedError(f"Task runner 'thread' is not started ({self._status}).")
+        if run.task.is_async:
+            from baton import _portal
+
+            _portal.submit(run.execute_async())
+        else:
+            pool.submit(run.execute)
+
+    def __repr__(self) -> str:
+        workers = self._pool.max_workers if self._pool else self.max_workers
+        return f"<ThreadRunner max_workers={workers} {self._status}>"

@@ -1,0 +1,290 @@
+"""Run scopes: where submitted task runs go, and who waits for them.
+
+Every flow run has a scope holding its task runner; task runs submitted inside
+the flow (also from inside its tasks) are tracked there until they are final, so
+the flow can wait for all of them and fail loudly on failures nobody handled.
+Runs submitted outside any flow go to one process-wide default scope.
+"""
+
+from __future__ import annotations
+
+import atexit
+import contextvars
+import logging
+import threading
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from baton._errors import RunnerClosedError, UpstreamTaskError
+from baton._futures import Future, wait
+from baton._resolve import resolve
+from baton._states import State, StateType
+
+if TYPE_CHECKING:
+    from baton._map import LazyMap
+    from baton._runner import TaskRunner
+    from baton._taskrun import TaskRun
+
+__all__ = ["RunScope", "current_scope"]
+
+logger = logging.getLogger("baton")
+
+_FAILED = frozenset({StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
+_COMPLETED = StateType.COMPLETED
+
+_current_scope: contextvars.ContextVar[RunScope | None] = contextvars.ContextVar(
+    "baton_scope", default=None
+)
+
+Observer = Callable[["TaskRun", State], None]
+
+
+class _UpstreamFailed(Exception):
+    def __init__(self, future: Future[Any]) -> None:
+        self.future = future
+
+
+def _upstream_value(future: Future[Any], allowed: bool) -> Any:
+    state = future._state
+    if state.type is _COMPLETED:
+        return state._data
+    future._mark_observed()
+    if allowed:
+        return state.result(raise_on_failure=False)
+    raise _UpstreamFailed(future)
+
+
+def _upstream_failed_state(run: TaskRun, upstream: Future[Any]) -> State:
+    upstream_state = upstream._state
+    message = (
+        f"Task run {run.name!r} did not run: upstream task run {upstream._run.name!r} "
+        f"ended in state {upstream_state!r}."
+    )
+    error = UpstreamTaskError(message)
+    error.__cause__ = upstream_state.error
+    return State(StateType.FAILED, "UpstreamFailed", message, data=error)
+
+
+class RunScope:
+    """Tracks the task runs submitted under a flow run (or outside of any) and feeds
+    them to its runner once their upstream runs are final."""
+
+    def __init__(self, runner: TaskRunner, label: str, observe: Observer | None = None) -> None:
+        self.runner = runner
+        self.label = label
+        self.observe = observe
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._pending: set[Future[Any]] = set()
+        self._unobserved: dict[int, Future[Any]] = {}
+        self._lazy_maps: list[LazyMap[Any]] = []
+
+    # -- context ------------------------------------------------------------------
+
+    def enter(self) -> contextvars.Token[RunScope | None]:
+        return _current_scope.set(self)
+
+    def exit(self, token: contextvars.Token[RunScope | None]) -> None:
+        _current_scope.reset(token)
+
+    # -- submitting ---------------------------------------------------------------
+
+    def submit(self, run: TaskRun, upstreams: list[Future[Any]]) -> Future[Any]:
+        """Track `run` and hand it to the runner once `upstreams` are final."""
+        runner = self.runner
+        if runner.closed:
+            raise RunnerClosedError(
+                f"Cannot submit task run {run.name!r}: task runner {runner.name!r} of "
+                f"{self.label} has been shut down. Submit from inside a running flow, or "
+                "start a new runner."
+            )
+        future: Future[Any] = Future(run)
+        run.future = future
+        with self._lock:
+            self._pending.add(future)
+        if upstreams:
+            waiting = [u for u in upstreams if u._state.type not in _FINAL]
+            if waiting:
+                self._defer(run, waiting)
+                return future
+        try:
+            self._dispatch(run)
+        except BaseException:
+            with self._lock:
+                self._pending.discard(future)
+            raise
+        return future
+
+    def _defer(self, run: TaskRun, waiting: list[Future[Any]]) -> None:
+        # One count per unfinished upstream plus one for registration itself, so a
+        # callback that fires while others are still being registered cannot
+        # dispatch early.
+        count = [len(waiting) + 1]
+        lock = threading.Lock()
+
+        def upstream_done(_: Future[Any]) -> None:
+            with lock:
+                count[0] -= 1
+                ready = count[0] == 0
+            if ready:
+                self._dispatch_later(run)
+
+        for upstream in waiting:
+            upstream.add_done_callback(upstream_done)
+        upstream_done(waiting[0])  # the registration's own count
+
+    def _dispatch_later(self, run: TaskRun) -> None:
+        try:
+            self._dispatch(run)
+        except Exception as exc:
+            run.future._set_final(State.failed(exc))
+
+    def _dispatch(self, run: TaskRun) -> None:
+        """Resolve the run's inputs and hand it to the runner (or end it UpstreamFailed)."""
+        if run.future._state.type is not StateType.PENDING:
+            return  # cancelled while it waited for upstream runs
+        try:
+            if run.wait_for:
+                resolve(run.wait_for, _upstream_value)
+            args = run.args
+            if args:
+                run.args = resolve(args, _upstream_value)
+            if run.kwargs:
+                run.kwargs = resolve(run.kwargs, _upstream_value)
+        except _UpstreamFailed as failed:
+            run.future._set_final(_upstream_failed_state(run, failed.future))
+            return
+        runner = self.runner
+        if runner.closed:
+            raise RunnerClosedError(
+                f"Task run {run.name!r} could not start: task runner {runner.name!r} of "
+                f"{self.label} was shut down while the run waited for its upstream runs."
+            )
+        runner.submit(run)
+
+    def run_inline(
+        self, run: TaskRun, upstreams: list[Future[Any]], execute: bool = True
+    ) -> Future[Any]:
+        """Prepare `run` to run in the calling thread (a direct task call): wait for its
+        upstreams, resolve its inputs, and (with `execute`) run it."""
+        future: Future[Any] = Future(run)
+        run.future = future
+        if upstreams:
+            wait(upstreams)
+        try:
+            if run.wait_for:
+                resolve(run.wait_for, _upstream_value)
+            run.args = resolve(run.args, _upstream_value)
+            run.kwargs = resolve(run.kwargs, _upstream_value)
+        except _UpstreamFailed as failed:
+            future._set_final(_upstream_failed_state(run, failed.future))
+            return future
+        if execute:
+            run.execute()
+        return future
+
+    def add_lazy_map(self, lazy: LazyMap[Any]) -> None:
+        with self._lock:
+            self._lazy_maps.append(lazy)
+
+    # -- what futures report ------------------------------------------------------
+
+    def run_finished(self, future: Future[Any], state: State) -> None:
+        with self._lock:
+            self._pending.discard(future)
+            if state.type in _FAILED and not future._observed:
+                self._unobserved[future._run.id] = future
+            if not self._pending:
+                self._idle.notify_all()
+        observe = self.observe
+        if observe is not None:
+            observe(future._run, state)
+
+    def failure_observed(self, future: Future[Any]) -> None:
+        with self._lock:
+            self._unobserved.pop(future._run.id, None)
+
+    def runner_cancel(self, run: TaskRun) -> None:
+        try:
+            self.runner.cancel(run)
+        except Exception:
+            logger.exception("Task runner %r failed to cancel %r", self.runner.name, run)
+
+    # -- ending -------------------------------------------------------------------
+
+    def drain_lazy_maps(self) -> None:
+        """Submit the rest of every lazy `.map` nobody iterated to its end."""
+        while True:
+            with self._lock:
+                if not self._lazy_maps:
+                    return
+                lazy = self._lazy_maps.pop()
+            lazy.drain()
+
+    def wait_all(self, timeout: float | None = None) -> bool:
+        """Block until no run submitted here is unfinished. False on timeout."""
+        with self._idle:
+            return self._idle.wait_for(lambda: not self._pending, timeout)
+
+    def cancel_pending(self) -> int:
+        """Cancel every run that has not started; returns how many were cancelled."""
+        with self._lock:
+            pending = list(self._pending)
+            lazy_maps, self._lazy_maps = self._lazy_maps, []
+        for lazy in lazy_maps:
+            lazy.close()
+        return sum(1 for future in pending if future.cancel())
+
+    def unobserved_failures(self) -> list[Future[Any]]:
+        with self._lock:
+            return sorted(self._unobserved.values(), key=lambda f: f._run.id)
+
+    def pending_count(self) -> int:
+        with self._lock:
+            return len(self._pending)
+
+
+_FINAL = frozenset({StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
+
+_default_lock = threading.Lock()
+_default: RunScope | None = None
+
+
+def current_scope() -> RunScope:
+    """The scope of the innermost running flow, or the process-wide default scope."""
+    scope = _current_scope.get()
+    if scope is not None:
+        return scope
+    return _default_scope()
+
+
+def _default_scope() -> RunScope:
+    global _default
+    scope = _default
+    if scope is not None and not scope.runner.closed:
+        return scope
+    with _default_lock:
+        if _default is None or _default.runner.closed:
+            from baton._plugins import create_runner
+            from baton._settings import get_settings
+
+            runner = create_runner(get_settings().task_runner)
+            runner.start()
+            _default = RunScope(runner, "runs submitted outside a flow")
+        return _default
+
+
+@atexit.register
+def _close_default_scope() -> None:
+    scope = _default
+    if scope is None or scope.runner.closed:
+        return
+    scope.drain_lazy_maps()
+    scope.wait_all()
+    for future in scope.unobserved_failures():
+        logger.error(
+            "Task run %r (submitted outside a flow) failed and nothing handled it: %r",
+            future._run.name,
+            future._state,
+        )
+    scope.runner.shutdown()

@@ -1,0 +1,72 @@
+"""Settings: one pydantic-settings model, environment prefix ``BATON_``.
+
+Settings are read when they are needed (when a flow run starts, a runner is
+built or plugins load), never frozen at import, so changing ``os.environ``
+before a flow runs takes effect.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+__all__ = ["Settings", "get_settings"]
+
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
+
+
+class Settings(BaseSettings):
+    """Every ``BATON_`` environment variable Baton reads."""
+
+    model_config = SettingsConfigDict(env_prefix="BATON_", extra="ignore", case_sensitive=False)
+
+    task_runner: str = Field(
+        default="thread",
+        description="The runner (a name, or a URL such as dask://host:8786) for flows "
+        "that did not choose one.",
+    )
+    thread_max_workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="Worker threads of the `thread` runner (default: min(32, CPUs + 4)).",
+    )
+    log_level: LogLevel = Field(
+        default="INFO", description="Level of the `baton` logger (flow and task run lines)."
+    )
+    task_run_log_limit: int | None = Field(
+        default=100,
+        ge=0,
+        description="How many completed task runs of one flow run get a log line each; "
+        "the rest are counted in one line at the end. Failures are always logged. "
+        "Unset (empty) for no limit.",
+    )
+    map_max_in_flight: int = Field(
+        default=10_000,
+        ge=1,
+        description="How many runs of a `.map` over a lazy iterable may be unfinished at once.",
+    )
+    load_plugins: str | None = Field(
+        default=None,
+        description="Comma-separated distributions whose plugins may load. Unset: all; "
+        "empty: none but the built-in runners.",
+    )
+    strict_plugins: bool = Field(
+        default=False, description="Raise instead of warning when a plugin fails to load."
+    )
+
+
+_cache: dict[tuple[tuple[str, str], ...], Settings] = {}
+
+
+def get_settings() -> Settings:
+    """The settings as the environment has them now."""
+    key = tuple(sorted((k, v) for k, v in os.environ.items() if k[:6].upper() == "BATON_"))
+    settings = _cache.get(key)
+    if settings is None:
+        if len(_cache) > 64:
+            _cache.clear()
+        settings = _cache[key] = Settings()
+    return settings

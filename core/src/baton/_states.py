@@ -1,0 +1,166 @@
+"""States of task and flow runs."""
+
+from __future__ import annotations
+
+import enum
+import time
+from typing import Any, Final, final
+
+from baton._errors import CancelledRun, CrashedRun, FlowRunFailed
+
+__all__ = ["State", "StateType"]
+
+
+class StateType(str, enum.Enum):
+    """The kind of a state. `PENDING` and `RUNNING` are the only non-final kinds."""
+
+    PENDING = "PENDING"
+    RUNNING = "RUNNING"
+    COMPLETED = "COMPLETED"
+    FAILED = "FAILED"
+    CRASHED = "CRASHED"
+    CANCELLED = "CANCELLED"
+
+    def __repr__(self) -> str:
+        return f"StateType.{self.value}"
+
+
+_FINAL: Final = frozenset(
+    {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
+)
+_DEFAULT_NAMES: Final = {t: t.value.capitalize() for t in StateType}
+_NO_DATA: Final = object()
+
+
+@final
+class State:
+    """The state of a task or flow run at one moment.
+
+    A final state carries the run's result (`COMPLETED`) or the exception that
+    ended it (`FAILED`, `CRASHED`, `CANCELLED`). `name` refines the type:
+    ``Retrying`` (pending), ``TimedOut`` (failed), ``UpstreamFailed`` (failed).
+
+    >>> state = State.completed(42)
+    >>> state.is_completed(), state.result()
+    (True, 42)
+    """
+
+    __slots__ = ("_data", "message", "name", "timestamp", "type")
+
+    type: StateType
+    name: str
+    message: str | None
+    timestamp: float
+    _data: Any
+
+    def __init__(
+        self,
+        type: StateType,
+        name: str | None = None,
+        message: str | None = None,
+        *,
+        data: Any = _NO_DATA,
+        timestamp: float | None = None,
+    ) -> None:
+        self.type = type
+        self.name = name or _DEFAULT_NAMES[type]
+        self.message = message
+        self._data = data
+        self.timestamp = time.time() if timestamp is None else timestamp
+
+    # -- constructors -------------------------------------------------------------
+
+    @classmethod
+    def pending(cls, name: str | None = None, message: str | None = None) -> State:
+        return cls(StateType.PENDING, name, message)
+
+    @classmethod
+    def running(cls) -> State:
+        return cls(StateType.RUNNING)
+
+    @classmethod
+    def completed(cls, result: Any = None, message: str | None = None) -> State:
+        return cls(StateType.COMPLETED, None, message, data=result)
+
+    @classmethod
+    def failed(
+        cls, error: BaseException, message: str | None = None, name: str | None = None
+    ) -> State:
+        return cls(StateType.FAILED, name, message or _describe(error), data=error)
+
+    @classmethod
+    def crashed(cls, error: BaseException, message: str | None = None) -> State:
+        return cls(StateType.CRASHED, None, message or _describe(error), data=error)
+
+    @classmethod
+    def cancelled(cls, message: str = "Cancelled before it finished.") -> State:
+        return cls(StateType.CANCELLED, None, message, data=CancelledRun(message))
+
+    # -- predicates ---------------------------------------------------------------
+
+    def is_pending(self) -> bool:
+        return self.type is StateType.PENDING
+
+    def is_running(self) -> bool:
+        return self.type is StateType.RUNNING
+
+    def is_completed(self) -> bool:
+        return self.type is StateType.COMPLETED
+
+    def is_failed(self) -> bool:
+        return self.type is StateType.FAILED
+
+    def is_crashed(self) -> bool:
+        return self.type is StateType.CRASHED
+
+    def is_cancelled(self) -> bool:
+        return self.type is StateType.CANCELLED
+
+    def is_final(self) -> bool:
+        return self.type in _FINAL
+
+    # -- data ---------------------------------------------------------------------
+
+    @property
+    def error(self) -> BaseException | None:
+        """The exception that ended the run, or None if it did not fail."""
+        if self.type is StateType.COMPLETED or self._data is _NO_DATA:
+            return None
+        data = self._data
+        return data if isinstance(data, BaseException) else None
+
+    def result(self, raise_on_failure: bool = True) -> Any:
+        """The run's return value; for a failed run, raise (or return) its exception.
+
+        Raises `ValueError` on a state that is not final.
+        """
+        if self.type is StateType.COMPLETED:
+            return None if self._data is _NO_DATA else self._data
+        if not self.is_final():
+            raise ValueError(f"{self!r} is not final: there is no result yet.")
+        error = self.error
+        if error is None:
+            message = self.message or f"The run ended in state {self!r}."
+            error = (
+                CrashedRun(message) if self.type is StateType.CRASHED else FlowRunFailed(message)
+            )
+        if raise_on_failure:
+            raise error
+        return error
+
+    def __repr__(self) -> str:
+        if self.message and self.type is not StateType.COMPLETED:
+            return f"{self.name}({self.message!r})"
+        return f"{self.name}()"
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_rebuild, (self.type, self.name, self.message, self._data, self.timestamp))
+
+
+def _rebuild(type: StateType, name: str, message: str | None, data: Any, ts: float) -> State:
+    return State(type, name, message, data=data, timestamp=ts)
+
+
+def _describe(error: BaseException) -> str:
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -1,0 +1,331 @@
+"""Tasks: the `@task` decorator and the `Task` object it makes."""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import logging
+import re
+import string
+from collections.abc import Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+from typing_extensions import ParamSpec
+
+from baton._errors import InvalidOptionsError
+from baton._futures import Future, FutureList
+from baton._resolve import _ATOMIC, collect_futures
+from baton._scope import current_scope
+from baton._taskrun import TaskRun
+
+if TYPE_CHECKING:
+    from baton._map import LazyMap
+    from baton._options import TaskOptions
+
+__all__ = ["Task", "exponential_backoff", "task"]
+
+P = ParamSpec("P")
+R = TypeVar("R")
+logger = logging.getLogger("baton")
+
+_FIELD_ROOT = re.compile(r"[.\[]")
+
+
+class Task(Generic[P, R]):
+    """A function that Baton can run as tracked, retried, concurrent task runs.
+
+    Call it to run it now and get its result; `.submit(...)` to run it on the
+    flow's task runner and get a `Future`; `.map(...)` to run it once per item.
+    """
+
+    def __init__(self, fn: Callable[P, R], options: TaskOptions) -> None:
+        if not callable(fn):
+            raise TypeError(f"@task needs a function, got {fn!r}")
+        self.fn = fn
+        self.options = options
+        self.name: str = options.name or str(getattr(fn, "__name__", type(fn).__name__))
+        self.is_async = inspect.iscoroutinefunction(fn)
+        self._signature = inspect.signature(fn)
+        self._fast_arity = _fast_arity(self._signature)
+        self._check_run_name()
+        functools.update_wrapper(self, fn)
+
+    # -- options ------------------------------------------------------------------
+
+    def with_options(self, **changes: Any) -> Task[P, R]:
+        """A copy of this task with some options changed (validated like the decorator's).
+
+        >>> from baton import task
+        >>> @task(retries=1)
+        ... def fetch(url): ...
+        >>> fetch.with_options(retries=5, tags={"net"}).options.retries
+        5
+        """
+        from baton._options import TaskOptions, validate_options
+
+        values = self.options.model_dump(exclude_unset=True)
+        values.update(changes)
+        options = validate_options(TaskOptions, f"task {self.name!r}", values)
+        return Task(self.fn, options)
+
+    def _check_run_name(self) -> None:
+        template = self.options.task_run_name
+        if not isinstance(template, str):
+            return
+        params = self._signature.parameters
+        takes_any = any(p.kind is p.VAR_KEYWORD for p in params.values())
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        except ValueError as exc:
+            raise InvalidOptionsError(
+                f"Invalid options for task {self.name!r}:\n  task_run_name: {exc} "
+                f"(got {template!r})"
+            ) from None
+        for field in fields:
+            root = _FIELD_ROOT.split(field, maxsplit=1)[0]
+            if not root or root.isdigit():
+                raise InvalidOptionsError(
+                    f"Invalid options for task {self.name!r}:\n  task_run_name: use parameter "
+                    f"names in braces, such as {{{next(iter(params), 'x')}}} (got {template!r})"
+                )
+            if root not in params and not takes_any:
+                raise InvalidOptionsError(
+                    f"Invalid options for task {self.name!r}:\n  task_run_name: {{{root}}} is "
+                    f"not a parameter of {self.name}() (parameters: {', '.join(params)})"
+                )
+
+    # -- arguments ----------------------------------------------------------------
+
+    def check_arguments(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        """Raise `TypeError` here and now if the arguments do not fit the function."""
+        low_high = self._fast_arity
+        if low_high is not None and not kwargs and low_high[0] <= len(args) <= low_high[1]:
+            return
+        try:
+            self._signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.name}(): {exc}") from None
+
+    def parameters_of(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
+        """The arguments of a call by parameter name, defaults included."""
+        bound = self._signature.bind(*args, **kwargs)
+        bound.apply_defaults()
+        return dict(bound.arguments)
+
+    def run_name_for(self, run: TaskRun) -> str:
+        template = self.options.task_run_name
+        if template is not None:
+            try:
+                if isinstance(template, str):
+                    return template.format(**run.parameters)
+                from baton._options import callable_arity
+
+                if callable_arity(template) == 0:
+                    return str(template())
+                return str(template(run.parameters))
+            except Exception as exc:
+                logger.warning(
+                    "task_run_name of task %r failed (%s: %s); using the default name",
+                    self.name,
+                    type(exc).__name__,
+                    exc,
+                )
+        return f"{self.name}-{(run.id * 2654435761) & 0xFFF:03x}"
+
+    # -- running ------------------------------------------------------------------
+
+    @overload
+    def __call__(self, *args: P.args, **kwargs: P.kwargs) -> R: ...
+    @overload
+    def __call__(self, *args: Any, **kwargs: Any) -> Any: ...
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        """Run the task now, in this thread, and return its result (raising on failure).
+
+        `return_state=True` returns the final `State` instead; `wait_for=[...]` waits
+        for other runs first. An async task returns a coroutine to await.
+        """
+        return_state = bool(kwargs.pop("return_state", False))
+        wait_for = _wait_for_tuple(kwargs.pop("wait_for", None))
+        self.check_arguments(args, kwargs)
+        run, upstreams = self._new_run(args, kwargs, wait_for)
+        if self.is_async:
+            return self._call_async(run, upstreams, return_state)
+        future = run.scope.run_inline(run, upstreams)
+        return future.state if return_state else future.result()
+
+    async def _call_async(
+        self, run: TaskRun, upstreams: list[Future[Any]], return_state: bool
+    ) -> Any:
+        for upstream in upstreams:
+            if not upstream.done():
+                try:
+                    await upstream
+                except BaseException:
+                    pass
+        future = run.scope.run_inline(run, [], execute=False)
+        if future._state.is_pending():
+            await run.execute_async()
+        return future.state if return_state else future.result()
+
+    def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
+        """Run the task on the current flow's task runner; returns a `Future` at once.
+
+        Futures among the arguments (also inside lists, dicts, dataclasses…) make
+        this run wait for them and receive their results. `wait_for=[future, …]`
+        adds dependencies that pass no data.
+        """
+        wait_for = _wait_for_tuple(kwargs.pop("wait_for", None))
+        self.check_arguments(args, kwargs)
+        run, upstreams = self._new_run(args, kwargs, wait_for)
+        return run.scope.submit(run, upstreams)
+
+    def _new_run(
+        self, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: tuple[Any, ...]
+    ) -> tuple[TaskRun, list[Future[Any]]]:
+        upstreams: list[Future[Any]] = []
+        for value in args:
+            if type(value) not in _ATOMIC:
+                collect_futures(value, upstreams)
+        for value in kwargs.values():
+            if type(value) not in _ATOMIC:
+                collect_futures(value, upstreams)
+        if wait_for:
+            collect_futures(wait_for, upstreams)
+        return TaskRun(self, args, kwargs, current_scope(), wait_for), upstreams
+
+    def map(self, *args: Any, **kwargs: Any) -> FutureList[R] | LazyMap[R]:
+        """Submit one run per item of the iterable arguments; non-iterables, strings,
+        bytes and `unmapped(...)` values go to every run as they are.
+
+        Over sized iterables (lists, tuples, ranges…) this returns a `FutureList`.
+        Over a lazy iterable (a generator), or with `max_in_flight=N`, it returns a
+        `LazyMap` that keeps at most N runs unfinished at once and submits the rest
+        as you iterate it (or when the flow ends).
+        """
+        from baton._map import map_task
+
+        wait_for = _wait_for_tuple(kwargs.pop("wait_for", None))
+        max_in_flight = kwargs.pop("max_in_flight", None)
+        return map_task(self, args, kwargs, wait_for, max_in_flight)
+
+    # -- plumbing -----------------------------------------------------------------
+
+    def __get__(self, instance: object, owner: type | None = None) -> Any:
+        if instance is None:
+            return self
+        return functools.partial(self, instance)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state.pop("_signature", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._signature = inspect.signature(self.fn)
+
+    def __repr__(self) -> str:
+        return f"<Task {self.name!r}>"
+
+
+def _fast_arity(signature: inspect.Signature) -> tuple[int, int] | None:
+    """(required, total) positional parameters when a plain positional call can be
+    checked by counting, else None."""
+    required = total = 0
+    for param in signature.parameters.values():
+        if param.kind not in (param.POSITIONAL_ONLY, param.POSITIONAL_OR_KEYWORD):
+            if param.kind is param.KEYWORD_ONLY and param.default is param.empty:
+                return None
+            if param.kind is param.VAR_POSITIONAL:
+                return None
+            continue
+        total += 1
+        if param.default is param.empty:
+            required += 1
+    return (required, total)
+
+
+def _wait_for_tuple(wait_for: Any) -> tuple[Any, ...]:
+    if wait_for is None:
+        return ()
+    if isinstance(wait_for, Future) or not isinstance(wait_for, Iterable):
+        raise TypeError(
+            f"wait_for must be a list of futures, such as wait_for=[a, b]; got {wait_for!r}"
+        )
+    return tuple(wait_for)
+
+
+@overload
+def task(fn: Callable[P, R], /) -> Task[P, R]: ...
+@overload
+def task(
+    fn: None = None,
+    /,
+    *,
+    name: str | None = None,
+    task_run_name: str | Callable[..., str] | None = None,
+    description: str | None = None,
+    retries: int = 0,
+    retry_delay_seconds: float | list[float] | Callable[[int], Any] = 0,
+    retry_jitter_factor: float | None = None,
+    retry_condition_fn: Callable[..., bool] | None = None,
+    timeout_seconds: float | None = None,
+    tags: Iterable[str] = (),
+    on_completion: Iterable[Callable[..., Any]] | Callable[..., Any] = (),
+    on_failure: Iterable[Callable[..., Any]] | Callable[..., Any] = (),
+) -> Callable[[Callable[P, R]], Task[P, R]]: ...
+
+
+def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
+    """Make a function a task, bare (`@task`) or with options (`@task(retries=3)`).
+
+    Options: `name`, `task_run_name` (a template over the parameters such as
+    ``"train on {dataset.name}"``, or a callable), `retries`, `retry_delay_seconds`
+    (seconds, a list, or a callable such as `exponential_backoff(2)`),
+    `retry_jitter_factor`, `retry_condition_fn(task, task_run, state) -> bool`,
+    `timeout_seconds`, `tags`, `on_completion` and `on_failure` hooks
+    (`hook(task, task_run, state)`). They are validated here, with an error that
+    names the option.
+
+    >>> from baton import task
+    >>> @task(retries=2)
+    ... def add(x, y):
+    ...     return x + y
+    >>> add(1, 2)
+    3
+    """
+    from baton._options import TaskOptions, validate_options
+
+    if fn is not None:
+        if options:
+            raise TypeError("Use @task or @task(option=...), not both.")
+        return Task(fn, TaskOptions())
+    owner = f"task {options['name']!r}" if isinstance(options.get("name"), str) else "a task"
+
+    def decorate(function: Callable[P, R]) -> Task[P, R]:
+        label = owner if owner != "a task" else f"task {getattr(function, '__name__', '?')!r}"
+        return Task(function, validate_options(TaskOptions, label, options))
+
+    # Validate now, so a bad option fails where the decorator is written.
+    validate_options(TaskOptions, owner, options)
+    return decorate
+
+
+def exponential_backoff(backoff_factor: float) -> Callable[[int], list[float]]:
+    """Retry delays that double each time: `backoff_factor * 2 ** n` for retry n (from 0).
+
+    >>> exponential_backoff(10)(4)
+    [10.0, 20.0, 40.0, 80.0]
+
+    Use it as `@task(retries=4, retry_delay_seconds=exponential_backoff(10))`.
+    """
+    if not isinstance(backoff_factor, (int, float)) or backoff_factor < 0:
+        raise InvalidOptionsError(
+            f"exponential_backoff: backoff_factor must be a number >= 0, got {backoff_factor!r}"
+        )
+
+    def delays(retries: int) -> list[float]:
+        return [float(backoff_factor * 2**n) for n in range(retries)]
+
+    return delays

@@ -1,0 +1,153 @@
+"""Task runs: what a runner receives to execute."""
+
+from __future__ import annotations
+
+import contextvars
+import itertools
+import logging
+from typing import TYPE_CHECKING, Any, final
+
+from baton._engine import EngineCall, run_async, run_sync
+from baton._states import State, StateType
+
+if TYPE_CHECKING:
+    from baton._futures import Future
+    from baton._scope import RunScope
+    from baton._task import Task
+
+__all__ = ["TaskRun", "current_task_run"]
+
+logger = logging.getLogger("baton")
+
+_ids = itertools.count(1)
+_current_task_run: contextvars.ContextVar[TaskRun | None] = contextvars.ContextVar(
+    "baton_task_run", default=None
+)
+
+
+def current_task_run() -> TaskRun | None:
+    """The task run whose function is executing in this context, if any."""
+    return _current_task_run.get()
+
+
+@final
+class TaskRun:
+    """One run of a task with its arguments, as handed to a `TaskRunner`.
+
+    A runner either calls `execute()` (or awaits `execute_async()` for an async
+    task) in this process, which runs the engine and records the final state, or
+    ships `call` elsewhere (it pickles with cloudpickle), calls it there, and
+    reports the State it returns with `set_state()`.
+
+    Before the runner sees it, every future in its arguments has been replaced by
+    that future's result, and every run it waits for is final.
+    """
+
+    __slots__ = ("_name", "args", "future", "id", "kwargs", "scope", "task", "wait_for")
+
+    def __init__(
+        self,
+        task: Task[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        scope: RunScope,
+        wait_for: tuple[Any, ...] = (),
+    ) -> None:
+        self.id: int = next(_ids)
+        self.task = task
+        self.args = args
+        self.kwargs = kwargs
+        self.scope = scope
+        self.wait_for = wait_for
+        self.future: Future[Any]
+        self._name: str | None = None
+
+    @property
+    def name(self) -> str:
+        """The run's name: from the task's `task_run_name`, or `<task>-<3 hex digits>`."""
+        name = self._name
+        if name is None:
+            name = self._name = self.task.run_name_for(self)
+        return name
+
+    @property
+    def parameters(self) -> dict[str, Any]:
+        """The call's arguments by parameter name, defaults included."""
+        return self.task.parameters_of(self.args, self.kwargs)
+
+    @property
+    def state(self) -> State:
+        """The run's current state."""
+        return self.future._state
+
+    @property
+    def call(self) -> EngineCall:
+        """The run packed to travel: picklable, callable anywhere, returns the final State."""
+        return EngineCall(self.task, self.id, self.name, self.args, self.kwargs)
+
+    # -- what runners call --------------------------------------------------------
+
+    def set_running(self) -> bool:
+        """Mark the run RUNNING. Returns False if it was cancelled meanwhile: skip it."""
+        if not self.future._set_running():
+            return False
+        observe = self.scope.observe
+        if observe is not None:
+            observe(self, self.future._state)
+        return True
+
+    def set_state(self, state: State) -> None:
+        """Record a state the run reached (final ones complete the future)."""
+        if state.type is StateType.PENDING or state.type is StateType.RUNNING:
+            self.future._set_interim(state)
+            observe = self.scope.observe
+            if observe is not None:
+                observe(self, state)
+        else:
+            self.future._set_final(state)
+
+    def execute(self) -> State:
+        """Run the engine for this run in the calling thread and record its final state."""
+        if self.task.is_async:
+            from baton._portal import run_blocking
+
+            return run_blocking(self.execute_async())
+        if not self.set_running():
+            return self.future._state
+        token = _current_task_run.set(self)
+        scope_token = self.scope.enter()
+        try:
+            state = run_sync(self, self.args, self.kwargs, self._on_retry)
+        finally:
+            self.scope.exit(scope_token)
+            _current_task_run.reset(token)
+        self.future._set_final(state)
+        return state
+
+    async def execute_async(self) -> State:
+        """Run the engine for this async run on the running event loop."""
+        if not self.set_running():
+            return self.future._state
+        token = _current_task_run.set(self)
+        scope_token = self.scope.enter()
+        try:
+            state = await self._async_engine()
+        finally:
+            self.scope.exit(scope_token)
+            _current_task_run.reset(token)
+        self.future._set_final(state)
+        return state
+
+    async def _async_engine(self) -> State:
+        import asyncio
+
+        try:
+            return await run_async(self, self.args, self.kwargs, self._on_retry)
+        except asyncio.CancelledError:
+            return State.cancelled(f"Task run {self.name!r} was cancelled while running.")
+
+    def _on_retry(self, state: State) -> None:
+        self.set_state(state)
+
+    def __repr__(self) -> str:
+        return f"<TaskRun {self.name!r}>"
