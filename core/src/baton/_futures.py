@@ -109,9 +109,16 @@ class Future(Generic[R]):
         return self._state.type in _FINAL_TYPES
 
     def wait(self, timeout: float | None = None) -> bool:
-        """Block until the run is final or `timeout` seconds pass. Returns `done()`."""
-        if self._state.type in _FINAL_TYPES:
-            return True
+        """Block until the run is final or `timeout` seconds pass. Returns `done()`.
+
+        Waiting for a run counts as handling its failure, as reading `state` does.
+        """
+        if self._state.type not in _FINAL_TYPES and not self._block(timeout):
+            return False
+        self._mark_observed()
+        return True
+
+    def _block(self, timeout: float | None) -> bool:
         with self._lock:
             if self._state.type in _FINAL_TYPES:
                 return True
@@ -131,7 +138,7 @@ class Future(Generic[R]):
         `raise_on_failure=False`). If `timeout` seconds pass first, `TimeoutError`
         is raised and the run carries on.
         """
-        if self._state.type not in _FINAL_TYPES and not self.wait(timeout):
+        if self._state.type not in _FINAL_TYPES and not self._block(timeout):
             raise TimeoutError(
                 f"Task run {self._run.name!r} did not finish within {timeout:g} s; "
                 f"it is still {self._state.type.value}."
