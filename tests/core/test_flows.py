@@ -6,7 +6,6 @@ import asyncio
 import threading
 
 import pytest
-
 from baton import (
     Flow,
     FlowRunFailed,
@@ -235,7 +234,9 @@ def test_flow_run_name_template() -> None:
     assert adjective.isalpha() and animal.isalpha()
 
 
-def test_async_flow_with_gathered_async_tasks_interleaves(capsys: pytest.CaptureFixture[str]) -> None:
+def test_async_flow_with_gathered_async_tasks_interleaves(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     @task
     async def print_values(values: object) -> None:
         for value in values:  # type: ignore[attr-defined]

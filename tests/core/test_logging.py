@@ -6,7 +6,6 @@ import logging
 import re
 
 import pytest
-
 from baton import flow, task
 
 
@@ -57,7 +56,9 @@ def test_failures_are_logged_as_errors(caplog: pytest.LogCaptureFixture) -> None
     assert "Finished in state Failed('ValueError: negative: -1')" in errors[0].getMessage()
 
 
-def test_log_level_setting(caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_log_level_setting(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
     caplog.set_level(logging.DEBUG)
     monkeypatch.setenv("BATON_LOG_LEVEL", "WARNING")
 
@@ -82,7 +83,9 @@ def test_completed_task_lines_are_limited_per_flow_run(
 
     busy()
     lines = _messages(caplog)
-    completed = [line for line in lines if "Finished in state Completed()" in line and "Task" in line]
+    completed = [
+        line for line in lines if "Finished in state Completed()" in line and "Task" in line
+    ]
     assert len(completed) == 5
     assert any("Failed('ValueError: negative: -2')" in line for line in lines)
     assert any(

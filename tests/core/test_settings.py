@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import pytest
-from pydantic import ValidationError
-
 from baton import flow, task
 from baton._settings import Settings, get_settings
+from pydantic import ValidationError
 
 
 def test_defaults() -> None:

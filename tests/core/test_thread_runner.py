@@ -8,7 +8,6 @@ import time
 
 import anyio
 import pytest
-
 from baton import RunnerClosedError, flow, get_runner, task, wait
 from baton._runners.sync import SyncRunner
 from baton._runners.thread import ThreadPool, ThreadRunner
