@@ -1,0 +1,1 @@
+"""Baton's benchmark harness: Baton against the raw engines, side by side."""
