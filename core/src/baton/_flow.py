@@ -176,6 +176,22 @@ class Flow(Generic[P, R]):
             return State.failed(error)
         return State.completed(value)
 
+    def _failed(self, scope: RunScope, exc: Exception) -> State:
+        """The flow's function raised: cancel what has not started, let the rest end."""
+        scope.cancel_pending()
+        scope.wait_all()
+        return State.failed(exc)
+
+    def _interrupted(self, flow_run: FlowRun, scope: RunScope, exc: BaseException) -> State:
+        cancelled = scope.cancel_pending()
+        state = State.crashed(
+            exc,
+            f"Flow run {flow_run.name!r} was interrupted by {type(exc).__name__}; "
+            f"{cancelled} task run(s) that had not started were cancelled.",
+        )
+        logger.error("Flow run %r - %s", flow_run.name, state.message)
+        return state
+
     def _run_sync(
         self,
         args: tuple[Any, ...],
@@ -185,30 +201,18 @@ class Flow(Generic[P, R]):
     ) -> Any:
         flow_run, scope, owned, pm = self._begin(parameters)
         token = scope.enter()
-        interrupted = False
         try:
             try:
                 value = self.fn(*args, **kwargs)
             except Exception as exc:
-                scope.cancel_pending()
-                scope.wait_all()
-                state = State.failed(exc)
-            except BaseException as exc:
-                interrupted = True
-                cancelled = scope.cancel_pending()
-                state = State.crashed(
-                    exc,
-                    f"Flow run {flow_run.name!r} was interrupted by {type(exc).__name__}; "
-                    f"{cancelled} task run(s) that had not started were cancelled.",
-                )
-                logger.error("Flow run %r - %s", flow_run.name, state.message)
-                raise
+                state = self._failed(scope, exc)
             else:
                 state = self._settle(scope, value)
+        except BaseException as exc:  # Ctrl-C or SystemExit, also while waiting at the end
+            self._finish(flow_run, scope, owned, pm, self._interrupted(flow_run, scope, exc), True)
+            raise
         finally:
             scope.exit(token)
-            if interrupted:
-                self._finish(flow_run, scope, owned, pm, state, True)
         self._finish(flow_run, scope, owned, pm, state, False)
         return state if return_state else state.result()
 
@@ -224,29 +228,18 @@ class Flow(Generic[P, R]):
         flow_run, scope, owned, pm = self._begin(parameters)
         token = scope.enter()
         loop = asyncio.get_running_loop()
-        interrupted = False
         try:
             try:
                 value = await self.fn(*args, **kwargs)  # type: ignore[misc]
             except Exception as exc:
-                scope.cancel_pending()
-                await loop.run_in_executor(None, scope.wait_all)
-                state = State.failed(exc)
-            except BaseException as exc:
-                interrupted = True
-                cancelled = scope.cancel_pending()
-                state = State.crashed(
-                    exc,
-                    f"Flow run {flow_run.name!r} was interrupted by {type(exc).__name__}; "
-                    f"{cancelled} task run(s) that had not started were cancelled.",
-                )
-                raise
+                state = await loop.run_in_executor(None, self._failed, scope, exc)
             else:
                 state = await loop.run_in_executor(None, self._settle, scope, value)
+        except BaseException as exc:  # also asyncio.CancelledError of the awaiting task
+            self._finish(flow_run, scope, owned, pm, self._interrupted(flow_run, scope, exc), True)
+            raise
         finally:
             scope.exit(token)
-            if interrupted:
-                self._finish(flow_run, scope, owned, pm, state, True)
         self._finish(flow_run, scope, owned, pm, state, False)
         return state if return_state else state.result()
 
