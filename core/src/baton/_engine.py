@@ -64,6 +64,9 @@ class EngineCall:
         return run_sync(self, self.args, self.kwargs)
 
 
+_MAIN = threading.main_thread()
+
+
 class _TimeoutInterrupt(BaseException):
     """Raised inside a thread whose task ran past its timeout, to stop pure-Python work."""
 
@@ -189,6 +192,10 @@ def run_sync(
             else:
                 state = State.completed(_call_with_timeout(fn, args, kwargs, timeout, run))
         except BaseException as exc:
+            if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is _MAIN:
+                # Ctrl-C reaching a task that runs in the main thread (sync runner, a
+                # direct call) interrupts the flow; the caller records the crash.
+                raise
             state = _final_state(exc, run)
             delay = _retry_delay(run, state, attempt)
             if delay is not None:

@@ -118,6 +118,13 @@ class TaskRun:
         scope_token = self.scope.enter()
         try:
             state = run_sync(self, self.args, self.kwargs, self._on_retry)
+        except BaseException as exc:  # Ctrl-C in the main thread: record it, then let it go
+            self.future._set_final(
+                State.crashed(
+                    exc, f"Task run {self.name!r} was interrupted by {type(exc).__name__}."
+                )
+            )
+            raise
         finally:
             self.scope.exit(scope_token)
             _current_task_run.reset(token)
