@@ -7,6 +7,7 @@ import inspect
 import logging
 import re
 import string
+import sys
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
@@ -16,6 +17,7 @@ from baton._errors import InvalidOptionsError
 from baton._futures import Future, FutureList
 from baton._resolve import _ATOMIC, collect_futures
 from baton._scope import current_scope
+from baton._states import StateType
 from baton._taskrun import TaskRun
 
 if TYPE_CHECKING:
@@ -117,7 +119,12 @@ class Task(Generic[P, R]):
         if template is not None:
             try:
                 if isinstance(template, str):
-                    return template.format(**run.parameters)
+                    fields = run.parameters
+                    for param in self._signature.parameters.values():
+                        # `{x}` may name a keyword caught by **kwargs (as the check allows)
+                        if param.kind is param.VAR_KEYWORD:
+                            fields = {**fields.pop(param.name, {}), **fields}
+                    return template.format(**fields)
                 from baton._options import callable_arity
 
                 if callable_arity(template) == 0:
@@ -152,7 +159,7 @@ class Task(Generic[P, R]):
         if self.is_async:
             return self._call_async(run, upstreams, return_state)
         future = run.scope.run_inline(run, upstreams)
-        return future.state if return_state else future.result()
+        return future.state if return_state else _direct_result(future)
 
     async def _call_async(
         self, run: TaskRun, upstreams: list[Future[Any]], return_state: bool
@@ -166,7 +173,7 @@ class Task(Generic[P, R]):
         future = run.scope.run_inline(run, [], execute=False)
         if future._state.is_pending():
             await run.execute_async()
-        return future.state if return_state else future.result()
+        return future.state if return_state else _direct_result(future)
 
     def submit(self, *args: P.args, **kwargs: P.kwargs) -> Future[R]:
         """Run the task on the current flow's task runner; returns a `Future` at once.
@@ -216,6 +223,23 @@ class Task(Generic[P, R]):
             return self
         return functools.partial(self, instance)
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # A task defined at module level travels by reference (its module and name),
+        # like a function; any other (a closure, one made in __main__ under a
+        # process pool) travels by value, with its function pickled by cloudpickle.
+        module = getattr(self, "__module__", None)
+        qualname = getattr(self, "__qualname__", None)
+        if module and qualname and module != "__main__" and "<" not in qualname:
+            try:
+                found: Any = sys.modules[module]
+                for part in qualname.split("."):
+                    found = getattr(found, part)
+            except (KeyError, AttributeError):
+                found = None
+            if found is self:
+                return (_task_by_reference, (module, qualname))
+        return (_task_by_value, (self.fn, self.options))
+
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state.pop("_signature", None)
@@ -227,6 +251,31 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Task {self.name!r}>"
+
+
+def _direct_result(future: Future[Any]) -> Any:
+    """The result of a direct call. A KeyboardInterrupt or SystemExit that ended the run
+    was raised in the caller's own thread, so it goes on as itself (a Ctrl-C stays a
+    Ctrl-C) rather than as the `CrashedRun` that `.result()` raises elsewhere."""
+    state = future._state
+    error = state.error
+    if state.type is StateType.CRASHED and error is not None and not isinstance(error, Exception):
+        future._mark_observed()
+        raise error
+    return future.result()
+
+
+def _task_by_reference(module: str, qualname: str) -> Task[..., Any]:
+    import importlib
+
+    found: Any = importlib.import_module(module)
+    for part in qualname.split("."):
+        found = getattr(found, part)
+    return found  # type: ignore[no-any-return]
+
+
+def _task_by_value(fn: Callable[..., Any], options: TaskOptions) -> Task[..., Any]:
+    return Task(fn, options)
 
 
 def _fast_arity(signature: inspect.Signature) -> tuple[int, int] | None:
