@@ -124,6 +124,8 @@ class TaskRun:
                     exc, f"Task run {self.name!r} was interrupted by {type(exc).__name__}."
                 )
             )
+            # The exception itself reaches the caller: the crash is not an unhandled one.
+            self.future._mark_observed()
             raise
         finally:
             self.scope.exit(scope_token)
