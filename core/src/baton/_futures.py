@@ -167,6 +167,8 @@ class Future(Generic[R]):
             only_if_pending=True,
         ):
             return self._state.type is StateType.CANCELLED
+        # Whoever cancels a run has dealt with it: it must not fail the flow as unhandled.
+        self._mark_observed()
         self._run.scope.runner_cancel(self._run)
         return True
 
@@ -212,6 +214,14 @@ class Future(Generic[R]):
 
     def _set_final(self, state: State, only_if_pending: bool = False) -> bool:
         """Make `state` the run's final state. The first final state wins."""
+        scope = self._run.scope
+        observe = scope.observe
+        observed_first = False
+        if observe is not None and not only_if_pending and self._state.type not in _FINAL_TYPES:
+            # Observers hear of the final state before anyone can see it, so whatever a
+            # downstream run does next is reported after this run's end, never before.
+            observe(self._run, state)
+            observed_first = True
         with self._lock:
             current = self._state.type
             if current in _FINAL_TYPES or (only_if_pending and current is not _PENDING):
@@ -222,7 +232,7 @@ class Future(Generic[R]):
         if waiters:
             for event in waiters:
                 event.set()
-        self._run.scope.run_finished(self, state)
+        scope.run_finished(self, state, observe=not observed_first)
         if callbacks:
             for fn in callbacks:
                 _call_back(fn, self)

@@ -189,16 +189,16 @@ class RunScope:
 
     # -- what futures report ------------------------------------------------------
 
-    def run_finished(self, future: Future[Any], state: State) -> None:
+    def run_finished(self, future: Future[Any], state: State, observe: bool = True) -> None:
+        observer = self.observe if observe else None
+        if observer is not None:
+            observer(future._run, state)
         with self._lock:
             self._pending.discard(future)
             if state.type in _FAILED and not future._observed:
                 self._unobserved[future._run.id] = future
             if not self._pending:
                 self._idle.notify_all()
-        observe = self.observe
-        if observe is not None:
-            observe(future._run, state)
 
     def failure_observed(self, future: Future[Any]) -> None:
         with self._lock:
@@ -279,7 +279,10 @@ def _close_default_scope() -> None:
     scope = _default
     if scope is None or scope.runner.closed:
         return
-    scope.drain_lazy_maps()
+    try:
+        scope.drain_lazy_maps()
+    except Exception:  # the runs already submitted still get waited for below
+        logger.exception("A .map submitted outside a flow failed while finishing its input")
     scope.wait_all()
     for future in scope.unobserved_failures():
         logger.error(
