@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 __all__ = ["Settings", "get_settings"]
@@ -32,6 +32,11 @@ class Settings(BaseSettings):
         default=None,
         ge=1,
         description="Worker threads of the `thread` runner (default: min(32, CPUs + 4)).",
+    )
+    process_max_workers: int | None = Field(
+        default=None,
+        ge=1,
+        description="Worker processes of the `process` runner (default: the number of CPUs).",
     )
     log_level: LogLevel = Field(
         default="INFO", description="Level of the `baton` logger (flow and task run lines)."
@@ -56,6 +61,25 @@ class Settings(BaseSettings):
     strict_plugins: bool = Field(
         default=False, description="Raise instead of warning when a plugin fails to load."
     )
+    progress: bool | None = Field(
+        default=None,
+        description="Show a progress bar on stderr while a flow run's task runs go on: "
+        "1 always, 0 never; unset (or `auto`): only when stderr is a terminal.",
+    )
+
+    @field_validator("task_run_log_limit", mode="before")
+    @classmethod
+    def _empty_is_no_limit(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("progress", mode="before")
+    @classmethod
+    def _auto_is_unset(cls, value: object) -> object:
+        if isinstance(value, str) and value.strip().lower() in ("", "auto"):
+            return None
+        return value
 
 
 _cache: dict[tuple[tuple[str, str], ...], Settings] = {}

@@ -1,0 +1,284 @@
+"""The built-in progress bar: one line on stderr, redrawn in place while a flow run's
+task runs go on.
+
+It shows when stderr is a terminal, or when ``BATON_PROGRESS=1`` asks for it, and
+never otherwise (``BATON_PROGRESS=0`` turns it off everywhere). A flow run gets a bar
+only once it has taken longer than half a second, so short flows never flicker.
+
+Log lines and the bar share stderr without mangling each other: while the bar is
+shown, the log handlers that write to that same stream write through it, and it
+clears its line before each log line and draws itself again after.
+
+When the bar is off, `observes_task_runs()` says so and the per-task hook is left
+out of the flow run's observer: it costs nothing per task.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import sys
+import threading
+import time
+from typing import TYPE_CHECKING, Any, TextIO
+
+from baton.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from baton._flow import FlowRun
+    from baton._states import State
+    from baton._taskrun import TaskRun
+
+__all__ = [
+    "flow_run_finished",
+    "flow_run_started",
+    "observes_task_runs",
+    "task_run_state_changed",
+]
+
+DELAY = 0.5
+"""Seconds a flow run runs before its bar appears."""
+INTERVAL = 0.1
+"""Seconds between redraws on a terminal."""
+FILE_INTERVAL = 1.0
+"""Seconds between redraws off a terminal (each one stays in the output)."""
+_BAR_WIDTH = 24
+
+
+def observes_task_runs() -> bool:
+    """Whether a flow run starting now gets a bar (read once per flow run)."""
+    from baton._settings import get_settings
+
+    wanted = get_settings().progress
+    if wanted is not None:
+        return wanted
+    return _is_terminal(sys.stderr)
+
+
+def _is_terminal(stream: TextIO | None) -> bool:
+    try:
+        return stream is not None and stream.isatty()
+    except (AttributeError, ValueError):  # a closed or unusual replacement stream
+        return False
+
+
+class _Tracker:
+    """The counts of one flow run."""
+
+    __slots__ = ("failed", "finished", "flow_run", "lock", "started")
+
+    def __init__(self, flow_run: FlowRun) -> None:
+        self.flow_run = flow_run
+        self.lock = threading.Lock()
+        self.finished = 0
+        self.failed = 0
+        self.started = time.monotonic()
+
+    def task_finished(self, failed: bool) -> None:
+        with self.lock:
+            self.finished += 1
+            if failed:
+                self.failed += 1
+
+    def line(self, now: float) -> str | None:
+        """The bar's text, or None while there is nothing worth showing."""
+        elapsed = now - self.started
+        if elapsed < DELAY:
+            return None
+        with self.lock:
+            finished, failed = self.finished, self.failed
+        total = finished + self.flow_run.scope.pending_count()
+        if total == 0:
+            return None
+        filled = _BAR_WIDTH * finished // total
+        bar = "#" * filled + "-" * (_BAR_WIDTH - filled)
+        text = (
+            f"{self.flow_run.name}: [{bar}] {finished:,}/{total:,} task runs "
+            f"{100 * finished // total}% {_duration(elapsed)}"
+        )
+        if 0 < finished < total:
+            text += f" eta {_duration(elapsed * (total - finished) / finished)}"
+        if failed:
+            text += f", {failed:,} failed"
+        return text
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    if seconds < 60:
+        return f"{seconds}s"
+    minutes, seconds = divmod(seconds, 60)
+    if minutes < 60:
+        return f"{minutes}m{seconds:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m"
+
+
+class _Bar:
+    """The one bar line of the process; shows the newest flow run that has one."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.lock = threading.RLock()
+        self.trackers: dict[int, _Tracker] = {}
+        self.shown = 0  # width of the text on screen now
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._rerouted: list[logging.StreamHandler[Any]] = []
+        self._through = _ThroughBar(self)
+
+    # -- flow runs come and go ------------------------------------------------------
+
+    def add(self, key: int, tracker: _Tracker) -> None:
+        with self.lock:
+            self.trackers[key] = tracker
+            if self._thread is None:
+                self._reroute_logging()
+                self._stop = threading.Event()
+                self._thread = threading.Thread(
+                    target=self._tick, args=(self._stop,), name="baton-progress", daemon=True
+                )
+                self._thread.start()
+
+    def remove(self, key: int) -> bool:
+        """Drop a flow run's bar; True when no flow run is left (the bar is gone)."""
+        with self.lock:
+            self.trackers.pop(key, None)
+            if self.trackers:
+                self.draw()
+                return False
+            self._stop.set()
+            thread, self._thread = self._thread, None
+            self._clear()
+            self._restore_logging()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        return True
+
+    @property
+    def columns(self) -> int:
+        try:
+            return os.get_terminal_size(self.stream.fileno()).columns
+        except (AttributeError, ValueError, OSError):
+            return shutil.get_terminal_size().columns
+
+    def _tick(self, stop: threading.Event) -> None:
+        interval = INTERVAL if _is_terminal(self.stream) else FILE_INTERVAL
+        while not stop.wait(interval):
+            try:
+                self.draw()
+            except Exception:  # a closed stream must not kill the thread noisily
+                return
+
+    # -- drawing --------------------------------------------------------------------
+
+    def draw(self) -> None:
+        with self.lock:
+            text = None
+            now = time.monotonic()
+            for tracker in reversed(self.trackers.values()):
+                text = tracker.line(now)
+                if text is not None:
+                    break
+            if text is None:
+                self._clear()
+                return
+            width = max(20, self.columns - 1)
+            text = text[:width]
+            self.stream.write("\r" + text + " " * max(0, self.shown - len(text)))
+            self.stream.flush()
+            self.shown = len(text)
+
+    def _clear(self) -> None:
+        if self.shown:
+            self.stream.write("\r" + " " * self.shown + "\r")
+            self.stream.flush()
+            self.shown = 0
+
+    def write_through(self, text: str) -> int:
+        """Write other output (a log line) to the stream, clearing the bar first; the
+        next tick draws it again below."""
+        with self.lock:
+            self._clear()
+            return self.stream.write(text)
+
+    # -- log handlers on the same stream --------------------------------------------
+
+    def _reroute_logging(self) -> None:
+        for handler in _handlers_of(logging.getLogger("baton")):
+            if isinstance(handler, logging.StreamHandler) and handler.stream is self.stream:
+                handler.setStream(self._through)
+                self._rerouted.append(handler)
+
+    def _restore_logging(self) -> None:
+        for handler in self._rerouted:
+            if handler.stream is self._through:
+                handler.setStream(self.stream)
+        self._rerouted.clear()
+
+
+def _handlers_of(logger: logging.Logger) -> list[logging.Handler]:
+    """Every handler a record of `logger` reaches, as `Logger.callHandlers` walks them."""
+    handlers: list[logging.Handler] = []
+    current: logging.Logger | None = logger
+    while current is not None:
+        handlers.extend(current.handlers)
+        if not current.propagate:
+            break
+        current = current.parent
+    return handlers
+
+
+class _ThroughBar:
+    """A stream for log handlers that writes through the bar."""
+
+    def __init__(self, bar: _Bar) -> None:
+        self._bar = bar
+
+    def write(self, text: str) -> int:
+        return self._bar.write_through(text)
+
+    def flush(self) -> None:
+        self._bar.stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._bar.stream, name)
+
+
+_lock = threading.Lock()
+_bar: _Bar | None = None
+_trackers: dict[int, _Tracker] = {}
+
+
+@hookimpl
+def flow_run_started(flow_run: FlowRun) -> None:
+    global _bar
+    if not observes_task_runs():
+        return
+    key = id(flow_run.scope)
+    tracker = _Tracker(flow_run)
+    with _lock:
+        if _bar is None:
+            _bar = _Bar(sys.stderr)
+        _trackers[key] = tracker
+        _bar.add(key, tracker)
+
+
+@hookimpl
+def flow_run_finished(flow_run: FlowRun, state: State) -> None:
+    global _bar
+    key = id(flow_run.scope)
+    with _lock:
+        if _trackers.pop(key, None) is None or _bar is None:
+            return
+        if _bar.remove(key):
+            _bar = None
+
+
+@hookimpl
+def task_run_state_changed(task_run: TaskRun, state: State) -> None:
+    if state.is_final():
+        tracker = _trackers.get(id(task_run.scope))
+        if tracker is not None:
+            tracker.task_finished(not state.is_completed())

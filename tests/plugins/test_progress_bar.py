@@ -1,0 +1,223 @@
+"""The built-in progress bar: when it shows, what it draws, and how it shares stderr
+with log lines."""
+
+from __future__ import annotations
+
+import io
+import logging
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+from baton import _progress, flow, get_runner, task
+from baton._settings import Settings
+from pydantic import ValidationError
+
+GATE_SECONDS = 10
+
+
+class FakeStream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def screen(text: str) -> list[str]:
+    """What a terminal shows for `text`: a carriage return goes back to column 0 and
+    later characters overwrite earlier ones."""
+    lines = []
+    for raw in text.split("\n"):
+        cells: list[str] = []
+        column = 0
+        for char in raw:
+            if char == "\r":
+                column = 0
+                continue
+            if column < len(cells):
+                cells[column] = char
+            else:
+                cells.append(char)
+            column += 1
+        lines.append("".join(cells).rstrip())
+    return lines
+
+
+def wait_until(condition: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + GATE_SECONDS
+    while not condition():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.005)
+
+
+@pytest.fixture
+def no_progress_env(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.delenv("BATON_PROGRESS", raising=False)
+    monkeypatch.setattr(_progress, "DELAY", 0.0)
+    monkeypatch.setattr(_progress, "INTERVAL", 0.005)
+    monkeypatch.setattr(_progress, "FILE_INTERVAL", 0.005)
+    yield
+    assert _progress._bar is None
+    assert _progress._trackers == {}
+
+
+@pytest.mark.parametrize(
+    ("setting", "tty", "shown"),
+    [
+        (None, True, True),
+        (None, False, False),
+        ("auto", True, True),
+        ("", False, False),
+        ("1", False, True),
+        ("true", False, True),
+        ("0", True, False),
+        ("false", True, False),
+    ],
+)
+def test_shown_on_a_terminal_or_when_asked(
+    no_progress_env: None,
+    monkeypatch: pytest.MonkeyPatch,
+    setting: str | None,
+    tty: bool,
+    shown: bool,
+) -> None:
+    if setting is not None:
+        monkeypatch.setenv("BATON_PROGRESS", setting)
+    monkeypatch.setattr(sys, "stderr", FakeStream(tty))
+    assert _progress.observes_task_runs() is shown
+
+
+def test_the_setting_rejects_other_values(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BATON_PROGRESS", "sometimes")
+    with pytest.raises(ValidationError, match="progress"):
+        Settings()
+
+
+class Scope:
+    def __init__(self, pending: int) -> None:
+        self.pending = pending
+
+    def pending_count(self) -> int:
+        return self.pending
+
+
+class FlowRunStub:
+    def __init__(self, pending: int) -> None:
+        self.name = "calm-otter"
+        self.scope = Scope(pending)
+
+
+def test_the_bar_text(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_progress, "DELAY", 0.0)
+    run = FlowRunStub(pending=6)
+    tracker = _progress._Tracker(run)  # type: ignore[arg-type]
+    for failed in (False, False, False, True):
+        tracker.task_finished(failed)
+    start = tracker.started
+    text = tracker.line(start + 8)
+    assert text == (
+        "calm-otter: [#########---------------] 4/10 task runs 40% 8s eta 12s, 1 failed"
+    )
+    run.scope.pending = 0
+    assert tracker.line(start + 3725) == (
+        "calm-otter: [########################] 4/4 task runs 100% 1h02m, 1 failed"
+    )
+
+
+def test_no_bar_before_the_delay_or_without_task_runs(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_progress, "DELAY", 0.5)
+    tracker = _progress._Tracker(FlowRunStub(pending=3))  # type: ignore[arg-type]
+    assert tracker.line(tracker.started + 0.1) is None
+    assert tracker.line(tracker.started + 0.6) is not None
+    empty = _progress._Tracker(FlowRunStub(pending=0))  # type: ignore[arg-type]
+    assert empty.line(empty.started + 10) is None
+
+
+def test_log_lines_clear_the_bar_and_it_comes_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_progress, "DELAY", 0.0)
+    stream = FakeStream(tty=True)
+    bar = _progress._Bar(stream)
+    stream.write("before\n")
+    tracker = _progress._Tracker(FlowRunStub(pending=5))  # type: ignore[arg-type]
+    bar.trackers[1] = tracker
+    bar.draw()
+    assert screen(stream.getvalue())[-1].startswith("calm-otter: [")
+    bar.write_through("a log line\n")
+    bar.draw()
+    shown = screen(stream.getvalue())
+    assert shown[:2] == ["before", "a log line"]
+    assert shown[2].startswith("calm-otter: [")
+    bar.trackers.clear()
+    bar.draw()
+    assert screen(stream.getvalue()) == ["before", "a log line", ""]
+
+
+def test_a_long_flow_shows_a_bar_and_log_lines_stay_whole(
+    no_progress_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = FakeStream(tty=False)
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setenv("BATON_PROGRESS", "1")
+    monkeypatch.setenv("BATON_LOG_LEVEL", "INFO")
+    handler = logging.StreamHandler(stream)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    baton_logger = logging.getLogger("baton")
+    baton_logger.addHandler(handler)
+    release = threading.Event()
+    during: dict[str, object] = {}
+
+    @task
+    def held(i: int) -> int:
+        assert release.wait(GATE_SECONDS)
+        return i
+
+    @flow(task_runner=get_runner("thread", max_workers=4))
+    def long_map() -> int:
+        futures = held.map(range(8))
+        wait_until(lambda: "0/8 task runs" in stream.getvalue())
+        during["handler stream"] = handler.stream
+        baton_logger.warning("between bars")
+        mark = stream.getvalue().index("between bars")
+        wait_until(lambda: "task runs" in stream.getvalue()[mark:])
+        release.set()
+        return sum(f.result() for f in futures)
+
+    try:
+        assert long_map() == 28
+    finally:
+        release.set()
+        baton_logger.removeHandler(handler)
+    assert during["handler stream"] is not stream  # written through the bar meanwhile
+    assert handler.stream is stream  # and given back
+    shown = screen(stream.getvalue())
+    assert "between bars" in shown
+    assert shown[-1] == ""  # the bar is cleared at the end
+    assert not [line for line in shown if "task runs" in line]  # never glued to a log line
+    assert any(line.startswith("Flow run ") for line in shown)
+
+
+def test_off_a_terminal_and_unasked_nothing_is_written(
+    no_progress_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = FakeStream(tty=False)
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setenv("BATON_LOG_LEVEL", "WARNING")
+    seen: list[object] = []
+
+    @task
+    def one(i: int) -> int:
+        return i
+
+    @flow(task_runner="thread")
+    def short_map() -> int:
+        futures = one.map(range(20))
+        seen.append(_progress._bar)
+        return sum(f.result() for f in futures)
+
+    assert short_map() == 190
+    assert seen == [None]
+    assert stream.getvalue() == ""
