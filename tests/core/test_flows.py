@@ -291,3 +291,27 @@ def test_with_options_changes_the_runner() -> None:
 
     assert where() == "thread"
     assert where.with_options(task_runner="sync")() == "sync"
+
+
+def test_flow_hooks_get_the_final_state() -> None:
+    calls: list[tuple[str, str, str]] = []
+
+    def done(flow_obj: Flow[..., object], flow_run: object, state: State) -> None:
+        calls.append(("completion", flow_obj.name, repr(state)))
+
+    def failed(flow_obj: Flow[..., object], flow_run: object, state: State) -> None:
+        calls.append(("failure", flow_obj.name, state.type.value))
+
+    def broken(*_: object) -> None:
+        raise RuntimeError("hook bug")
+
+    @flow(on_completion=[broken, done], on_failure=failed)
+    def hooked(ok: bool) -> int:
+        if not ok:
+            raise ValueError("no")
+        return 1
+
+    assert hooked(True) == 1
+    with pytest.raises(ValueError):
+        hooked(False)
+    assert calls == [("completion", "hooked", "Completed()"), ("failure", "hooked", "FAILED")]

@@ -7,7 +7,7 @@ import inspect
 import itertools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from typing_extensions import ParamSpec
@@ -148,11 +148,25 @@ class Flow(Generic[P, R]):
         finally:
             flow_run.state = state
             flow_run.end_time = time.time()
+            hooks = self.options.on_completion if state.is_completed() else self.options.on_failure
+            for hook in hooks:
+                try:
+                    hook(self, flow_run, state)
+                except Exception:
+                    logger.exception(
+                        "Hook %r of flow run %r raised; the run's state stays %r",
+                        getattr(hook, "__name__", hook),
+                        flow_run.name,
+                        state,
+                    )
             _call_hook(pm.hook.flow_run_finished, flow_run=flow_run, state=state)
 
     def _settle(self, scope: RunScope, value: Any) -> State:
         """The final state of a flow whose function returned `value`."""
-        scope.drain_lazy_maps()
+        try:
+            scope.drain_lazy_maps()
+        except Exception as exc:  # a lazy map's input raised or ran out unevenly
+            return self._failed(scope, exc)
         if isinstance(value, State):
             scope.wait_all()
             return value
@@ -269,6 +283,8 @@ def flow(
     flow_run_name: str | Callable[..., str] | None = None,
     description: str | None = None,
     task_runner: str | TaskRunner | type[TaskRunner] | None = None,
+    on_completion: Iterable[Callable[..., Any]] | Callable[..., Any] = (),
+    on_failure: Iterable[Callable[..., Any]] | Callable[..., Any] = (),
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -278,6 +294,8 @@ def flow(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
     `task_runner` picks where its tasks run: a name (``"thread"``, ``"process"``,
     ``"dask"``), a URL (``"dask://127.0.0.1:8786"``), or a `TaskRunner` instance.
     Unset, the ``BATON_TASK_RUNNER`` setting decides (default ``"thread"``).
+    `on_completion` / `on_failure` hooks are called as `hook(flow, flow_run, state)`
+    once the flow run is final (a hook that raises is logged).
 
     >>> from baton import flow, task
     >>> @task

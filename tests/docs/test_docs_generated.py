@@ -1,0 +1,139 @@
+"""Generated pages come from the code: the settings table lists every setting, the
+command reference every subcommand, and the site's navigation every page."""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+from baton._settings import Settings
+
+REPO = Path(__file__).resolve().parents[2]
+DOCS = REPO / "docs"
+
+
+def load(name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"docs_{name}", DOCS / "_ext" / f"{name}.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+hooks = load("hooks")
+
+
+def table_rows(table: str) -> dict[str, list[str]]:
+    """Rows of a Markdown table by their first cell, without the header."""
+    rows = {}
+    for line in table.splitlines()[2:]:
+        cells = [c.strip() for c in re.split(r"(?<!\\)\|", line.strip())[1:-1]]
+        rows[cells[0]] = cells
+    return rows
+
+
+def test_settings_table_lists_every_field_with_its_description() -> None:
+    rows = table_rows(hooks.settings_table())
+    assert len(rows) == len(Settings.model_fields)
+    for name, field in Settings.model_fields.items():
+        row = rows[f"`BATON_{name.upper()}`"]
+        assert row[3] == " ".join(field.description.split()).replace("|", "\\|")
+
+
+def test_settings_table_names_the_variables_pydantic_reads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    rows = table_rows(hooks.settings_table())
+    monkeypatch.setenv(rows["`BATON_TASK_RUNNER`"][0].strip("`"), "sync")
+    monkeypatch.setenv(rows["`BATON_THREAD_MAX_WORKERS`"][0].strip("`"), "3")
+    settings = Settings()
+    assert (settings.task_runner, settings.thread_max_workers) == ("sync", 3)
+
+
+def test_settings_table_shows_defaults_and_types() -> None:
+    rows = table_rows(hooks.settings_table())
+    assert rows["`BATON_TASK_RUNNER`"][1:3] == ["text", "`thread`"]
+    assert rows["`BATON_THREAD_MAX_WORKERS`"][1:3] == ["whole number (≥ 1)", "unset"]
+    assert rows["`BATON_LOG_LEVEL`"][1].startswith("one of `DEBUG`, `INFO`")
+    assert rows["`BATON_STRICT_PLUGINS`"][1:3] == ["boolean", "`0`"]
+
+
+def test_settings_page_is_generated() -> None:
+    page = (DOCS / "settings.md").read_text()
+    assert "<!-- generated: settings-table -->" in page
+    rendered = hooks.render(page)
+    assert "<!-- generated:" not in rendered
+    for name in Settings.model_fields:
+        assert f"`BATON_{name.upper()}`" in rendered
+
+
+def test_cli_reference_covers_every_subcommand() -> None:
+    from baton._cli import main
+
+    page = (DOCS / "cli.md").read_text()
+    assert "<!-- generated: cli-reference -->" in page
+    rendered = hooks.render(page)
+    assert main.commands, "the baton command has no subcommands"
+    for name, command in main.commands.items():
+        assert f"### `baton {name}`" in rendered
+        assert f"Usage: baton {name}" in rendered
+        for param in command.params:
+            for opt in param.opts:
+                if opt.startswith("-"):
+                    assert opt in rendered, (name, opt)
+
+
+def test_unknown_marker_fails_the_build() -> None:
+    with pytest.raises(ValueError, match="Unknown marker 'generated: nope'"):
+        hooks.render("# Page\n\n<!-- generated: nope -->\n")
+
+
+def nav_pages(nav: object) -> list[str]:
+    if isinstance(nav, str):
+        return [nav]
+    if isinstance(nav, list):
+        return [page for item in nav for page in nav_pages(item)]
+    if isinstance(nav, dict):
+        return [page for value in nav.values() for page in nav_pages(value)]
+    return []
+
+
+def test_navigation_lists_every_page_once() -> None:
+    yaml = pytest.importorskip("yaml")
+    config = yaml.safe_load((REPO / "mkdocs.yml").read_text())
+    listed = nav_pages(config["nav"])
+    on_disk = sorted(p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md"))
+    assert sorted(listed) == on_disk
+
+
+def test_every_core_runner_has_a_page() -> None:
+    import baton
+
+    core = [r.name for r in baton.list_runners() if r.distribution == "baton-core"]
+    missing = [name for name in core if not (DOCS / "runners" / f"{name}.md").is_file()]
+    assert not missing, f"runners without a page in docs/runners/: {missing}"
+
+
+def test_docstrings_get_fenced_blocks() -> None:
+    pytest.importorskip("griffe", reason="the API reference needs mkdocstrings: tox -e docs")
+    fence = load("griffe_docstrings").fence_docstring
+    text = (
+        "Does things.\n\nPublish it like this::\n\n    [project]\n    name = 'x'\n\n"
+        "Then:\n\n>>> 1 + 1\n2\n\nThe end."
+    )
+    assert fence(text) == (
+        "Does things.\n\nPublish it like this:\n\n```toml\n[project]\nname = 'x'\n```\n\n"
+        "Then:\n\n```pycon\n>>> 1 + 1\n2\n```\n\nThe end."
+    )
+
+
+def test_empty_log_limit_means_no_limit_as_the_table_says(monkeypatch: pytest.MonkeyPatch) -> None:
+    row = table_rows(hooks.settings_table())["`BATON_TASK_RUN_LOG_LIMIT`"]
+    assert "Unset (empty) for no limit" in row[3]
+    monkeypatch.setenv("BATON_TASK_RUN_LOG_LIMIT", "")
+    assert Settings().task_run_log_limit is None
+    monkeypatch.setenv("BATON_TASK_RUN_LOG_LIMIT", "5")
+    assert Settings().task_run_log_limit == 5
