@@ -11,7 +11,6 @@
 [0, 1, 4, 9]
 """
 
-
 from baton._engine import EngineCall
 from baton._errors import (
     BatonError,

@@ -218,6 +218,7 @@ class LazyMap(Generic[R]):
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._lock = threading.RLock()
         self._exhausted = False
+        self._error: Exception | None = None
         self.submitted = 0
 
     def _release(self, _: Future[Any]) -> None:
@@ -269,11 +270,19 @@ class LazyMap(Generic[R]):
 
     def __next__(self) -> Future[R]:
         with self._lock:
-            if not self._ahead and not self._submit_next():
-                raise StopIteration
+            if not self._ahead:
+                error, self._error = self._error, None
+                if error is not None:
+                    raise error
+                if not self._submit_next():
+                    raise StopIteration
             future = self._ahead.popleft()
             if len(self._ahead) < self.max_in_flight:
-                self._submit_next()
+                try:
+                    self._submit_next()
+                except Exception as exc:
+                    # Hand out the futures submitted before the input failed first.
+                    self._error = exc
             return future
 
     def drain(self) -> None:
@@ -282,6 +291,9 @@ class LazyMap(Generic[R]):
             while self._submit_next():
                 self._ahead.clear()
             self._ahead.clear()
+            error, self._error = self._error, None
+            if error is not None:
+                raise error
 
     def close(self) -> None:
         """Stop submitting: what was not submitted yet never runs."""

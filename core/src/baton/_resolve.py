@@ -4,7 +4,8 @@ Futures may stand directly in the arguments or nested in lists, tuples, dicts,
 sets, dataclass instances and pydantic models. `quote(x)` passes `x` through
 untouched (and untraversed, which is also how to skip scanning a large input);
 `allow_failure(future)` passes a failed upstream's exception in instead of
-failing the downstream run.
+failing the downstream run. Containers nested deeper than 50 levels (or holding
+themselves) are passed on as they are, unscanned.
 """
 
 from __future__ import annotations
@@ -20,6 +21,10 @@ if TYPE_CHECKING:
 __all__ = ["allow_failure", "collect_futures", "quote", "resolve", "unmapped"]
 
 T = TypeVar("T")
+
+# How deep containers are scanned for futures (and resolved): deeper nesting, or a
+# container that holds itself, is passed on as it is.
+_MAX_DEPTH = 50
 
 # Types that can never contain a future: the scan stops at them at once.
 _ATOMIC: frozenset[type] = frozenset(
@@ -91,7 +96,7 @@ def collect_futures(obj: Any, found: list[Future[Any]], depth: int = 0) -> None:
         found.append(obj)
     elif kind is allow_failure:
         collect_futures(obj.value, found, depth)
-    elif depth > 50:
+    elif depth > _MAX_DEPTH:
         return
     elif kind is list or kind is tuple or kind is set or kind is frozenset:
         for item in obj:
@@ -119,7 +124,7 @@ def collect_futures(obj: Any, found: list[Future[Any]], depth: int = 0) -> None:
 _MISSING = object()
 
 
-def resolve(obj: Any, result_of: Callable[[Future[Any], bool], Any]) -> Any:
+def resolve(obj: Any, result_of: Callable[[Future[Any], bool], Any], depth: int = 0) -> Any:
     """Return `obj` with every future replaced by `result_of(future, allow_failed)`.
 
     Containers are rebuilt only where they held a future; everything else is
@@ -138,16 +143,23 @@ def resolve(obj: Any, result_of: Callable[[Future[Any], bool], Any]) -> Any:
         inner = obj.value
         if isinstance(inner, Future):
             return result_of(inner, True)
-        return resolve(inner, lambda f, _allowed: result_of(f, True))
+        return resolve(inner, lambda f, _allowed: result_of(f, True), depth)
+    # Stop where `collect_futures` stops: a future it did not find is not an upstream
+    # to wait for, and a container that holds itself must not recurse forever.
+    if depth > _MAX_DEPTH:
+        return obj
+    depth += 1
     if isinstance(obj, (list, tuple, set, frozenset)):
-        items = [resolve(item, result_of) for item in obj]
+        items = [resolve(item, result_of, depth) for item in obj]
         if all(a is b for a, b in zip(items, obj, strict=False)):
             return obj
         if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
             return kind(*items)
         return kind(items)
     if isinstance(obj, dict):
-        pairs = [(resolve(k, result_of), resolve(v, result_of)) for k, v in obj.items()]
+        pairs = [
+            (resolve(k, result_of, depth), resolve(v, result_of, depth)) for k, v in obj.items()
+        ]
         if all(
             k1 is k2 and v1 is v2 for (k1, v1), (k2, v2) in zip(pairs, obj.items(), strict=False)
         ):
@@ -162,7 +174,7 @@ def resolve(obj: Any, result_of: Callable[[Future[Any], bool], Any]) -> Any:
             value = getattr(obj, field.name, _MISSING)
             if value is _MISSING:
                 continue
-            new_value = resolve(value, result_of)
+            new_value = resolve(value, result_of, depth)
             if new_value is not value:
                 changes[field.name] = new_value
         if not changes:
@@ -177,7 +189,7 @@ def resolve(obj: Any, result_of: Callable[[Future[Any], bool], Any]) -> Any:
             value = getattr(obj, name, _MISSING)
             if value is _MISSING:
                 continue
-            new_value = resolve(value, result_of)
+            new_value = resolve(value, result_of, depth)
             if new_value is not value:
                 updates[name] = new_value
         return obj.model_copy(update=updates) if updates else obj

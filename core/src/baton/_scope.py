@@ -9,6 +9,7 @@ Runs submitted outside any flow go to one process-wide default scope.
 from __future__ import annotations
 
 import atexit
+import collections
 import contextvars
 import logging
 import threading
@@ -38,6 +39,9 @@ _current_scope: contextvars.ContextVar[RunScope | None] = contextvars.ContextVar
 
 Observer = Callable[["TaskRun", State], None]
 
+# The runs waiting to be dispatched by the `_dispatch_later` call active on this thread.
+_dispatching = threading.local()
+
 
 class _UpstreamFailed(Exception):
     def __init__(self, future: Future[Any]) -> None:
@@ -56,12 +60,21 @@ def _upstream_value(future: Future[Any], allowed: bool) -> Any:
 
 def _upstream_failed_state(run: TaskRun, upstream: Future[Any]) -> State:
     upstream_state = upstream._state
+    cause = upstream_state.error
+    if upstream_state.name == "UpstreamFailed":
+        # Its message already quotes its own upstream's: quoting it again at every link
+        # of a chain would grow the message exponentially. Point at the root cause.
+        described = upstream_state.name
+        if isinstance(cause, UpstreamTaskError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+    else:
+        described = repr(upstream_state)
     message = (
         f"Task run {run.name!r} did not run: upstream task run {upstream._run.name!r} "
-        f"ended in state {upstream_state!r}."
+        f"ended in state {described}."
     )
     error = UpstreamTaskError(message)
-    error.__cause__ = upstream_state.error
+    error.__cause__ = cause
     return State(StateType.FAILED, "UpstreamFailed", message, data=error)
 
 
@@ -134,10 +147,25 @@ class RunScope:
         upstream_done(waiting[0])  # the registration's own count
 
     def _dispatch_later(self, run: TaskRun) -> None:
+        # Dispatching one run can end it at once (UpstreamFailed, or a runner that runs
+        # it inside `submit`), which dispatches its dependents from the same call stack.
+        # Queue those instead of recursing, so a long chain never exhausts the stack.
+        queue: collections.deque[tuple[RunScope, TaskRun]] | None = getattr(
+            _dispatching, "queue", None
+        )
+        if queue is not None:
+            queue.append((self, run))
+            return
+        queue = _dispatching.queue = collections.deque([(self, run)])
         try:
-            self._dispatch(run)
-        except Exception as exc:
-            run.future._set_final(State.failed(exc))
+            while queue:
+                scope, next_run = queue.popleft()
+                try:
+                    scope._dispatch(next_run)
+                except Exception as exc:
+                    next_run.future._set_final(State.failed(exc))
+        finally:
+            _dispatching.queue = None
 
     def _dispatch(self, run: TaskRun) -> None:
         """Resolve the run's inputs and hand it to the runner (or end it UpstreamFailed)."""
@@ -229,7 +257,9 @@ class RunScope:
     def cancel_pending(self) -> int:
         """Cancel every run that has not started; returns how many were cancelled."""
         with self._lock:
-            pending = list(self._pending)
+            # Newest first: a downstream run is newer than its upstreams, and cancelling an
+            # upstream before it would end it UpstreamFailed instead of CANCELLED.
+            pending = sorted(self._pending, key=lambda f: f._run.id, reverse=True)
             lazy_maps, self._lazy_maps = self._lazy_maps, []
         for lazy in lazy_maps:
             lazy.close()

@@ -132,6 +132,10 @@ class State:
     def result(self, raise_on_failure: bool = True) -> Any:
         """The run's return value; for a failed run, raise (or return) its exception.
 
+        A run crashed by a `BaseException` such as `KeyboardInterrupt` or `SystemExit`
+        raises `CrashedRun` caused by it (`.error` keeps the original): re-raising it
+        where the result is read would look like a Ctrl-C or an exit of that thread.
+
         Raises `ValueError` on a state that is not final.
         """
         if self.type is StateType.COMPLETED:
@@ -139,11 +143,13 @@ class State:
         if not self.is_final():
             raise ValueError(f"{self!r} is not final: there is no result yet.")
         error = self.error
-        if error is None:
+        if error is None or (self.type is StateType.CRASHED and not isinstance(error, Exception)):
             message = self.message or f"The run ended in state {self!r}."
+            cause = error
             error = (
                 CrashedRun(message) if self.type is StateType.CRASHED else FlowRunFailed(message)
             )
+            error.__cause__ = cause
         if raise_on_failure:
             raise error
         return error
