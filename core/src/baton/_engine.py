@@ -23,7 +23,7 @@ from baton._states import State, StateType
 if TYPE_CHECKING:
     from baton._task import Task
 
-__all__ = ["EngineCall", "RunInfo", "run_async", "run_sync"]
+__all__ = ["EngineCall", "NativeCall", "RunInfo", "run_async", "run_sync"]
 
 logger = logging.getLogger("baton.engine")
 
@@ -62,6 +62,42 @@ class EngineCall:
 
             return asyncio.run(run_async(self, self.args, self.kwargs))
         return run_sync(self, self.args, self.kwargs)
+
+
+@dataclass(frozen=True)
+class NativeCall:
+    """A task run packed for an engine that passes upstream results itself (Dask, Ray).
+
+    Its arguments hold `Upstream` placeholders instead of futures; call it with one
+    value per upstream, in the order `TaskRun.native_call()` gave the futures: either
+    the upstream's final `State`, or its plain result. An upstream that did not
+    complete (unless wrapped in `allow_failure`) ends the run `UpstreamFailed`
+    without calling the function.
+    """
+
+    task: Task[..., Any]
+    id: int
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    wait_for: tuple[Any, ...] = ()
+
+    def __call__(self, *upstream: Any) -> State:
+        from baton._resolve import UpstreamNotCompleted, fill_upstreams
+        from baton._states import upstream_failed
+
+        try:
+            if self.wait_for:
+                fill_upstreams(self.wait_for, upstream)
+            args = fill_upstreams(self.args, upstream)
+            kwargs = fill_upstreams(self.kwargs, upstream)
+        except UpstreamNotCompleted as failed:
+            return upstream_failed(self.name, failed.placeholder.name, failed.state)
+        if self.task.is_async:
+            import asyncio
+
+            return asyncio.run(run_async(self, args, kwargs))
+        return run_sync(self, args, kwargs)
 
 
 _MAIN = threading.main_thread()
@@ -135,10 +171,19 @@ def _final_state(exc: BaseException, run: RunInfo) -> State:
     )
 
 
-def _retry_delay(run: RunInfo, state: State, attempt: int) -> float | None:
-    """Seconds to wait before retrying, or None if the run must not be retried."""
+def _retry_delay(
+    run: RunInfo, state: State, attempt: int, retry_crashed: bool = False
+) -> float | None:
+    """Seconds to wait before retrying, or None if the run must not be retried.
+
+    `retry_crashed` also retries a CRASHED attempt (a runner whose worker died).
+    """
     options = run.task.options
-    if attempt > options.retries or state.type is not StateType.FAILED:
+    if attempt > options.retries:
+        return None
+    if state.type is not StateType.FAILED and not (
+        retry_crashed and state.type is StateType.CRASHED
+    ):
         return None
     condition = options.retry_condition_fn
     if condition is not None:
@@ -177,13 +222,22 @@ def run_sync(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     on_state: StateCallback | None = None,
+    *,
+    first_attempt: int = 1,
+    enforce_timeout: bool = True,
 ) -> State:
-    """Run a synchronous task function to a final State. Never raises."""
+    """Run a synchronous task function to a final State. Never raises.
+
+    `first_attempt` numbers the first attempt made here: a runner that retries a run
+    itself (its worker died) continues the count. With `enforce_timeout=False` the
+    function is called directly and the caller enforces `timeout_seconds` (a
+    process runner kills the worker instead).
+    """
     task = run.task
     fn = task.fn
     options = task.options
-    timeout = options.timeout_seconds
-    attempt = 0
+    timeout = options.timeout_seconds if enforce_timeout else None
+    attempt = first_attempt - 1
     while True:
         attempt += 1
         try:
@@ -218,17 +272,21 @@ async def run_async(
     args: tuple[Any, ...],
     kwargs: dict[str, Any],
     on_state: StateCallback | None = None,
+    *,
+    first_attempt: int = 1,
+    enforce_timeout: bool = True,
 ) -> State:
     """Run an async task function to a final State in the running event loop. Never raises.
 
     A timeout cancels the coroutine, so the work stops at its next `await`.
+    `first_attempt` and `enforce_timeout` are as for `run_sync`.
     """
     import asyncio
 
     task = run.task
     options = task.options
-    timeout = options.timeout_seconds
-    attempt = 0
+    timeout = options.timeout_seconds if enforce_timeout else None
+    attempt = first_attempt - 1
     while True:
         attempt += 1
         try:

@@ -10,7 +10,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, final
 
-from baton._states import State, StateType
+from baton._states import LazyResult, State, StateType
 
 if TYPE_CHECKING:
     import asyncio
@@ -145,7 +145,8 @@ class Future(Generic[R]):
             )
         state = self._state
         if state.type is _COMPLETED:
-            return state._data  # type: ignore[no-any-return]
+            data = state._data
+            return data if type(data) is not LazyResult else data.get()  # type: ignore[no-any-return]
         self._mark_observed()
         return state.result(raise_on_failure)  # type: ignore[no-any-return]
 

@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 if TYPE_CHECKING:
     from baton._futures import Future
 
-__all__ = ["allow_failure", "collect_futures", "quote", "resolve", "unmapped"]
+__all__ = [
+    "Upstream",
+    "allow_failure",
+    "collect_futures",
+    "fill_upstreams",
+    "quote",
+    "resolve",
+    "to_portable",
+    "unmapped",
+]
 
 T = TypeVar("T")
 
@@ -193,4 +202,115 @@ def resolve(obj: Any, result_of: Callable[[Future[Any], bool], Any], depth: int 
             if new_value is not value:
                 updates[name] = new_value
         return obj.model_copy(update=updates) if updates else obj
+    return obj
+
+
+@final
+class Upstream:
+    """Where an upstream run's result goes, in a call shipped to another engine.
+
+    `index` is the upstream's position in the values the engine passes back in.
+    """
+
+    __slots__ = ("allowed", "index", "name")
+
+    def __init__(self, index: int, name: str, allowed: bool) -> None:
+        self.index = index
+        self.name = name
+        self.allowed = allowed
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Upstream, (self.index, self.name, self.allowed))
+
+    def __repr__(self) -> str:
+        return f"Upstream({self.index}, {self.name!r})"
+
+
+def to_portable(obj: Any, upstreams: list[Future[Any]]) -> Any:
+    """`obj` with each future replaced by an `Upstream` placeholder; the futures are
+    appended to `upstreams` (each once) in placeholder order."""
+    positions = {id(f): i for i, f in enumerate(upstreams)}
+
+    def place(future: Future[Any], allowed: bool) -> Upstream:
+        index = positions.get(id(future))
+        if index is None:
+            index = positions[id(future)] = len(upstreams)
+            upstreams.append(future)
+        return Upstream(index, future.name, allowed)
+
+    return resolve(obj, place)
+
+
+class UpstreamNotCompleted(Exception):
+    """An upstream placeholder whose run did not complete (and failure was not allowed)."""
+
+    def __init__(self, placeholder: Upstream, state: Any) -> None:
+        super().__init__(placeholder.name)
+        self.placeholder = placeholder
+        self.state = state
+
+
+def fill_upstreams(obj: Any, values: tuple[Any, ...], depth: int = 0) -> Any:
+    """Replace `Upstream` placeholders in `obj` by `values[index]`.
+
+    A value that is a `State` stands for the whole outcome of the upstream run: its
+    result if it completed, its exception if failure was allowed, else
+    `UpstreamNotCompleted` is raised. Any other value is the upstream's result.
+    """
+    from baton._states import State
+
+    kind = type(obj)
+    if kind in _ATOMIC:
+        return obj
+    if kind is Upstream:
+        value = values[obj.index]
+        if isinstance(value, State):
+            if value.is_completed():
+                return value.result()
+            if obj.allowed:
+                return value.result(raise_on_failure=False)
+            raise UpstreamNotCompleted(obj, value)
+        return value
+    if depth > _MAX_DEPTH:
+        return obj
+    depth += 1
+    if isinstance(obj, (list, tuple, set, frozenset)):
+        items = [fill_upstreams(item, values, depth) for item in obj]
+        if all(a is b for a, b in zip(items, obj, strict=False)):
+            return obj
+        if isinstance(obj, tuple) and hasattr(obj, "_fields"):
+            return kind(*items)
+        return kind(items)
+    if isinstance(obj, dict):
+        new = copy.copy(obj)
+        changed = False
+        for key, value in obj.items():
+            filled = fill_upstreams(value, values, depth)
+            if filled is not value:
+                new[key] = filled
+                changed = True
+        return new if changed else obj
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        updates = {}
+        for field in dataclasses.fields(obj):
+            value = getattr(obj, field.name, _MISSING)
+            if value is not _MISSING:
+                filled = fill_upstreams(value, values, depth)
+                if filled is not value:
+                    updates[field.name] = filled
+        if not updates:
+            return obj
+        new = copy.copy(obj)  # type: ignore[arg-type]
+        for name, value in updates.items():
+            object.__setattr__(new, name, value)
+        return new
+    if _is_model(obj):
+        changes = {}
+        for name in type(obj).__pydantic_fields__:
+            value = getattr(obj, name, _MISSING)
+            if value is not _MISSING:
+                filled = fill_upstreams(value, values, depth)
+                if filled is not value:
+                    changes[name] = filled
+        return obj.model_copy(update=changes) if changes else obj
     return obj

@@ -74,6 +74,10 @@ class TaskRunner(abc.ABC):
     """URL schemes the runner accepts in `from_url` (for example ``("dask",)``)."""
 
     _status: str = "new"
+    native_dependencies: ClassVar[bool] = False
+    """True when the runner declares `Capability.NATIVE_DEPENDENCIES`: the core then
+    hands it runs at once, with upstream futures of its own still in their arguments,
+    and the runner builds the call with `TaskRun.native_call()`."""
 
     # -- lifecycle ----------------------------------------------------------------
 
@@ -160,3 +164,4 @@ class TaskRunner(abc.ABC):
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
         cls.capabilities = frozenset(Capability(c) for c in cls.capabilities)
+        cls.native_dependencies = Capability.NATIVE_DEPENDENCIES in cls.capabilities

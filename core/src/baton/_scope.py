@@ -16,10 +16,10 @@ import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from baton._errors import RunnerClosedError, UpstreamTaskError
+from baton._errors import RunnerClosedError
 from baton._futures import Future, wait
 from baton._resolve import resolve
-from baton._states import State, StateType
+from baton._states import LazyResult, State, StateType, upstream_failed
 
 if TYPE_CHECKING:
     from baton._map import LazyMap
@@ -51,7 +51,8 @@ class _UpstreamFailed(Exception):
 def _upstream_value(future: Future[Any], allowed: bool) -> Any:
     state = future._state
     if state.type is _COMPLETED:
-        return state._data
+        data = state._data
+        return data if type(data) is not LazyResult else data.get()
     future._mark_observed()
     if allowed:
         return state.result(raise_on_failure=False)
@@ -59,23 +60,7 @@ def _upstream_value(future: Future[Any], allowed: bool) -> Any:
 
 
 def _upstream_failed_state(run: TaskRun, upstream: Future[Any]) -> State:
-    upstream_state = upstream._state
-    cause = upstream_state.error
-    if upstream_state.name == "UpstreamFailed":
-        # Its message already quotes its own upstream's: quoting it again at every link
-        # of a chain would grow the message exponentially. Point at the root cause.
-        described = upstream_state.name
-        if isinstance(cause, UpstreamTaskError) and cause.__cause__ is not None:
-            cause = cause.__cause__
-    else:
-        described = repr(upstream_state)
-    message = (
-        f"Task run {run.name!r} did not run: upstream task run {upstream._run.name!r} "
-        f"ended in state {described}."
-    )
-    error = UpstreamTaskError(message)
-    error.__cause__ = cause
-    return State(StateType.FAILED, "UpstreamFailed", message, data=error)
+    return upstream_failed(run.name, upstream._run.name, upstream._state)
 
 
 class RunScope:
@@ -116,7 +101,16 @@ class RunScope:
         with self._lock:
             self._pending.add(future)
         if upstreams:
-            waiting = [u for u in upstreams if u._state.type not in _FINAL]
+            if runner.native_dependencies:
+                # The runner wires upstream runs of its own into its engine's graph;
+                # the core waits only for upstream runs that other runners execute.
+                waiting = [
+                    u
+                    for u in upstreams
+                    if u._state.type not in _FINAL and u._run.scope.runner is not runner
+                ]
+            else:
+                waiting = [u for u in upstreams if u._state.type not in _FINAL]
             if waiting:
                 self._defer(run, waiting)
                 return future
@@ -171,6 +165,15 @@ class RunScope:
         """Resolve the run's inputs and hand it to the runner (or end it UpstreamFailed)."""
         if run.future._state.type is not StateType.PENDING:
             return  # cancelled while it waited for upstream runs
+        runner = self.runner
+        if runner.native_dependencies:
+            if runner.closed:
+                raise RunnerClosedError(
+                    f"Task run {run.name!r} could not start: task runner {runner.name!r} of "
+                    f"{self.label} was shut down while the run waited for its upstream runs."
+                )
+            runner.submit(run)
+            return
         try:
             if run.wait_for:
                 resolve(run.wait_for, _upstream_value)

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import enum
+import threading
 import time
+from collections.abc import Callable
 from typing import Any, Final, final
 
 from baton._errors import CancelledRun, CrashedRun, FlowRunFailed
 
-__all__ = ["State", "StateType"]
+__all__ = ["LazyResult", "State", "StateType", "upstream_failed"]
 
 
 class StateType(str, enum.Enum):
@@ -83,6 +85,16 @@ class State:
         return cls(StateType.COMPLETED, None, message, data=result)
 
     @classmethod
+    def completed_lazily(cls, load: Callable[[], Any], message: str | None = None) -> State:
+        """A completed state whose result stays where it was computed until it is read.
+
+        `load()` fetches it (once) the first time `result()` asks. Runners whose results
+        live on remote workers (Dask, Ray) report completion this way, so that data
+        moves to the caller only when the caller reads it.
+        """
+        return cls(StateType.COMPLETED, None, message, data=LazyResult(load))
+
+    @classmethod
     def failed(
         cls, error: BaseException, message: str | None = None, name: str | None = None
     ) -> State:
@@ -139,7 +151,10 @@ class State:
         Raises `ValueError` on a state that is not final.
         """
         if self.type is StateType.COMPLETED:
-            return None if self._data is _NO_DATA else self._data
+            data = self._data
+            if data is _NO_DATA:
+                return None
+            return data.get() if type(data) is LazyResult else data
         if not self.is_final():
             raise ValueError(f"{self!r} is not final: there is no result yet.")
         error = self.error
@@ -160,7 +175,52 @@ class State:
         return f"{self.name}()"
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_rebuild, (self.type, self.name, self.message, self._data, self.timestamp))
+        data = self._data
+        if type(data) is LazyResult:
+            data = data.get()
+        return (_rebuild, (self.type, self.name, self.message, data, self.timestamp))
+
+
+@final
+class LazyResult:
+    """A result fetched on first use (see `State.completed_lazily`)."""
+
+    __slots__ = ("_load", "_lock", "_value")
+
+    def __init__(self, load: Callable[[], Any]) -> None:
+        self._load: Callable[[], Any] | None = load
+        self._lock = threading.Lock()
+        self._value: Any = None
+
+    def get(self) -> Any:
+        if self._load is not None:
+            with self._lock:
+                if self._load is not None:
+                    self._value = self._load()
+                    self._load = None
+        return self._value
+
+
+def upstream_failed(run_name: str, upstream_name: str, upstream_state: State) -> State:
+    """The terminal state of a run that did not start because an upstream did not complete."""
+    from baton._errors import UpstreamTaskError
+
+    cause = upstream_state.error
+    if upstream_state.name == "UpstreamFailed":
+        # Its message already quotes its own upstream's: quoting it again at every link
+        # of a chain would grow the message exponentially. Point at the root cause.
+        described = upstream_state.name
+        if isinstance(cause, UpstreamTaskError) and cause.__cause__ is not None:
+            cause = cause.__cause__
+    else:
+        described = repr(upstream_state)
+    message = (
+        f"Task run {run_name!r} did not run: upstream task run {upstream_name!r} "
+        f"ended in state {described}."
+    )
+    error = UpstreamTaskError(message)
+    error.__cause__ = cause
+    return State(StateType.FAILED, "UpstreamFailed", message, data=error)
 
 
 def _rebuild(type: StateType, name: str, message: str | None, data: Any, ts: float) -> State:

@@ -7,7 +7,7 @@ import itertools
 import logging
 from typing import TYPE_CHECKING, Any, final
 
-from baton._engine import EngineCall, run_async, run_sync
+from baton._engine import EngineCall, NativeCall, run_async, run_sync
 from baton._states import State, StateType
 
 if TYPE_CHECKING:
@@ -84,6 +84,23 @@ class TaskRun:
     def call(self) -> EngineCall:
         """The run packed to travel: picklable, callable anywhere, returns the final State."""
         return EngineCall(self.task, self.id, self.name, self.args, self.kwargs)
+
+    def native_call(self) -> tuple[NativeCall, list[Future[Any]]]:
+        """For runners with native dependencies: the run packed with a placeholder for
+        each upstream run, and those upstream futures in placeholder order.
+
+        The runner passes each upstream's native handle (a Dask future, a Ray
+        ObjectRef) where the engine substitutes results, or, for an upstream it did
+        not run, that future's final State.
+        """
+        from baton._resolve import to_portable
+
+        upstreams: list[Future[Any]] = []
+        wait_for = to_portable(self.wait_for, upstreams) if self.wait_for else ()
+        args = to_portable(self.args, upstreams)
+        kwargs = to_portable(self.kwargs, upstreams)
+        call = NativeCall(self.task, self.id, self.name, args, kwargs, wait_for)
+        return call, upstreams
 
     # -- what runners call --------------------------------------------------------
 
