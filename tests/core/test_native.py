@@ -181,3 +181,13 @@ def test_other_runners_never_see_futures(runner: str) -> None:
 
     assert plain() == 3
     assert seen == [1, 2]
+
+
+def test_a_failure_consumed_downstream_is_reported_once() -> None:
+    @flow(task_runner=GraphRunner())
+    def chain() -> None:
+        inc.submit(boom.submit(1))
+
+    state = chain(return_state=True)
+    assert "1 task run(s) failed" in str(state.error)
+    assert "UpstreamFailed" in str(state.error)

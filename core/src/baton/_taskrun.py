@@ -43,7 +43,17 @@ class TaskRun:
     that future's result, and every run it waits for is final.
     """
 
-    __slots__ = ("_name", "args", "future", "id", "kwargs", "scope", "task", "wait_for")
+    __slots__ = (
+        "_name",
+        "_native_upstreams",
+        "args",
+        "future",
+        "id",
+        "kwargs",
+        "scope",
+        "task",
+        "wait_for",
+    )
 
     def __init__(
         self,
@@ -61,6 +71,7 @@ class TaskRun:
         self.wait_for = wait_for
         self.future: Future[Any]
         self._name: str | None = None
+        self._native_upstreams: list[Future[Any]] | None = None
 
     @property
     def name(self) -> str:
@@ -100,6 +111,7 @@ class TaskRun:
         args = to_portable(self.args, upstreams)
         kwargs = to_portable(self.kwargs, upstreams)
         call = NativeCall(self.task, self.id, self.name, args, kwargs, wait_for)
+        self._native_upstreams = upstreams
         return call, upstreams
 
     # -- what runners call --------------------------------------------------------
@@ -121,6 +133,12 @@ class TaskRun:
             if observe is not None:
                 observe(self, state)
         else:
+            if state.name == "UpstreamFailed" and self._native_upstreams:
+                # The failed upstream was consumed here, as the core does for other
+                # runners: its failure is reported through this run, not twice.
+                for upstream in self._native_upstreams:
+                    if upstream.done() and not upstream._state.is_completed():
+                        upstream._mark_observed()
             self.future._set_final(state)
 
     def execute(self) -> State:
