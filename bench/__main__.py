@@ -46,7 +46,8 @@ def overhead(runner: str, sizes: list[int], repeats: int) -> list[dict[str, Any]
     rows = []
     with engine.raw_map() as raw:
         for mode in ("map", "submit"):
-            run = _baton_batch(runner, mode)
+            # A cluster engine hands Baton a runner on its own cluster, to compare like for like.
+            run = _baton_batch(getattr(raw, "task_runner", runner), mode)
             run(min(sizes))  # warm up imports and pools
             for n in sizes:
                 raw_times, baton_times = [], []
@@ -307,7 +308,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows: list[dict[str, Any]] = results["rows"]
     for runner in runners:
-        runner_sizes = [n for n in sizes if not (runner == "process" and n > 10_000)]
+        runner_sizes = [n for n in sizes if not (runner in ("process", "dask") and n > 10_000)]
         rows += overhead(runner, runner_sizes, repeats)
         rows += graphs(runner, 100 if args.quick else 1_000, repeats)
     rows += startup(2 if args.quick else 10)

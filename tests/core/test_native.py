@@ -93,6 +93,11 @@ def describe(value: object) -> str:
     return type(value).__name__
 
 
+@task
+def echo(value: object) -> object:
+    return value
+
+
 def test_upstreams_are_passed_natively_and_results_fetched_lazily() -> None:
     runner = GraphRunner()
 
@@ -191,3 +196,20 @@ def test_a_failure_consumed_downstream_is_reported_once() -> None:
     state = chain(return_state=True)
     assert "1 task run(s) failed" in str(state.error)
     assert "UpstreamFailed" in str(state.error)
+
+
+def test_futures_as_dict_keys_are_filled_in() -> None:
+    @flow(task_runner=GraphRunner())
+    def keyed() -> dict[object, object]:
+        first = inc.submit(1)
+        return echo.submit({first: "key", "value": first, (first,): [first]}).result()
+
+    assert keyed() == {2: "key", "value": 2, (2,): [2]}
+
+
+def test_a_failure_passed_in_through_allow_failure_counts_as_handled() -> None:
+    @flow(task_runner=GraphRunner())
+    def tolerant() -> str:
+        return describe.submit(allow_failure(boom.submit(1))).result()
+
+    assert tolerant() == "ValueError"

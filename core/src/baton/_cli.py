@@ -1,4 +1,5 @@
-"""The ``baton`` command: list runners and plugins, run a flow from a file.
+"""The ``baton`` command: list runners and plugins, run a flow from a file, check a runner
+against the conformance kit.
 
 Only this module imports click, so that ``import baton`` stays fast.
 """
@@ -354,3 +355,40 @@ def run(target: str, runner: str | None, params: tuple[str, ...], show_traceback
         traceback.print_exception(type(error), error, error.__traceback__)
     detail = f"{type(error).__name__}: {error}" if error is not None else state.message
     _fail(f"flow {flow.name!r} ended in state {state.name}: {detail}")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("name", metavar="NAME")
+@click.option(
+    "--level",
+    type=int,
+    default=None,
+    help="Conformance level to check at (default: the kit's latest).",
+)
+@click.argument("pytest_args", nargs=-1, type=click.UNPROCESSED, metavar="[PYTEST_ARGS]...")
+def conformance(name: str, level: int | None, pytest_args: tuple[str, ...]) -> None:
+    """Run the conformance kit (baton.testing) against the installed runner NAME.
+
+    NAME is a runner name or URL, as `baton runners` lists them. PYTEST_ARGS go to
+    pytest, for example -x, -v or -k retries. Ends with a summary to paste into the
+    runner's README. The exit code is pytest's: 0 when the runner passes.
+    """
+    missing = [m for m in ("pytest", "hypothesis") if importlib.util.find_spec(m) is None]
+    if missing:
+        needed = " and ".join(missing)
+        _fail(f'the conformance kit needs {needed}: pip install "baton-core[testing]"', 2)
+    from baton.testing import LATEST_LEVEL, check_runner
+
+    if level is not None and not 1 <= level <= LATEST_LEVEL:
+        raise click.BadParameter(
+            f"the kit has levels 1 to {LATEST_LEVEL}, got {level}", param_hint="'--level'"
+        )
+    _quiet_discovery()
+    try:
+        _plugins.lookup_runner(name)
+    except BatonError as exc:
+        raise click.BadParameter(str(exc), param_hint="'NAME'") from None
+    report = check_runner(name, level=level or LATEST_LEVEL, pytest_args=pytest_args, echo=True)
+    click.echo("")
+    click.echo(report.summary())
+    sys.exit(report.exit_code)

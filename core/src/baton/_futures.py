@@ -48,7 +48,10 @@ def blocking_section() -> Iterator[None]:
     Inside a bounded pool's worker this lends the worker's slot to another thread
     until the block ends. Runner plugins with their own pools can take part by
     setting ``baton._futures._worker.pool`` to an object with ``secede()`` and
-    ``rejoin()`` in their worker threads.
+    ``rejoin()`` in their worker threads. A pool whose workers give their slot up
+    only while blocked in a call of its engine (a Ray worker lends its CPU only
+    inside ``ray.wait``) also defines ``wait(ready, timeout)``, which waits for runs
+    call instead: it blocks in the engine until ``ready()`` or `timeout` seconds pass.
     """
     pool = getattr(_worker, "pool", None)
     if pool is None:
@@ -59,6 +62,19 @@ def blocking_section() -> Iterator[None]:
         yield
     finally:
         pool.rejoin()
+
+
+def _wait_until(
+    ready: Callable[[], bool], timeout: float | None, block: Callable[[float | None], object]
+) -> None:
+    """`block(timeout)` inside a `blocking_section`; or, in a worker whose pool has its
+    own `wait`, that `wait` until `ready()` (then `block` is not called)."""
+    pool_wait = getattr(getattr(_worker, "pool", None), "wait", None)
+    if pool_wait is not None:
+        pool_wait(ready, timeout)
+        return
+    with blocking_section():
+        block(timeout)
 
 
 @final
@@ -128,8 +144,8 @@ class Future(Generic[R]):
             else:
                 self._waiters.append(event)
         _check_not_on_event_loop(self)
-        with blocking_section():
-            return event.wait(timeout)
+        _wait_until(event.is_set, timeout, event.wait)
+        return event.is_set()
 
     def result(self, timeout: float | None = None, raise_on_failure: bool = True) -> R:
         """The run's return value, waiting for it if need be.
@@ -322,8 +338,7 @@ def wait(futures: Iterable[Future[Any]], timeout: float | None = None) -> DoneAn
             future.add_done_callback(one_done)
         if not event.is_set():
             _check_not_on_event_loop(pending[0])
-            with blocking_section():
-                event.wait(timeout)
+            _wait_until(event.is_set, timeout, event.wait)
     done: set[Future[Any]] = set()
     not_done: set[Future[Any]] = set()
     for future in items:
@@ -364,9 +379,15 @@ def _next_finished(
     remaining = None if deadline is None else deadline - time.monotonic()
     if remaining is None or remaining > 0:
         _check_not_on_event_loop(sample)
-        with blocking_section():
-            try:
-                return finished.get(timeout=remaining)
-            except Empty:
-                pass
+        taken: list[Future[R]] = []
+
+        def take(timeout: float | None) -> None:
+            with contextlib.suppress(Empty):
+                taken.append(finished.get(timeout=timeout))
+
+        _wait_until(lambda: not finished.empty(), remaining, take)
+        if taken:
+            return taken[0]
+        with contextlib.suppress(Empty):
+            return finished.get_nowait()
     raise TimeoutError(f"{left} of {total} futures still unfinished after the timeout.")

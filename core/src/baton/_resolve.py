@@ -282,14 +282,19 @@ def fill_upstreams(obj: Any, values: tuple[Any, ...], depth: int = 0) -> Any:
             return kind(*items)
         return kind(items)
     if isinstance(obj, dict):
+        # Keys too: `to_portable` puts placeholders wherever `resolve` finds futures.
+        pairs = [
+            (fill_upstreams(k, values, depth), fill_upstreams(v, values, depth))
+            for k, v in obj.items()
+        ]
+        if all(
+            k1 is k2 and v1 is v2 for (k1, v1), (k2, v2) in zip(pairs, obj.items(), strict=False)
+        ):
+            return obj
         new = copy.copy(obj)
-        changed = False
-        for key, value in obj.items():
-            filled = fill_upstreams(value, values, depth)
-            if filled is not value:
-                new[key] = filled
-                changed = True
-        return new if changed else obj
+        new.clear()
+        new.update(pairs)
+        return new
     if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         updates = {}
         for field in dataclasses.fields(obj):

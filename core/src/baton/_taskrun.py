@@ -133,9 +133,10 @@ class TaskRun:
             if observe is not None:
                 observe(self, state)
         else:
-            if state.name == "UpstreamFailed" and self._native_upstreams:
-                # The failed upstream was consumed here, as the core does for other
-                # runners: its failure is reported through this run, not twice.
+            if self._native_upstreams:
+                # A failed upstream was consumed here (this run ended UpstreamFailed, or
+                # received its exception through allow_failure), as the core does for
+                # other runners: its failure is reported through this run, not twice.
                 for upstream in self._native_upstreams:
                     if upstream.done() and not upstream._state.is_completed():
                         upstream._mark_observed()

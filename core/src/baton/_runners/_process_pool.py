@@ -1,0 +1,833 @@
+"""The parent's side of the `process` runner: worker processes and the dispatcher
+thread that owns them.
+
+The dispatcher keeps one socket per worker and knows which runs each worker holds
+(sent, not yet reported, in order), so a worker's death or a run's deadline maps
+to exactly one run. It waits on every socket at once, sends batches to workers
+with room, reads reports, and keeps the timers (deadlines, retry delays).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import os
+import pickle
+import selectors
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import weakref
+from collections import deque
+from queue import Empty, SimpleQueue
+from typing import TYPE_CHECKING, Any
+
+from baton._engine import _retry_delay, _run_hooks
+from baton._errors import CrashedRun, RunnerClosedError, TaskTimeoutError
+from baton._runners._worker import (
+    BATCH,
+    HELLO,
+    INIT_FAILED,
+    PROTOCOL,
+    READY,
+    RESULT,
+    STARTED,
+    STATE,
+    STOP,
+    describe_exit,
+    frame,
+    parent_sys_path,
+    split_frames,
+    worker_command,
+)
+from baton._runners.process import decode_state, pickle_arguments, pickle_task
+from baton._states import State, StateType
+
+if TYPE_CHECKING:
+    from baton._task import Task
+    from baton._taskrun import TaskRun
+
+__all__ = ["WorkerPool"]
+
+logger = logging.getLogger("baton")
+
+# Runs per message when many wait: enough to make messaging cheap per run, few
+# enough that runs queued behind a slow one in a worker do not wait long.
+_MAX_BATCH = 64
+_RECV_SIZE = 1 << 18
+_LIVENESS_POLL = 1.0  # seconds between checks that busy workers are alive
+_STOP_GRACE = 10.0  # seconds a worker gets to exit after STOP before it is killed
+_START_FAILURES = 3  # workers in a row that die before they are ready: give up
+
+
+class _Job:
+    """One run on its way through the pool (queued, in a worker, or waiting to retry)."""
+
+    __slots__ = (
+        "attempt",
+        "blob",
+        "cancelled",
+        "dispatched",
+        "key",
+        "mark_running",
+        "payload",
+        "run",
+        "timeout",
+    )
+
+    def __init__(
+        self, run: TaskRun, key: int, blob: bytes, payload: bytes, timeout: float | None
+    ) -> None:
+        self.run = run
+        self.key = key
+        self.blob = blob
+        self.payload = payload
+        self.timeout = timeout
+        self.attempt = 1
+        self.cancelled = False
+        self.dispatched = False
+        self.mark_running = True
+
+
+class _WorkerProcess:
+    """The parent's side of one worker: its process, socket, and the runs it holds."""
+
+    __slots__ = (
+        "deadline",
+        "forget",
+        "inbox",
+        "jobs",
+        "kill_reason",
+        "known",
+        "out",
+        "out_offset",
+        "path",
+        "pid",
+        "proc",
+        "ready",
+        "sock",
+        "timed",
+        "writing",
+    )
+
+    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
+        self.proc = proc
+        self.pid = proc.pid
+        self.sock = sock
+        self.inbox = bytearray()
+        self.out: deque[bytes] = deque()
+        self.out_offset = 0
+        self.writing = False
+        self.jobs: deque[_Job] = deque()  # sent and not reported, in the order sent
+        self.known: set[int] = set()
+        self.path: list[str] = []  # the sys.path it was last sent
+        self.forget: list[int] = []
+        self.ready = False
+        self.deadline: float | None = None
+        self.timed: _Job | None = None
+        self.kill_reason: str | None = None
+
+
+_live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
+
+
+def _after_fork_in_child() -> None:
+    # A process forked from the flow's (say, by multiprocessing) must not hold the
+    # pools' lifelines or sockets: workers would outlive the flow's process for as
+    # long as it lives. The pools are of no use there anyway (no dispatcher thread).
+    for pool in list(_live_pools):
+        pool.forget_after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
+
+
+def _forget_task(pool_ref: weakref.ref[WorkerPool], task_id: int, key: int) -> None:
+    pool = pool_ref()
+    if pool is not None:
+        pool.task_gone(task_id, key)
+
+
+class WorkerPool:
+    """Worker processes plus one dispatcher thread that owns them.
+
+    The dispatcher sends runs to workers, reads their reports, and watches each
+    worker's socket, so a death or a deadline maps to exactly the run that worker
+    holds. Other threads only hand it runs (through a queue and a wake-up pipe).
+    """
+
+    def __init__(self, max_workers: int, init_blob: bytes | None) -> None:
+        self.max_workers = max_workers
+        self._init_blob = init_blob
+        self._incoming: SimpleQueue[_Job] = SimpleQueue()
+        self._cancellable: dict[int, _Job] = {}  # run id -> job not yet sent to a worker
+        self._awake = False
+        self._wake_lock = threading.Lock()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        os.set_blocking(self._wake_w, False)
+        self._wake_closed = False
+        # Workers read the other end and exit when this process is gone.
+        self._lifeline_r, self._lifeline_w = os.pipe()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._wake_r, selectors.EVENT_READ, None)
+        self._queue: deque[_Job] = deque()
+        self._timers: list[tuple[float, int, _Job]] = []
+        self._sequence = itertools.count()
+        self._workers: list[_WorkerProcess] = []
+        self._stop: str | None = None  # None, "wait" or "now"
+        self._stop_sent = False
+        self._stop_deadline: float | None = None
+        self._broken: str | None = None
+        self._start_failures = 0
+        self._next_poll = 0.0
+        self._tasks: dict[int, tuple[weakref.ref[Task[..., Any]], int, bytes]] = {}
+        self._task_keys = itertools.count(1)
+        self._task_lock = threading.Lock()
+        self._finalizers: list[weakref.finalize[Any, Any]] = []
+        self._forgotten: SimpleQueue[int] = SimpleQueue()
+        self._thread = threading.Thread(
+            target=self._serve, name="baton-process-dispatcher", daemon=True
+        )
+        self._thread.start()
+        _live_pools.add(self)
+
+    # -- any thread -------------------------------------------------------------------
+
+    def submit(self, run: TaskRun) -> None:
+        if self._stop is not None:
+            raise RunnerClosedError("Task runner 'process' has been shut down.")
+        broken = self._broken
+        if broken is not None:
+            run.set_state(State.crashed(CrashedRun(broken), broken))
+            return
+        key, blob = self._task_entry(run.task)
+        job = _Job(run, key, blob, pickle_arguments(run), run.task.options.timeout_seconds)
+        self._cancellable[run.id] = job
+        self._incoming.put(job)
+        self._wake()
+
+    def cancel(self, run: TaskRun) -> bool:
+        job = self._cancellable.pop(run.id, None)
+        if job is None:
+            return False
+        job.cancelled = True
+        return True
+
+    def close(self, wait: bool) -> None:
+        self._stop = "wait" if wait and self._stop != "now" else "now"
+        self._wake(always=True)
+        if threading.current_thread() is self._thread:
+            return
+        try:
+            self._thread.join()
+        except BaseException:
+            self._stop = "now"
+            self._wake(always=True)
+            self._thread.join(_STOP_GRACE)
+            raise
+
+    def forget_after_fork(self) -> None:
+        self._stop = "now"
+        self._wake_lock = threading.Lock()  # another thread may have held it at the fork
+        self._wake_closed = True
+        for fd in (self._lifeline_w, self._lifeline_r, self._wake_r, self._wake_w):
+            try:
+                os.close(fd)
+            except OSError:
+                pass
+        for worker in self._workers:
+            worker.sock.close()
+
+    def task_gone(self, task_id: int, key: int) -> None:
+        entry = self._tasks.get(task_id)
+        if entry is not None and entry[1] == key:
+            del self._tasks[task_id]
+        self._forgotten.put(key)
+
+    def _task_entry(self, task: Task[..., Any]) -> tuple[int, bytes]:
+        entry = self._tasks.get(id(task))
+        if entry is not None and entry[0]() is task:
+            return entry[1], entry[2]
+        with self._task_lock:
+            entry = self._tasks.get(id(task))
+            if entry is not None and entry[0]() is task:
+                return entry[1], entry[2]
+            blob = pickle_task(task)
+            key = next(self._task_keys)
+            self._tasks[id(task)] = (weakref.ref(task), key, blob)
+            self._finalizers.append(
+                weakref.finalize(task, _forget_task, weakref.ref(self), id(task), key)
+            )
+        return key, blob
+
+    def _wake(self, always: bool = False) -> None:
+        if always or not self._awake:
+            self._awake = True
+            with self._wake_lock:
+                if not self._wake_closed:
+                    try:
+                        os.write(self._wake_w, b"\0")
+                    except OSError:
+                        pass  # the pipe is full: the dispatcher is awake anyway
+
+    # -- the dispatcher thread --------------------------------------------------------
+
+    def _serve(self) -> None:
+        try:
+            self._loop()
+        except BaseException as exc:
+            logger.exception("The 'process' task runner's dispatcher failed")
+            self._fail_everything(
+                f"Task runner 'process' failed internally ({type(exc).__name__}: {exc})."
+            )
+        finally:
+            self._release()
+
+    def _loop(self) -> None:
+        selector = self._selector
+        while True:
+            self._take_incoming()
+            self._forget_tasks()
+            if self._stop is not None and self._stopped():
+                return
+            now = time.monotonic()
+            self._fire_timers(now)
+            self._assign()
+            for key, events in selector.select(self._wait_time(now)):
+                worker: _WorkerProcess | None = key.data
+                if worker is None:
+                    try:
+                        while os.read(self._wake_r, 4096):
+                            pass
+                    except BlockingIOError:
+                        pass
+                    # Cleared after draining, and before the incoming queue is read
+                    # (next, at the top of the loop): a run handed in after this line
+                    # writes a new byte, one handed in before it is in the queue.
+                    self._awake = False
+                    continue
+                if events & selectors.EVENT_READ:
+                    self._read(worker)
+                if events & selectors.EVENT_WRITE and worker.sock.fileno() != -1:
+                    self._flush(worker)
+            now = time.monotonic()
+            self._check_deadlines(now)
+            if now >= self._next_poll:
+                self._poll_workers(now)
+
+    def _take_incoming(self) -> None:
+        incoming = self._incoming
+        queue = self._queue
+        while True:
+            try:
+                job = incoming.get_nowait()
+            except Empty:
+                return
+            if not job.cancelled:
+                queue.append(job)
+
+    def _forget_tasks(self) -> None:
+        while True:
+            try:
+                key = self._forgotten.get_nowait()
+            except Empty:
+                return
+            for worker in self._workers:
+                if key in worker.known:
+                    worker.known.discard(key)
+                    worker.forget.append(key)
+
+    def _wait_time(self, now: float) -> float | None:
+        moments = [w.deadline for w in self._workers if w.deadline is not None]
+        if self._timers:
+            moments.append(self._timers[0][0])
+        if self._stop_deadline is not None:
+            moments.append(self._stop_deadline)
+        if any(w.jobs or w.kill_reason for w in self._workers):
+            moments.append(self._next_poll)
+        if not moments:
+            return None
+        return max(0.0, min(moments) - now)
+
+    def _fire_timers(self, now: float) -> None:
+        timers = self._timers
+        while timers and timers[0][0] <= now:
+            job = heapq.heappop(timers)[2]
+            if not job.cancelled:
+                self._queue.appendleft(job)
+
+    # -- sending work -------------------------------------------------------------------
+
+    def _assign(self) -> None:
+        queue = self._queue
+        while queue and queue[0].cancelled:
+            queue.popleft()
+        if not queue or self._broken is not None or self._stop == "now":
+            return
+        waiting = len(queue)
+        chunk = max(1, min(_MAX_BATCH, waiting // (4 * self.max_workers)))
+        target = 2 * chunk if chunk > 1 else 1
+        workers = [w for w in self._workers if w.kill_reason is None and w.timed is None]
+        room = sum(max(0, target - len(w.jobs)) for w in workers)
+        if waiting > room and len(self._workers) < self.max_workers:
+            needed = -(-(waiting - room) // target)
+            for _ in range(min(needed, self.max_workers - len(self._workers))):
+                worker = self._spawn()
+                if worker is None:
+                    break
+                workers.append(worker)
+        workers.sort(key=lambda w: len(w.jobs))
+        for worker in workers:
+            if not queue:
+                break
+            space = target - len(worker.jobs)
+            if space > 0:
+                batch = self._take(min(space, chunk), idle=not worker.jobs)
+                if batch:
+                    self._send_batch(worker, batch)
+
+    def _take(self, limit: int, idle: bool) -> list[_Job]:
+        queue = self._queue
+        batch: list[_Job] = []
+        while queue and len(batch) < limit:
+            job = queue[0]
+            if job.cancelled:
+                queue.popleft()
+                continue
+            if job.timeout is not None:
+                # A run with a timeout goes alone to an idle worker: killing the worker
+                # at its deadline must not hit any other run.
+                if not batch and idle:
+                    batch.append(queue.popleft())
+                break
+            batch.append(queue.popleft())
+        return batch
+
+    def _send_batch(self, worker: _WorkerProcess, batch: list[_Job]) -> None:
+        items: list[tuple[Any, ...]] = []
+        new_tasks: list[tuple[int, bytes]] = []
+        sent: list[_Job] = []
+        cancellable = self._cancellable
+        for job in batch:
+            run = job.run
+            cancellable.pop(run.id, None)
+            if job.cancelled:
+                continue
+            if job.mark_running:
+                if not run.set_running():
+                    continue  # cancelled meanwhile
+                job.mark_running = False
+            elif run.future.done():
+                continue
+            job.dispatched = True
+            key = job.key
+            if key not in worker.known:
+                worker.known.add(key)
+                new_tasks.append((key, job.blob))
+            items.append((run.id, run.name, key, job.attempt, job.timeout is not None, job.payload))
+            sent.append(job)
+        if not sent:
+            return
+        worker.jobs.extend(sent)
+        if sent[0].timeout is not None:
+            worker.timed = sent[0]
+        forget, worker.forget = worker.forget, []
+        path: list[str] | None = parent_sys_path()
+        if path == worker.path:
+            path = None  # unchanged: nothing to send
+        else:
+            worker.path = path or []
+        self._send(worker, pickle.dumps((BATCH, new_tasks, forget, items, path), PROTOCOL))
+
+    def _send(self, worker: _WorkerProcess, data: bytes) -> None:
+        worker.out.append(frame(data))
+        self._flush(worker)
+
+    def _flush(self, worker: _WorkerProcess) -> None:
+        out = worker.out
+        sock = worker.sock
+        while out:
+            chunk = out[0]
+            try:
+                sent = sock.send(memoryview(chunk)[worker.out_offset :])
+            except (BlockingIOError, InterruptedError):
+                break
+            except OSError:
+                out.clear()  # the worker is gone; its socket reports the end next
+                break
+            worker.out_offset += sent
+            if worker.out_offset < len(chunk):
+                break
+            out.popleft()
+            worker.out_offset = 0
+        writing = bool(out)
+        if writing != worker.writing:
+            worker.writing = writing
+            events = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
+            self._selector.modify(sock, events, worker)
+
+    def _spawn(self) -> _WorkerProcess | None:
+        parent_sock, child_sock = socket.socketpair()
+        child_fd = child_sock.fileno()
+        try:
+            proc = subprocess.Popen(
+                worker_command(child_fd, self._lifeline_r),
+                pass_fds=(child_fd, self._lifeline_r),
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        except OSError as exc:
+            parent_sock.close()
+            message = (
+                f"Task runner 'process' could not start a worker process with "
+                f"{sys.executable!r}: {type(exc).__name__}: {exc}"
+            )
+            if not self._workers:
+                self._break(message)
+            else:
+                logger.warning("%s; going on with %d workers", message, len(self._workers))
+            return None
+        finally:
+            child_sock.close()
+        parent_sock.setblocking(False)
+        worker = _WorkerProcess(proc, parent_sock)
+        self._selector.register(parent_sock, selectors.EVENT_READ, worker)
+        self._workers.append(worker)
+        worker.path = parent_sys_path()
+        hello = (HELLO, worker.path, list(sys.argv), self._init_blob)
+        self._send(worker, pickle.dumps(hello, PROTOCOL))
+        return worker
+
+    # -- hearing back -------------------------------------------------------------------
+
+    def _read(self, worker: _WorkerProcess) -> None:
+        try:
+            data = worker.sock.recv(_RECV_SIZE)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            data = b""
+        if not data:
+            self._worker_died(worker)
+            return
+        worker.inbox += data
+        for message in split_frames(worker.inbox):
+            try:
+                self._on_message(worker, pickle.loads(message))
+            except Exception:
+                logger.exception(
+                    "Task runner 'process' got a message it cannot handle from worker %d; "
+                    "replacing that worker",
+                    worker.pid,
+                )
+                self._kill(worker, "protocol")
+                return
+
+    def _on_message(self, worker: _WorkerProcess, message: tuple[Any, ...]) -> None:
+        kind = message[0]
+        if kind == RESULT:
+            _, run_id, blob, failure = message
+            job = worker.jobs.popleft()
+            if job.run.id != run_id:
+                raise RuntimeError(f"result for run {run_id}, expected {job.run.id}")
+            if worker.timed is job:
+                worker.timed = None
+                worker.deadline = None
+            job.run.set_state(decode_state(job.run, blob, failure))
+        elif kind == STARTED:
+            job = worker.jobs[0]
+            if job.timeout is not None:
+                worker.deadline = time.monotonic() + job.timeout
+        elif kind == STATE:
+            job = worker.jobs[0]
+            state: State = message[2]
+            if state.type is StateType.PENDING:
+                job.attempt += 1
+                worker.deadline = None  # the retry delay does not count
+            elif job.timeout is not None:
+                worker.deadline = time.monotonic() + job.timeout
+            job.run.set_state(state)
+        elif kind == READY:
+            worker.ready = True
+            self._start_failures = 0
+        elif kind == INIT_FAILED:
+            self._break(
+                "The initializer of task runner 'process' raised in a worker process, so "
+                f"the runner cannot run tasks:\n{message[1]}"
+            )
+        else:
+            raise RuntimeError(f"unknown message {kind!r}")
+
+    def _poll_workers(self, now: float) -> None:
+        """Find workers that died without their socket reporting it (a process they
+        forked still holds it open)."""
+        self._next_poll = now + _LIVENESS_POLL
+        for worker in list(self._workers):
+            if (worker.jobs or worker.kill_reason) and worker.proc.poll() is not None:
+                while worker in self._workers:
+                    self._read(worker)  # what it sent before it died comes first
+                    if worker in self._workers and not self._readable(worker):
+                        self._worker_died(worker)
+
+    def _readable(self, worker: _WorkerProcess) -> bool:
+        import select
+
+        try:
+            return bool(select.select([worker.sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return False
+
+    def _check_deadlines(self, now: float) -> None:
+        for worker in self._workers:
+            if worker.deadline is not None and now >= worker.deadline and not worker.kill_reason:
+                self._kill(worker, "timeout")
+
+    def _kill(self, worker: _WorkerProcess, reason: str) -> None:
+        """Kill a worker and whatever it started (its process group); its socket then
+        reports the end, and `_worker_died` settles its runs."""
+        if worker.kill_reason is None:
+            worker.kill_reason = reason
+        worker.deadline = None
+        _kill_group(worker)
+
+    # -- a worker ended -----------------------------------------------------------------
+
+    def _worker_died(self, worker: _WorkerProcess) -> None:
+        self._selector.unregister(worker.sock)
+        worker.sock.close()
+        self._workers.remove(worker)
+        reason = worker.kill_reason
+        if reason != "stop":
+            _kill_group(worker)  # the processes it started must not outlive it
+        how = _reap(worker, patient=reason == "stop")
+        jobs = worker.jobs
+        if not worker.ready and reason is None and self._stop is None:
+            self._start_failures += 1
+            if self._start_failures >= _START_FAILURES and self._broken is None:
+                self._break(
+                    f"Worker processes of task runner 'process' exit before they are ready "
+                    f"({_START_FAILURES} in a row; the last one {how}). Their error output "
+                    "(stderr) says why."
+                )
+        if not jobs:
+            if reason is None and worker.ready and self._stop is None:
+                logger.warning(
+                    "A worker process (pid %d) of task runner 'process' %s while idle; "
+                    "it will be replaced when needed",
+                    worker.pid,
+                    how,
+                )
+            return
+        if reason == "shutdown":
+            for job in jobs:
+                _end(job, _shutdown_state(job.run, worker.pid))
+            return
+        if not worker.ready:
+            self._requeue(list(jobs))  # none of them started
+            return
+        head = jobs.popleft()
+        if reason == "timeout" and head is worker.timed:
+            assert head.timeout is not None
+            error = TaskTimeoutError(
+                f"Task run {head.run.name!r} exceeded its timeout of {head.timeout:g} s; its "
+                f"worker process (pid {worker.pid}) was killed and replaced."
+            )
+            state = State.failed(error, name="TimedOut")
+        else:
+            message = (
+                f"Task run {head.run.name!r} crashed: its worker process (pid {worker.pid}) "
+                f"{how} while running it."
+            )
+            if reason is None and worker.proc.returncode == -signal.SIGKILL:
+                message += (
+                    " Unless something else killed it, the system ran out of memory and "
+                    "killed the largest process."
+                )
+            state = State.crashed(CrashedRun(message), message)
+        self._end_attempt(head, state)
+        self._requeue(list(jobs))  # sent after the one that ran: they never started
+
+    def _end_attempt(self, job: _Job, state: State) -> None:
+        """An attempt ended by the worker's death or a deadline: retry it, or end the run."""
+        run = job.run
+        if run.future.done():
+            return
+        delay = None if self._stop == "now" else _retry_delay(run, state, job.attempt, True)
+        if delay is None:
+            _end(job, state)
+            return
+        run.set_state(
+            State.pending("Retrying", f"Attempt {job.attempt + 1} after: {state.message}")
+        )
+        job.attempt += 1
+        job.mark_running = True
+        self._cancellable[run.id] = job
+        if delay > 0:
+            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._sequence), job))
+        else:
+            self._queue.appendleft(job)
+
+    def _requeue(self, jobs: list[_Job]) -> None:
+        if self._broken is not None or self._stop == "now":
+            message = self._broken or "Task runner 'process' shut down before the run started."
+            for job in jobs:
+                _end(job, State.crashed(CrashedRun(message), message))
+            return
+        for job in reversed(jobs):
+            self._queue.appendleft(job)
+
+    def _break(self, message: str) -> None:
+        """The pool cannot run anything (its initializer fails, workers cannot start)."""
+        self._broken = message
+        logger.error("%s", message)
+        self._take_incoming()
+        jobs = list(self._queue) + [t[2] for t in self._timers]
+        self._queue.clear()
+        self._timers.clear()
+        for job in jobs:
+            self._cancellable.pop(job.run.id, None)
+            if not job.cancelled:
+                _end(job, State.crashed(CrashedRun(message), message))
+
+    # -- stopping -----------------------------------------------------------------------
+
+    def _stopped(self) -> bool:
+        """Advance the shutdown; True once every worker is gone."""
+        if self._stop == "now":
+            self._cancel_queued(everything=True)
+            for worker in self._workers:
+                if worker.kill_reason is None or worker.kill_reason == "stop":
+                    worker.kill_reason = "shutdown"
+                    _kill_group(worker)
+            return not self._workers
+        self._cancel_queued(everything=False)
+        busy = self._queue or self._timers or any(w.jobs for w in self._workers)
+        if busy:
+            return False
+        if not self._stop_sent:
+            self._stop_sent = True
+            self._stop_deadline = time.monotonic() + _STOP_GRACE
+            for worker in self._workers:
+                if worker.kill_reason is None:
+                    worker.kill_reason = "stop"
+                    self._send(worker, pickle.dumps((STOP,), PROTOCOL))
+        elif self._stop_deadline is not None and time.monotonic() >= self._stop_deadline:
+            self._stop_deadline = None  # their sockets report the end, soon
+            for worker in self._workers:
+                _kill_group(worker)
+        return not self._workers
+
+    def _cancel_queued(self, everything: bool) -> None:
+        """Cancel the runs that have not been sent to a worker (with `everything`, also
+        those waiting to retry or to be sent again)."""
+        if not everything and not any(not j.dispatched for j in self._queue):
+            return
+        keep: deque[_Job] = deque()
+        for job in self._queue:
+            if job.cancelled:
+                continue
+            if job.dispatched and not everything:
+                keep.append(job)
+                continue
+            self._cancel(job)
+        self._queue = keep
+        if everything:
+            for _, _, job in self._timers:
+                self._cancel(job)
+            self._timers.clear()
+
+    def _cancel(self, job: _Job) -> None:
+        self._cancellable.pop(job.run.id, None)
+        job.cancelled = True
+        future = job.run.future
+        if not future.cancel() and not future.done():
+            job.run.set_state(
+                State.cancelled(
+                    f"Task run {job.run.name!r} was cancelled: task runner 'process' shut "
+                    "down before it could run again."
+                )
+            )
+
+    def _fail_everything(self, message: str) -> None:
+        self._broken = message
+        try:
+            jobs = list(self._queue) + [t[2] for t in self._timers]
+            for worker in list(self._workers):
+                jobs.extend(worker.jobs)
+                _kill_group(worker)
+                _reap(worker, patient=False)
+            self._workers.clear()
+            while True:
+                try:
+                    jobs.append(self._incoming.get_nowait())
+                except Empty:
+                    break
+            for job in jobs:
+                if not job.cancelled:
+                    _end(job, State.crashed(CrashedRun(message), message))
+        except BaseException:
+            logger.exception("Task runner 'process' could not settle its runs")
+
+    def _release(self) -> None:
+        self._stop = self._stop or "now"
+        with self._wake_lock:
+            self._wake_closed = True
+            os.close(self._wake_r)
+            os.close(self._wake_w)
+        self._selector.close()
+        os.close(self._lifeline_w)
+        os.close(self._lifeline_r)
+        for finalizer in self._finalizers:
+            finalizer.detach()
+        self._tasks.clear()
+        # Runs handed in while the dispatcher stopped must not wait forever.
+        while True:
+            try:
+                job = self._incoming.get_nowait()
+            except Empty:
+                break
+            if not job.cancelled:
+                self._cancel(job)
+
+
+def _end(job: _Job, state: State) -> None:
+    run = job.run
+    if run.future.done():
+        return
+    _run_hooks(run, state)
+    run.set_state(state)
+
+
+def _shutdown_state(run: TaskRun, pid: int) -> State:
+    message = (
+        f"Task run {run.name!r} was stopped: task runner 'process' shut down without "
+        f"waiting, and its worker process (pid {pid}) was killed."
+    )
+    return State.crashed(CrashedRun(message), message)
+
+
+def _kill_group(worker: _WorkerProcess) -> None:
+    try:
+        os.killpg(worker.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        try:
+            worker.proc.kill()
+        except OSError:
+            pass
+
+
+def _reap(worker: _WorkerProcess, patient: bool) -> str:
+    """Wait for a worker that closed its socket to exit; describe how it ended."""
+    proc = worker.proc
+    try:
+        code = proc.wait(timeout=_STOP_GRACE if patient else 2.0)
+    except subprocess.TimeoutExpired:
+        _kill_group(worker)
+        code = proc.wait()
+    return describe_exit(code)

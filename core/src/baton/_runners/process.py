@@ -1,0 +1,303 @@
+"""The `process` runner: task runs in a pool of worker processes.
+
+For CPU-bound Python code, which threads cannot run in parallel. What it does:
+
+- **Fresh workers.** Each worker is a new interpreter (``python -c``), never a fork
+  of the flow's process, so it inherits no threads or locks, and it never imports
+  the script's ``__main__``: a script without an ``if __name__ == "__main__":``
+  guard works. Functions and arguments travel with cloudpickle, so tasks defined in
+  ``__main__``, a notebook, an ``exec`` or a closure work; modules are imported by
+  name in the worker, with the flow's ``sys.path`` (as it is when runs are sent),
+  and ``sys.argv`` is the flow's. A module the worker cannot import gets a clear
+  error; ``cloudpickle.register_pickle_by_value(module)`` sends it by value
+  instead. The one case that needs the guard: a module imported in a worker that
+  starts a `process` flow at import time; that is refused with an error that says
+  so (it would start workers of workers without end).
+- **Hard timeouts, per attempt.** A run's clock starts when its worker starts an
+  attempt (retry delays do not count). When `timeout_seconds` passes, the worker is
+  killed (with any process it started) and replaced, for sync and async tasks
+  alike; the attempt ends ``TimedOut`` (`TaskTimeoutError`), retries apply (the
+  worker's own retries count), and other runs carry on.
+- **Crash detection.** A worker that dies mid-run (``os._exit``, a signal, a
+  segfault) ends that run CRASHED, with the exit code or signal in the message.
+  The run is retried per its `retries` and `retry_delay_seconds` (and
+  `retry_condition_fn`); the pool replaces the worker and carries on.
+- **Pickling errors are clear.** An argument that cannot be pickled raises at
+  `.submit`/`.map` (or fails the run, when it waited for upstream runs), naming the
+  task and the parameter. A result that cannot be pickled fails the run with an
+  error that says so; an exception that cannot be pickled reaches the parent as
+  `RemoteTaskError` with the original's type name, message and traceback. Every
+  exception from a worker has the worker's traceback text as its ``__cause__``.
+- **Async tasks** run on one event loop per worker, one run at a time per worker.
+  For many concurrent async I/O tasks the `thread` runner is the better fit.
+- **Nested tasks.** A task that submits or maps tasks runs them on a `thread`
+  runner inside its worker (there is no flow in a worker).
+- **Cancelling and Ctrl-C.** ``future.cancel()`` drops a queued run. Workers ignore
+  Ctrl-C and run in their own session: the flow decides, cancelling what has not
+  started and killing the workers, so no process is left behind. A worker also
+  exits by itself if the flow's process dies.
+
+Overhead per run is a few tens of microseconds: a task is sent to each worker
+once, then only its runs' arguments, several runs per message when many wait.
+Runs with a timeout are sent one at a time to an idle worker. Needs a POSIX
+system (Linux, macOS).
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import pickle
+import sys
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, final
+
+from baton._errors import BatonError, InvalidOptionsError, RunnerClosedError
+from baton._runner import Capability, TaskRunner
+from baton._runners import _worker
+from baton._runners._worker import (
+    PROTOCOL,
+    RemoteTaskError,
+    RemoteTraceback,
+    WorkerLoadError,
+    cloudpickle_dumps,
+)
+from baton._states import State, StateType
+
+if TYPE_CHECKING:
+    from baton._runners._process_pool import WorkerPool
+    from baton._task import Task
+    from baton._taskrun import TaskRun
+
+__all__ = ["ProcessRunner", "RemoteTaskError", "WorkerLoadError"]
+
+_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+def default_max_workers() -> int:
+    return os.cpu_count() or 1
+
+
+@final
+class ProcessRunner(TaskRunner):
+    """Runs task runs in a pool of worker processes: parallel Python, hard timeouts,
+    and crash detection.
+
+    `max_workers` defaults to the `BATON_PROCESS_MAX_WORKERS` setting, else the
+    number of CPUs. `initializer(*initargs)` runs once in each worker as it starts
+    (both are pickled with cloudpickle); if it raises, runs end CRASHED with its
+    traceback.
+
+    >>> from baton import flow, task
+    >>> @task
+    ... def square(x):
+    ...     return x * x
+    >>> @flow(task_runner=ProcessRunner(max_workers=2))
+    ... def squares(n):
+    ...     return square.map(range(n)).result()
+    >>> squares(4)
+    [0, 1, 4, 9]
+    """
+
+    name = "process"
+    capabilities = frozenset(
+        {
+            Capability.PROCESSES,
+            Capability.NESTED,
+            Capability.ASYNC,
+            Capability.HARD_TIMEOUTS,
+            Capability.CRASH_DETECTION,
+        }
+    )
+
+    def __init__(
+        self,
+        max_workers: int | None = None,
+        initializer: Callable[..., object] | None = None,
+        initargs: tuple[Any, ...] | list[Any] = (),
+    ) -> None:
+        problems: list[str] = []
+        if max_workers is not None and (
+            isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
+        ):
+            problems.append(f"  max_workers: must be a whole number >= 1 (got {max_workers!r})")
+        given: tuple[object, object] = (initializer, initargs)  # as users pass them
+        if given[0] is not None and not callable(given[0]):
+            problems.append(f"  initializer: must be a callable or None (got {initializer!r})")
+        if not isinstance(given[1], (tuple, list)):
+            problems.append(
+                f"  initargs: must be a tuple of arguments for the initializer (got {initargs!r})"
+            )
+        if problems:
+            raise InvalidOptionsError(
+                "Invalid options for task runner 'process':\n" + "\n".join(problems)
+            )
+        self.max_workers = max_workers
+        self.initializer = initializer
+        self.initargs = tuple(initargs)
+        self._pool: WorkerPool | None = None
+
+    def on_start(self) -> None:
+        if os.name != "posix":
+            raise BatonError(
+                "The 'process' task runner needs a POSIX system (Linux, macOS). On this "
+                "system use task_runner='thread', or a cluster runner such as 'dask'."
+            )
+        if _worker.loading:
+            raise BatonError(_no_guard_message())
+        if not sys.executable:
+            raise BatonError(
+                "The 'process' task runner starts workers with sys.executable, which is "
+                "empty in this interpreter (an embedded Python). Use task_runner='thread'."
+            )
+        workers = self.max_workers
+        if workers is None:
+            from baton._settings import get_settings
+
+            workers = get_settings().process_max_workers or default_max_workers()
+        init_blob = None
+        if self.initializer is not None:
+            try:
+                init_blob = cloudpickle_dumps((self.initializer, self.initargs))
+            except Exception as exc:
+                raise InvalidOptionsError(
+                    "Invalid options for task runner 'process':\n  initializer, initargs: "
+                    f"cannot be pickled to send them to the workers ({type(exc).__name__}: "
+                    f"{exc})"
+                ) from exc
+        from baton._runners._process_pool import WorkerPool
+
+        self._pool = WorkerPool(workers, init_blob)
+
+    def on_shutdown(self, wait: bool) -> None:
+        pool, self._pool = self._pool, None
+        if pool is not None:
+            pool.close(wait)
+
+    def submit(self, run: TaskRun) -> None:
+        pool = self._pool
+        if pool is None:
+            raise RunnerClosedError(f"Task runner 'process' is not started ({self._status}).")
+        pool.submit(run)
+
+    def cancel(self, run: TaskRun) -> bool:
+        pool = self._pool
+        return pool is not None and pool.cancel(run)
+
+    def __repr__(self) -> str:
+        workers = self._pool.max_workers if self._pool else self.max_workers
+        return f"<ProcessRunner max_workers={workers} {self._status}>"
+
+
+def _no_guard_message() -> str:
+    module = "a module"
+    frame_ = sys._getframe(1)
+    while frame_ is not None:
+        if frame_.f_code.co_name == "<module>":
+            module = f"module {frame_.f_globals.get('__name__', '?')!r}"
+            break
+        frame_ = frame_.f_back  # type: ignore[assignment]
+    return (
+        f"A flow on the 'process' task runner was started while a worker process imported "
+        f"{module}, which a task needs. That module starts the flow when it is imported: "
+        'put the call under `if __name__ == "__main__":` so that importing the module '
+        "only defines things."
+    )
+
+
+# -- pickling -------------------------------------------------------------------------
+
+
+def pickle_arguments(run: TaskRun) -> bytes:
+    args, kwargs = run.args, run.kwargs
+    if not kwargs:
+        for value in args:
+            if type(value) not in _PLAIN:
+                break
+        else:
+            return pickle.dumps((args, kwargs), PROTOCOL)
+    try:
+        return cloudpickle_dumps((args, kwargs))
+    except Exception as exc:
+        raise _argument_error(run, exc) from exc
+
+
+def _argument_error(run: TaskRun, exc: Exception) -> pickle.PicklingError:
+    task = run.task
+    advice = (
+        "Arguments travel to the 'process' runner's workers pickled (with cloudpickle): "
+        "pass something picklable instead (a path rather than an open file, settings "
+        "rather than a client, lock or connection), create the object inside the task, "
+        "or run this task on the 'thread' runner."
+    )
+    for label, value in _labelled_arguments(task, run.args, run.kwargs):
+        try:
+            cloudpickle_dumps(value)
+        except Exception as inner:
+            return pickle.PicklingError(
+                f"Cannot send task run {run.name!r} to a worker process: argument {label!r} "
+                f"of task {task.name!r} cannot be pickled ({type(inner).__name__}: {inner}). "
+                + advice
+            )
+    return pickle.PicklingError(
+        f"Cannot send task run {run.name!r} to a worker process: the arguments of task "
+        f"{task.name!r} cannot be pickled ({type(exc).__name__}: {exc}). " + advice
+    )
+
+
+def _labelled_arguments(
+    task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> list[tuple[str, Any]]:
+    try:
+        signature = inspect.signature(task.fn)
+        bound = signature.bind(*args, **kwargs).arguments
+    except (TypeError, ValueError):
+        return [(f"#{i}", a) for i, a in enumerate(args)] + list(kwargs.items())
+    labelled: list[tuple[str, Any]] = []
+    for name, value in bound.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            labelled.extend((f"{name}[{i}]", item) for i, item in enumerate(value))
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            labelled.extend(value.items())
+        else:
+            labelled.append((name, value))
+    return labelled
+
+
+def pickle_task(task: Task[..., Any]) -> bytes:
+    try:
+        return cloudpickle_dumps(task)
+    except Exception as exc:
+        raise pickle.PicklingError(
+            f"Task {task.name!r} cannot be pickled to send it to a worker process of the "
+            f"'process' runner ({type(exc).__name__}: {exc}). Its function, its options' "
+            "hooks, or a global or closure variable they use hold something unpicklable "
+            "(a lock, an open file or connection, a client): create that object inside "
+            "the task, or run the task on the 'thread' runner."
+        ) from exc
+
+
+def decode_state(run: TaskRun, blob: bytes, failure: tuple[Any, ...] | None) -> State:
+    try:
+        state: State = pickle.loads(blob)
+    except Exception as exc:
+        if failure is None:
+            return State.failed(
+                pickle.UnpicklingError(
+                    f"The result of task run {run.name!r} (task {run.task.name!r}) came back "
+                    f"from its worker process but cannot be unpickled here "
+                    f"({type(exc).__name__}: {exc}). Return plain data, or types importable "
+                    "in both processes."
+                )
+            )
+        kind, name, message, type_name, text, tb = failure
+        error = RemoteTaskError(type_name, text, tb)
+        if tb:
+            error.__cause__ = RemoteTraceback(tb)
+        return State(StateType(kind), name, message, data=error)
+    if failure is not None and failure[5]:
+        error_ = state.error
+        if error_ is not None and error_.__cause__ is None:
+            error_.__cause__ = RemoteTraceback(failure[5])
+    return state
