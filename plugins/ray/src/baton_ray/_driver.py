@@ -1,0 +1,800 @@
+"""The driver side of the `ray` runner: submitting runs to Ray, and hearing how they ended.
+
+A run goes to Ray once its upstream runs are final, with each upstream given as its
+final State, or, for one that completed here with a value in the object store, as
+the ObjectRef of that value: Ray moves the value worker to worker. The driver fetches
+only each run's small outcome and reports completed runs lazily, so a value reaches
+this process only when something here reads it. Whether an upstream failure ends the
+run UpstreamFailed, or reaches it through `allow_failure`, is decided on the worker.
+
+A run that can be retried (`retries`, or a `timeout_seconds` that kills an attempt)
+is sent one attempt at a time; the driver retries after the delay, also when the
+attempt's worker died or its timeout killed it.
+
+At most `max_pending` runs are in Ray at once; the rest wait in a queue, in order.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import threading
+import time
+import uuid
+import weakref
+from collections import deque
+from collections.abc import Mapping
+from functools import partial
+from queue import SimpleQueue
+from typing import TYPE_CHECKING, Any, Final, final
+
+import ray
+from baton import (
+    CrashedRun,
+    InvalidOptionsError,
+    RunnerClosedError,
+    State,
+    StateType,
+    TaskTimeoutError,
+)
+from baton._engine import _retry_delay, _run_hooks
+from baton._runners._worker import RemoteTraceback
+from baton._states import LazyResult, upstream_failed
+from ray import exceptions as ray_errors
+
+from baton_ray._options import current_options, merge, options_from_tags
+from baton_ray._remote import (
+    FINAL,
+    INLINE,
+    RETRY,
+    STARTED,
+    STORED,
+    run_attempt,
+    run_timed_attempt,
+    run_whole,
+)
+
+if TYPE_CHECKING:
+    import concurrent.futures as cf
+
+    from baton import Future, TaskRun
+    from baton._engine import NativeCall
+    from baton._task import Task
+
+__all__ = ["Driver"]
+
+logger = logging.getLogger("baton")
+
+WHOLE, ATTEMPT, TIMED = "whole", "attempt", "timed"
+_FINAL: Final = frozenset(
+    {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
+)
+_STORED_HEAD: Final = (STORED,)
+# A pickled task bigger than this goes to the object store once, instead of with each run.
+_BLOB_INLINE: Final = 32 * 1024
+_process_token = uuid.uuid4().hex[:12]
+_task_counter = itertools.count()
+_task_lock = threading.Lock()
+_task_payloads: weakref.WeakKeyDictionary[Task[..., Any], tuple[str, Any]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _task_payload(run: TaskRun) -> tuple[str, Any]:
+    """(key, pickled task or [its ObjectRef]) of the run's task, made once per task: a
+    worker loads a task once, and finds it by key afterwards."""
+    task = run.task
+    with _task_lock:
+        found = _task_payloads.get(task)
+    if found is not None:
+        return found
+    from baton._runners._worker import dumps
+
+    try:
+        blob = dumps(task)
+    except Exception as exc:
+        import pickle
+
+        raise pickle.PicklingError(
+            f"Task {task.name!r} cannot be pickled to send it to Ray workers "
+            f"({type(exc).__name__}: {exc}). Its function, its options' hooks, or a global "
+            "or closure variable they use hold something unpicklable (a lock, an open file "
+            "or connection, a client): create that object inside the task."
+        ) from exc
+    payload: Any = blob if len(blob) <= _BLOB_INLINE else [ray.put(blob)]
+    found = (f"{_process_token}-{next(_task_counter)}", payload)
+    with _task_lock:
+        _task_payloads[task] = found
+    return found
+
+
+# How often the watcher looks for attempts that started, at least, while any is timed.
+_POLL: Final = 0.05
+
+_remotes: dict[tuple[str, Any], Any] = {}
+_BASES: Final = {WHOLE: run_whole, ATTEMPT: run_attempt, TIMED: run_timed_attempt}
+
+
+def _remote_for(kind: str, options: Mapping[str, Any], run: TaskRun) -> Any:
+    """The remote function for `kind` with these Ray options (built once per options)."""
+    base = _BASES[kind]
+    if not options:
+        return base
+    key = (kind, _freeze(options))
+    remote = _remotes.get(key)
+    if remote is None:
+        try:
+            remote = base.options(**options)
+        except Exception as exc:
+            raise InvalidOptionsError(
+                f"Ray refused the options {dict(options)!r} of task run {run.name!r} "
+                f"(task {run.task.name!r}): {type(exc).__name__}: {exc}"
+            ) from exc
+        if len(_remotes) > 256:
+            _remotes.clear()
+        _remotes[key] = remote
+    return remote
+
+
+def _when_done(ref: Any, callback: Any) -> None:
+    """Call `callback(value or error)` from Ray's thread once `ref` is ready."""
+    on_completed = getattr(ref, "_on_completed", None)
+    if on_completed is not None:
+        # What ObjectRef.future() builds on, without a concurrent Future per run.
+        on_completed(callback)
+        return
+
+    def done(future: cf.Future[Any]) -> None:
+        try:
+            value = future.result()
+        except BaseException as exc:
+            value = exc
+        callback(value)
+
+    ref.future().add_done_callback(done)
+
+
+@final
+class _Fetch:
+    """Loads a completed run's value from the object store, the first time it is read.
+
+    The state holds the value's ObjectRef only until then (`LazyResult` drops its
+    loader once it has the value), so the store frees the value as soon as nothing
+    else needs it; a downstream run handed over before that gets the ObjectRef.
+    """
+
+    __slots__ = ("ref",)
+
+    def __init__(self, ref: Any) -> None:
+        self.ref = ref
+
+    def __call__(self) -> Any:
+        return ray.get(self.ref)
+
+
+def _stored_ref(state: State) -> Any:
+    """The ObjectRef of a completed run's value still in the store, or None."""
+    data = state._data
+    if type(data) is LazyResult:
+        loader = data._load
+        if type(loader) is _Fetch:
+            return loader.ref
+    return None
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    if isinstance(value, (list, tuple)):
+        return tuple(_freeze(v) for v in value)
+    return value
+
+
+@final
+class _Job:
+    """One run on its way through Ray (queued here, in Ray, or parked)."""
+
+    __slots__ = (
+        "attempt",
+        "call",
+        "deadline",
+        "gen",
+        "head",
+        "items",
+        "kind",
+        "outcome_ref",
+        "remote",
+        "run",
+        "stop",
+        "upstreams",
+        "value_ref",
+    )
+
+    def __init__(
+        self, run: TaskRun, call: NativeCall, upstreams: list[Future[Any]], kind: str, remote: Any
+    ) -> None:
+        self.run = run
+        self.call = call
+        self.upstreams = upstreams
+        self.kind = kind
+        self.remote = remote
+        self.head: Any = None
+        self.attempt = 1
+        self.outcome_ref: Any = None
+        self.value_ref: Any = None
+        self.gen: Any = None
+        self.items = 0
+        self.deadline: float | None = None
+        self.stop: str | None = None  # why the driver stopped it: timeout, cancel, shutdown
+
+    def cancel_in_ray(self) -> None:
+        handle = self.gen if self.kind == TIMED else self.outcome_ref
+        if handle is not None:
+            try:
+                ray.cancel(handle, force=True)
+            except Exception:
+                logger.debug("ray.cancel of %r failed", self.run, exc_info=True)
+
+
+@final
+class Driver:
+    """Sends one runner's runs to Ray and reports their states."""
+
+    def __init__(self, max_pending: int) -> None:
+        self.max_pending = max_pending
+        self._lock = threading.Lock()
+        self._idle = threading.Condition(self._lock)
+        self._queue: deque[_Job] = deque()
+        self._active: dict[int, _Job] = {}  # holding a place in Ray, by run id
+        self._parked: dict[int, _Job] = {}  # waiting for an upstream run or a retry delay
+        self._reports: SimpleQueue[tuple[_Job, Any, Any] | None] = SimpleQueue()
+        self._reporter: threading.Thread | None = None
+        self._watcher: _Watcher | None = None
+        self._closing: str | None = None
+
+    # -- handing runs over ----------------------------------------------------------------
+
+    def submit(self, run: TaskRun) -> None:
+        task = run.task
+        options = task.options
+        kind = (
+            WHOLE
+            if options.retries == 0 and options.timeout_seconds is None
+            else TIMED
+            if options.timeout_seconds is not None
+            else ATTEMPT
+        )
+        ray_options = merge(options_from_tags(options.tags, task.name), current_options())
+        remote = _remote_for(kind, ray_options, run)
+        key, blob = _task_payload(run)
+        call, upstreams = run.native_call()
+        job = _Job(run, call, upstreams, kind, remote)
+        job.head = (key, blob, run.id, run.name, call.args, call.kwargs, call.wait_for)
+        with self._lock:
+            if self._closing is not None:
+                raise RunnerClosedError(
+                    f"Cannot submit task run {run.name!r}: task runner 'ray' is shutting down."
+                )
+            if self._queue or len(self._active) >= self.max_pending:
+                self._queue.append(job)
+                return
+            self._active[run.id] = job
+        self._launch(job, raise_errors=True)
+
+    def _launch(self, job: _Job, raise_errors: bool = False) -> None:
+        """Send `job` to Ray (it holds a place in `_active`), or park it on an upstream."""
+        run = job.run
+        if run.future.done():  # cancelled before it went
+            self._end(job, run.future._state)
+            return
+        inputs = self._inputs(job)
+        if not isinstance(inputs, list):
+            self._park_on(job, inputs)
+            return
+        try:
+            if job.kind == WHOLE:
+                job.value_ref, job.outcome_ref = job.remote.remote(job.head, *inputs)
+            elif job.kind == ATTEMPT:
+                job.value_ref, job.outcome_ref = job.remote.remote(job.head, job.attempt, *inputs)
+            else:
+                job.gen = job.remote.remote(job.head, job.attempt, *inputs)
+        except Exception as exc:
+            error = _argument_error(run, exc)
+            if raise_errors:
+                with self._lock:
+                    self._active.pop(run.id, None)
+                raise error from exc
+            self._end(job, State.failed(error), hooks=True)
+            return
+        # Ray does not say when a task starts: the run stays PENDING (and can be
+        # cancelled) until it ends; a timed attempt reports when it starts.
+        if run.future._state.type is StateType.CANCELLED:
+            job.stop = "cancel"
+        if job.stop is not None:
+            job.cancel_in_ray()
+        if job.kind == TIMED:
+            self._watch().watch(job)
+        else:
+            _when_done(job.outcome_ref, partial(self._report, job, job.outcome_ref))
+
+    def _inputs(self, job: _Job) -> list[Any] | Future[Any]:
+        """Two arguments per upstream run (its final State, or a marker and the ObjectRef
+        of its value in the store), or the upstream run to wait for first.
+
+        A run goes to Ray once its upstream runs are final: Ray then has nothing to wait
+        for, so cancelling the run never meets a Ray task that waits for its arguments
+        (``ray.cancel`` of such a task can bring the driver down), and an upstream that
+        failed or is retried is known before the run goes.
+        """
+        inputs: list[Any] = []
+        for upstream in job.upstreams:
+            state = upstream._state
+            if state.type not in _FINAL:
+                return upstream
+            value_ref = _stored_ref(state)
+            if value_ref is not None:
+                inputs += (_STORED_HEAD, value_ref)
+            else:
+                inputs += (state, None)
+        return inputs
+
+    def _park_on(self, job: _Job, upstream: Future[Any]) -> None:
+        with self._lock:
+            self._active.pop(job.run.id, None)
+            self._parked[job.run.id] = job
+        upstream.add_done_callback(lambda _: self._unpark(job))
+
+    def _unpark(self, job: _Job) -> None:
+        """A parked job may go on: queue it, or send it at once if there is room."""
+        run = job.run
+        with self._lock:
+            if self._parked.pop(run.id, None) is None:
+                return  # cancelled meanwhile
+            if run.future.done() or self._closing == "now":
+                self._idle.notify_all()
+                return
+            if self._queue or len(self._active) >= self.max_pending:
+                self._queue.append(job)
+                return
+            self._active[run.id] = job
+        self._launch(job)
+
+    def _pump(self) -> None:
+        """Send queued jobs while there is room in Ray."""
+        while True:
+            with self._lock:
+                if (
+                    self._closing == "now"
+                    or not self._queue
+                    or len(self._active) >= self.max_pending
+                ):
+                    return
+                job = self._queue.popleft()
+                if job.run.future.done():
+                    continue  # cancelled while it was queued
+                self._active[job.run.id] = job
+            self._launch(job)
+
+    # -- hearing back -----------------------------------------------------------------------
+
+    def _report(self, job: _Job, ref: Any, outcome: Any) -> None:
+        # Called by Ray's own thread: hand over, so that what a run's end sets off
+        # (downstream runs, user callbacks) never runs there.
+        if self._closing == "now":
+            return
+        self._reports.put((job, ref, outcome))
+        if self._reporter is None:
+            with self._lock:
+                if self._reporter is None:
+                    self._reporter = threading.Thread(
+                        target=self._serve_reports, name="baton-ray-reports", daemon=True
+                    )
+                    self._reporter.start()
+
+    def _serve_reports(self) -> None:
+        while True:
+            item = self._reports.get()
+            if item is None:
+                return
+            job, ref, outcome = item
+            if job.outcome_ref is ref:  # else from an earlier launch of a job sent again
+                if isinstance(outcome, BaseException):
+                    self._failed_in_ray(job, outcome)
+                else:
+                    self.outcome(job, outcome)
+            del job, ref, outcome, item
+
+    def outcome(self, job: _Job, outcome: Any) -> None:
+        """What the remote function returned for `job` (see `_remote` for the forms)."""
+        kind = outcome[0] if type(outcome) is tuple and outcome else None
+        if kind == INLINE:
+            self._end(job, State.completed(outcome[1]))
+        elif kind == STORED:
+            self._end(job, State.completed_lazily(_Fetch(job.value_ref)))
+        elif kind == FINAL:
+            self._end(job, self._restore_error(job, outcome[1], outcome[2]))
+        elif kind == RETRY:
+            self._retry(job, self._restore_error(job, outcome[1], outcome[3]), outcome[2])
+        else:
+            self._failed_in_ray(job, TypeError(f"unexpected outcome {outcome!r}"))
+
+    def _restore_error(self, job: _Job, state: State, tb: str | None) -> State:
+        """The error's cause, which pickling drops: the upstream's error for UpstreamFailed,
+        else the traceback from the worker."""
+        error = state.error
+        if error is None:
+            return state
+        if state.name == "UpstreamFailed":
+            for upstream in job.upstreams:
+                if upstream.done() and f"{upstream.name!r}" in str(state.message):
+                    upstream_state = upstream._state
+                    if not upstream_state.is_completed():
+                        return upstream_failed(job.run.name, upstream.name, upstream_state)
+        if tb and error.__cause__ is None:
+            error.__cause__ = RemoteTraceback(tb)
+        return state
+
+    def _failed_in_ray(self, job: _Job, exc: BaseException) -> None:
+        """The job's Ray task failed outside the engine (a worker died, a value could not
+        be stored, the driver stopped it)."""
+        _read_error(job.value_ref)
+        state = _failure_state(job, exc)
+        if job.kind == WHOLE or job.stop in ("cancel", "shutdown"):
+            self._end(job, state, hooks=job.stop is None)
+            return
+        delay = (
+            None
+            if self._closing == "now"
+            else _retry_delay(job.run, state, job.attempt, retry_crashed=True)
+        )
+        if delay is None:
+            self._end(job, state, hooks=True)
+        else:
+            self._retry(job, state, delay)
+
+    def _retry(self, job: _Job, state: State, delay: float) -> None:
+        run = job.run
+        run.set_state(
+            State.pending("Retrying", f"Attempt {job.attempt + 1} after: {state.message}")
+        )
+        job.attempt += 1
+        job.outcome_ref = job.value_ref = job.gen = None
+        job.items = 0
+        job.deadline = None
+        job.stop = None
+        with self._lock:
+            self._active.pop(run.id, None)
+            self._parked[run.id] = job
+        self._pump()
+        self._watch().after(delay, job)
+
+    def _end(self, job: _Job, state: State, hooks: bool = False) -> None:
+        run = job.run
+        if hooks and not run.future.done():
+            options = run.task.options
+            if options.on_completion or options.on_failure:
+                _run_hooks(run, state)
+        with self._lock:
+            self._active.pop(run.id, None)
+            self._parked.pop(run.id, None)
+            queued = bool(self._queue)
+        if not run.future.done():
+            run.set_state(state)
+        if queued:
+            self._pump()
+        with self._lock:
+            if not self._active and not self._queue and not self._parked:
+                self._idle.notify_all()
+
+    # -- stopping ---------------------------------------------------------------------------
+
+    def cancel(self, run: TaskRun) -> bool:
+        with self._lock:
+            job = self._parked.pop(run.id, None)
+            if job is None:
+                for queued in self._queue:
+                    if queued.run is run:
+                        job = queued
+                        self._queue.remove(queued)
+                        break
+            if job is not None:
+                if not self._active and not self._queue and not self._parked:
+                    self._idle.notify_all()
+                return True
+            job = self._active.get(run.id)
+        if job is None:
+            return False
+        job.stop = "cancel"
+        job.cancel_in_ray()
+        return True
+
+    def waitables(self) -> list[Any]:
+        """What to ``ray.wait`` on for the runs in Ray to end."""
+        with self._lock:
+            jobs = list(self._active.values())
+        found = []
+        for job in jobs:
+            if job.kind == TIMED:
+                gen = job.gen
+                if gen is not None:
+                    found.append(gen.completed())
+            elif job.outcome_ref is not None:
+                found.append(job.outcome_ref)
+        return found
+
+    def close(self, wait: bool) -> None:
+        if wait:
+            with self._idle:
+                self._closing = "wait"
+                self._idle.wait_for(
+                    lambda: not self._active and not self._queue and not self._parked
+                )
+        else:
+            with self._lock:
+                self._closing = "now"
+                waiting = [*self._queue, *self._parked.values()]
+                running = list(self._active.values())
+                self._queue.clear()
+                self._parked.clear()
+                self._active.clear()
+            for job in waiting:
+                job.run.set_state(
+                    State.cancelled(
+                        f"Task run {job.run.name!r} was cancelled: task runner 'ray' shut down "
+                        "before it started."
+                    )
+                )
+            for job in running:
+                job.stop = "shutdown"
+                job.cancel_in_ray()
+                message = (
+                    f"Task run {job.run.name!r} was stopped: task runner 'ray' shut down "
+                    "without waiting, and cancelled its Ray task."
+                )
+                job.run.set_state(State.crashed(CrashedRun(message), message))
+        self._reports.put(None)
+        watcher = self._watcher
+        if watcher is not None:
+            watcher.stop()
+        for thread in (self._reporter, watcher):
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(5)
+
+    def _watch(self) -> _Watcher:
+        watcher = self._watcher
+        if watcher is None:
+            with self._lock:
+                watcher = self._watcher
+                if watcher is None:
+                    watcher = self._watcher = _Watcher(self)
+                    watcher.start()
+        return watcher
+
+
+@final
+class _Watcher(threading.Thread):
+    """Keeps the clocks: retry delays, and timed attempts, whose streaming generators it
+    reads (when an attempt starts, its timeout starts)."""
+
+    def __init__(self, driver: Driver) -> None:
+        super().__init__(name="baton-ray-watcher", daemon=True)
+        self.driver = driver
+        self._cond = threading.Condition()
+        self._timers: list[tuple[float, int, _Job]] = []
+        self._sequence = itertools.count()
+        self._timed: set[_Job] = set()
+        self._stopped = False
+
+    def after(self, delay: float, job: _Job) -> None:
+        with self._cond:
+            heapq.heappush(self._timers, (time.monotonic() + delay, next(self._sequence), job))
+            self._cond.notify()
+
+    def watch(self, job: _Job) -> None:
+        with self._cond:
+            self._timed.add(job)
+            self._cond.notify()
+
+    def stop(self) -> None:
+        with self._cond:
+            self._stopped = True
+            self._cond.notify()
+
+    def run(self) -> None:
+        while True:
+            due: list[_Job] = []
+            with self._cond:
+                if self._stopped:
+                    return
+                now = time.monotonic()
+                while self._timers and self._timers[0][0] <= now:
+                    due.append(heapq.heappop(self._timers)[2])
+                timed = list(self._timed)
+                next_timer = self._timers[0][0] if self._timers else None
+                if not due and not timed:
+                    self._cond.wait(None if next_timer is None else next_timer - now)
+                    continue
+            for job in due:
+                self.driver._unpark(job)
+            if timed:
+                self._poll(timed, next_timer)
+
+    def _poll(self, timed: list[_Job], next_timer: float | None) -> None:
+        now = time.monotonic()
+        wake = [now + _POLL]
+        if next_timer is not None:
+            wake.append(next_timer)
+        wake += [job.deadline for job in timed if job.deadline is not None and job.stop is None]
+        timeout = max(0.0, min(wake) - now)
+        try:
+            ray.wait([job.gen for job in timed], num_returns=1, timeout=timeout)
+        except Exception:
+            logger.debug("ray.wait on timed runs failed", exc_info=True)
+            time.sleep(timeout)
+        for job in timed:
+            gen = job.gen
+            if self._read(job):
+                with self._cond:
+                    if job.gen is gen:  # not already sent again
+                        self._timed.discard(job)
+            elif job.deadline is not None and job.stop is None and time.monotonic() >= job.deadline:
+                job.stop = "timeout"
+                job.cancel_in_ray()
+
+    def _read(self, job: _Job) -> bool:
+        """Take what the attempt's generator has produced; True once it is over."""
+        gen = job.gen
+        driver = self.driver
+        while gen.next_ready() or gen.is_finished():
+            try:
+                ref = next(gen)
+            except StopIteration:
+                # It ended before its outcome: its error is in the last item it gave.
+                self._ended_in_error(job, job.value_ref)
+                return True
+            job.items += 1
+            if job.items == 1:
+                try:
+                    if ray.get(ref) != STARTED:
+                        raise TypeError("a timed attempt did not start with its marker")
+                except BaseException as exc:
+                    driver._failed_in_ray(job, exc)
+                    return True
+                timeout = job.run.task.options.timeout_seconds
+                job.deadline = None if timeout is None else time.monotonic() + timeout
+                if not job.run.set_running() and job.stop is None:
+                    job.stop = "cancel"  # cancelled as it started
+                    job.cancel_in_ray()
+            elif job.items == 2:
+                job.value_ref = ref  # not fetched: it stays in the store
+            else:
+                try:
+                    outcome = ray.get(ref)
+                except BaseException as exc:
+                    driver._failed_in_ray(job, exc)
+                else:
+                    driver.outcome(job, outcome)
+                return True
+        return False
+
+    def _ended_in_error(self, job: _Job, ref: Any) -> None:
+        error: BaseException = ray_errors.WorkerCrashedError()
+        if ref is not None:
+            try:
+                ray.get(ref)
+            except BaseException as exc:
+                error = exc
+        self.driver._failed_in_ray(job, error)
+
+
+# -- errors -------------------------------------------------------------------------------
+
+_REFUSED = (
+    ray_errors.RuntimeEnvSetupError,
+    ray_errors.TaskUnschedulableError,
+    ray_errors.ObjectStoreFullError,
+    ray_errors.OutOfDiskError,
+)
+
+
+def _failure_state(job: _Job, exc: BaseException) -> State:
+    """The state of a run whose Ray task failed outside the engine."""
+    name = job.run.name
+    if isinstance(exc, ray_errors.TaskCancelledError) or job.stop is not None:
+        if job.stop == "timeout":
+            seconds = job.run.task.options.timeout_seconds or 0.0
+            return State.failed(
+                TaskTimeoutError(
+                    f"Task run {name!r} exceeded its timeout of {seconds:g} s; its Ray task "
+                    "was cancelled and its worker process killed."
+                ),
+                name="TimedOut",
+            )
+        if job.stop == "shutdown":
+            message = f"Task run {name!r} was stopped: task runner 'ray' shut down without waiting."
+            return State.crashed(CrashedRun(message), message)
+        return State.cancelled(f"Task run {name!r} was cancelled while it ran.")
+    if isinstance(exc, ray_errors.RayTaskError):
+        cause = exc.cause if isinstance(exc.cause, BaseException) else exc
+        text = f"{type(cause).__name__}: {cause}".strip()
+        if isinstance(cause, ray_errors.RaySystemError):
+            error: BaseException = RuntimeError(
+                f"Task run {name!r} could not start on its Ray worker: {text}. Modules the "
+                "task and its arguments need must be importable there: install them on the "
+                "workers, or ship them with runtime_env (py_modules, working_dir)."
+            )
+        elif "pickl" in text.lower() or "serializ" in text.lower():
+            import pickle
+
+            error = pickle.PicklingError(
+                f"The result of task run {name!r} (task {job.run.task.name!r}) cannot be "
+                f"pickled ({_first_line(text)}), so Ray cannot store it. Return something "
+                "picklable (plain data, or a path to where the value was written)."
+            )
+        else:
+            error = RuntimeError(f"Task run {name!r} failed in Ray: {_first_line(text)}")
+        error.__cause__ = cause
+        return State.failed(error)
+    if isinstance(exc, _REFUSED):
+        failed = RuntimeError(
+            f"Ray could not run task run {name!r}: {type(exc).__name__}: {_first_line(str(exc))}"
+        )
+        failed.__cause__ = exc
+        return State.failed(failed)
+    message = (
+        f"Task run {name!r} crashed: its Ray worker died while running it "
+        f"({type(exc).__name__}: {_first_line(str(exc))})."
+    )
+    crashed = CrashedRun(message)
+    crashed.__cause__ = exc
+    return State.crashed(crashed, message)
+
+
+def _read_error(ref: Any) -> None:
+    """Read the error a failed task stored in its other ObjectRef too: Ray logs an error
+    stored in an ObjectRef that nobody read as unhandled."""
+    if ref is None:
+        return
+    try:
+        ray.get(ref, timeout=0)
+    except BaseException:
+        pass
+
+
+def _first_line(text: str) -> str:
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[0] if lines else text
+
+
+def _argument_error(run: TaskRun, exc: Exception) -> Exception:
+    """A clear error for arguments Ray could not send (they cannot be pickled)."""
+    import inspect
+    import pickle
+
+    from ray import cloudpickle
+
+    task = run.task
+    advice = (
+        "Arguments travel to Ray workers pickled: pass something picklable instead (a "
+        "path rather than an open file, settings rather than a client, lock or "
+        "connection), or create the object inside the task."
+    )
+    try:
+        bound = inspect.signature(task.fn).bind(*run.args, **run.kwargs).arguments
+    except (TypeError, ValueError):
+        bound = {f"#{i}": value for i, value in enumerate(run.args)} | dict(run.kwargs)
+    for label, value in bound.items():
+        try:
+            cloudpickle.dumps(value)  # type: ignore[no-untyped-call]
+        except Exception as inner:
+            return pickle.PicklingError(
+                f"Cannot send task run {run.name!r} to Ray: argument {label!r} of task "
+                f"{task.name!r} cannot be pickled ({type(inner).__name__}: {inner}). " + advice
+            )
+    if isinstance(exc, InvalidOptionsError):
+        return exc
+    return pickle.PicklingError(
+        f"Cannot send task run {run.name!r} (task {task.name!r}) to Ray: "
+        f"{type(exc).__name__}: {_first_line(str(exc))}. " + advice
+    )

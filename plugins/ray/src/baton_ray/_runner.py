@@ -1,0 +1,263 @@
+"""The `ray` runner: task runs as Ray tasks, on a local Ray or an existing cluster."""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+from collections.abc import Mapping
+from typing import TYPE_CHECKING, Any, final
+
+from baton import BatonError, Capability, InvalidOptionsError, RunnerClosedError, TaskRunner
+
+if TYPE_CHECKING:
+    from baton import TaskRun
+    from typing_extensions import Self
+
+    from baton_ray._driver import Driver
+
+__all__ = ["RayTaskRunner"]
+
+DEFAULT_MAX_PENDING = 1_000
+
+# Options of ray.init that this runner sets itself, and what to pass instead.
+_OWN_OPTIONS = {"address": "RayTaskRunner(address=...)"}
+
+# A Ray session this process started for runners: shut down when the last runner that
+# uses it shuts down. A session started by anyone else is left as it is.
+_session_lock = threading.Lock()
+_session_users = 0
+_session_ours = False
+
+
+@final
+class RayTaskRunner(TaskRunner):
+    """Runs task runs as Ray tasks: on a local Ray started for the flow run, on the Ray
+    this process is already connected to, or on a cluster given by address.
+
+    `address` is what ``ray.init`` takes: None starts a local Ray (unless this process
+    already called ``ray.init``, whose connection is then used and left open);
+    ``"auto"`` or ``"HOST:PORT"`` connects to a running cluster; ``"ray://HOST:PORT"``
+    connects through Ray Client. `init_kwargs` go to ``ray.init`` (``num_cpus``,
+    ``runtime_env``, ...). The runner shuts down only a Ray it started.
+
+    `max_pending` caps how many runs are in Ray at once (queued or running there); the
+    others wait in the runner, so that mapping a huge input keeps the cluster's
+    queues and object store, and this process, small.
+
+    >>> from baton import flow, task
+    >>> @task
+    ... def square(x):
+    ...     return x * x
+    >>> @flow(task_runner=RayTaskRunner(init_kwargs={"num_cpus": 2}))
+    ... def squares(n):
+    ...     return square.map(range(n)).result()
+    >>> squares(4)  # doctest: +SKIP
+    [0, 1, 4, 9]
+    """
+
+    name = "ray"
+    capabilities = frozenset(
+        {
+            Capability.ASYNC,
+            Capability.NESTED,
+            Capability.PROCESSES,
+            Capability.HARD_TIMEOUTS,
+            Capability.CANCEL_RUNNING,
+            Capability.CRASH_DETECTION,
+            Capability.CONNECT,
+            Capability.NATIVE_DEPENDENCIES,
+        }
+    )
+    url_schemes = ("ray",)
+
+    def __init__(
+        self,
+        address: str | None = None,
+        init_kwargs: Mapping[str, Any] | None = None,
+        max_pending: int = DEFAULT_MAX_PENDING,
+    ) -> None:
+        problems: list[str] = []
+        if address is not None and (
+            not isinstance(address, str) or not address.strip() or address != address.strip()
+        ):
+            problems.append(
+                "  address: must be None (start a local Ray), 'auto', 'HOST:PORT' or "
+                f"'ray://HOST:PORT' (got {address!r})"
+            )
+        if init_kwargs is not None:
+            if not isinstance(init_kwargs, Mapping) or not all(
+                isinstance(k, str) for k in init_kwargs
+            ):
+                problems.append(
+                    f"  init_kwargs: must be a dict of ray.init options, such as "
+                    f"{{'num_cpus': 4}} (got {init_kwargs!r})"
+                )
+            else:
+                for key, instead in _OWN_OPTIONS.items():
+                    if key in init_kwargs:
+                        problems.append(f"  init_kwargs: pass {key!r} as {instead}")
+        if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
+            problems.append(f"  max_pending: must be a whole number >= 1 (got {max_pending!r})")
+        if problems:
+            raise InvalidOptionsError(
+                "Invalid options for task runner 'ray':\n" + "\n".join(problems)
+            )
+        self.address = address
+        self.init_kwargs: dict[str, Any] = dict(init_kwargs or {})
+        self.max_pending = max_pending
+        self._driver: Driver | None = None
+        self._session = False
+
+    @classmethod
+    def from_url(cls, url: str) -> Self:
+        """``ray://HOST:PORT``: a cluster reached through Ray Client (as ``ray.init``
+        takes it); ``ray://`` alone: the Ray this process is connected to, else a new
+        local one."""
+        from urllib.parse import urlsplit
+
+        try:
+            parts = urlsplit(url)
+            port = parts.port
+        except ValueError as exc:
+            raise InvalidOptionsError(
+                f"Invalid URL for task runner 'ray': {url!r} ({exc}). It takes the form "
+                "ray://HOST:PORT, such as ray://127.0.0.1:10001."
+            ) from None
+        if (
+            parts.scheme.lower() != "ray"
+            or parts.path not in ("", "/")
+            or parts.query
+            or parts.fragment
+            or (parts.netloc and (not parts.hostname or port is None))
+        ):
+            raise InvalidOptionsError(
+                f"Invalid URL for task runner 'ray': {url!r}. It takes the form "
+                "ray://HOST:PORT, such as ray://127.0.0.1:10001 (Ray Client's port), or "
+                "ray:// for the local Ray."
+            )
+        if not parts.netloc:
+            return cls()
+        return cls(address=f"ray://{parts.netloc}")
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def on_start(self) -> None:
+        from baton_ray._driver import Driver
+
+        self._session = _join_session(self.address, self.init_kwargs)
+        self._driver = Driver(self.max_pending)
+
+    def on_shutdown(self, wait: bool) -> None:
+        driver, self._driver = self._driver, None
+        try:
+            if driver is not None:
+                driver.close(wait)
+        finally:
+            if self._session:
+                self._session = False
+                _leave_session()
+
+    # -- work -----------------------------------------------------------------------------
+
+    def submit(self, run: TaskRun) -> None:
+        driver = self._driver
+        if driver is None:
+            raise RunnerClosedError(f"Task runner 'ray' is not started ({self._status}).")
+        driver.submit(run)
+
+    def cancel(self, run: TaskRun) -> bool:
+        driver = self._driver
+        return driver is not None and driver.cancel(run)
+
+    def waitables(self) -> list[Any]:
+        """What a worker's main thread waits in while it waits for these runs."""
+        driver = self._driver
+        return driver.waitables() if driver is not None else []
+
+    def __repr__(self) -> str:
+        where = self.address or "local"
+        return f"<RayTaskRunner {where} max_pending={self.max_pending} {self._status}>"
+
+
+def _join_session(address: str | None, init_kwargs: dict[str, Any]) -> bool:
+    """Make sure this process is connected to Ray; True if the connection is one this
+    module opened (and so closes once its last runner shuts down)."""
+    global _session_users, _session_ours
+    import ray
+
+    with _session_lock:
+        if ray.is_initialized():
+            if not _session_ours:
+                _check_same_cluster(address)
+                return False
+            _session_users += 1
+            return True
+        kwargs = dict(init_kwargs)
+        if address is None:
+            _share_import_path(kwargs)
+        else:
+            kwargs["address"] = address
+        try:
+            ray.init(**kwargs)
+        except Exception as exc:
+            where = f"connect to the Ray cluster at {address!r}" if address else "start Ray"
+            raise BatonError(
+                f"Task runner 'ray' could not {where}: {type(exc).__name__}: {exc}"
+            ) from exc
+        _session_ours = True
+        _session_users = 1
+        return True
+
+
+def _leave_session() -> None:
+    global _session_users, _session_ours
+    import ray
+
+    with _session_lock:
+        _session_users -= 1
+        if _session_users > 0 or not _session_ours:
+            return
+        _session_ours = False
+        ray.shutdown()
+
+
+def _check_same_cluster(address: str | None) -> None:
+    """A runner given an address, in a process already connected to Ray elsewhere, would
+    silently run on the wrong cluster: refuse."""
+    if address is None or address == "auto" or address.startswith("ray://"):
+        return
+    import ray
+
+    connected = ray.get_runtime_context().gcs_address
+    wanted = _host_port(address)
+    if wanted is not None and connected and _host_port(connected) != wanted:
+        raise BatonError(
+            f"Task runner 'ray' was given address={address!r}, but this process is already "
+            f"connected to the Ray cluster at {connected!r}; Ray connects a process to one "
+            "cluster only. Call ray.shutdown() first, or leave out the address to use the "
+            "connected cluster."
+        )
+
+
+def _host_port(address: str) -> tuple[str, int] | None:
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    if host in ("localhost", "::1", "[::1]"):
+        host = "127.0.0.1"
+    return host, int(port)
+
+
+def _share_import_path(kwargs: dict[str, Any]) -> None:
+    """Workers of a local Ray import modules by name with this process's sys.path, as
+    the `process` runner's workers do (a module beside the script, a test module)."""
+    runtime_env = dict(kwargs.get("runtime_env") or {})
+    env_vars = dict(runtime_env.get("env_vars") or {})
+    if "PYTHONPATH" in env_vars:
+        return
+    paths = [p for p in sys.path if p and os.path.isdir(p)]
+    existing = os.environ.get("PYTHONPATH")
+    env_vars["PYTHONPATH"] = os.pathsep.join([*paths, *([existing] if existing else [])])
+    runtime_env["env_vars"] = env_vars
+    kwargs["runtime_env"] = runtime_env

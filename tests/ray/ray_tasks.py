@@ -1,0 +1,140 @@
+"""Tasks the ray tests run, at module level so that Ray workers import them by name
+(the test fixtures put this directory on the workers' PYTHONPATH)."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from typing import Any
+
+from baton import as_completed, task, wait
+from baton.testing._rendezvous import Rendezvous
+
+MB = 2**20
+
+
+@task
+def pid(_: Any = None) -> int:
+    return os.getpid()
+
+
+@task
+def payload(megabytes: int) -> bytes:
+    return b"x" * (megabytes * MB)
+
+
+@task
+def size(data: bytes) -> int:
+    return len(data)
+
+
+@task
+def identity(value: Any) -> Any:
+    return value
+
+
+@task
+def describe(value: Any) -> str:
+    return f"{type(value).__name__}: {value}"
+
+
+@task
+def assigned(_: Any = None) -> dict[str, float]:
+    """The resources Ray reserved for this run."""
+    import ray
+
+    return dict(ray.get_runtime_context().get_assigned_resources())
+
+
+@task
+def env(name: str) -> str | None:
+    return os.environ.get(name)
+
+
+# -- nested --------------------------------------------------------------------------------
+
+
+@task
+def child(x: int) -> tuple[int, int]:
+    return x * 10, os.getpid()
+
+
+@task
+def parent(rv: Rendezvous, name: str, parties: tuple[str, ...], how: str) -> list[Any]:
+    """Meet the other parents (so that they hold every CPU at once), then map children
+    and block until they are done, in the way `how` says."""
+    rv.meet(name, parties)
+    futures = child.map(range(3))
+    if how == "result":
+        values = [f.result() for f in futures]
+    elif how == "wait":
+        _, not_done = wait(futures)
+        assert not not_done
+        values = [f.result() for f in futures]
+    else:
+        values = sorted(f.result() for f in as_completed(futures))
+    return [[value for value, _ in values], [child_pid for _, child_pid in values], os.getpid()]
+
+
+@task
+async def async_parent(x: int) -> list[int]:
+    first, _ = await child.submit(x)
+    rest = await asyncio.gather(child.submit(x + 1), child.submit(x + 2))
+    return [first, *(value for value, _ in rest)]
+
+
+@task
+def fire_and_forget(rv: Rendezvous) -> int:
+    """Submit a run without waiting for it: the task run ends only once it has."""
+    finish_later.submit(rv)
+    rv.signal("parent-returning")
+    return os.getpid()
+
+
+@task
+def finish_later(rv: Rendezvous) -> None:
+    rv.signal("nested-started")
+    rv.wait("release-nested", timeout=60)
+    rv.signal("nested-finished")
+
+
+# -- crashes, retries, timeouts ------------------------------------------------------------
+
+
+@task
+def die_attempts(rv: Rendezvous, tag: str, crashes: int) -> int:
+    """Kill its own worker on the first `crashes` attempts; return the attempt number."""
+    attempt = rv.record(f"attempt-{tag}", repr(time.monotonic()))
+    if attempt <= crashes:
+        os._exit(17)
+    return attempt
+
+
+@task
+def wait_to_be_killed(rv: Rendezvous, tag: str) -> str:
+    """Signal `started-<tag>` with the worker's pid, then wait for `release-<tag>`."""
+    rv.signal(f"started-{tag}", str(os.getpid()))
+    rv.wait(f"release-{tag}", timeout=60)
+    return "released"
+
+
+@task
+def sleep_in_c(rv: Rendezvous, tag: str, seconds: float) -> str:
+    """Block in C (time.sleep), where no exception can interrupt it."""
+    rv.record(f"attempt-{tag}", str(os.getpid()))
+    time.sleep(seconds)
+    rv.signal(f"woke-{tag}")
+    return "slept"
+
+
+@task
+def hold(rv: Rendezvous, index: int) -> int:
+    rv.record("held", str(index))
+    rv.wait("release-held", timeout=60)
+    return index
+
+
+@task
+def noop(x: int) -> int:
+    return x
