@@ -36,15 +36,15 @@ from baton import (
     RunnerClosedError,
     State,
     StateType,
-    TaskTimeoutError,
 )
 from baton._engine import _retry_delay, _run_hooks
 from baton._runners._worker import RemoteTraceback
 from baton._states import LazyResult, upstream_failed
 from ray import exceptions as ray_errors
 
+from baton_ray._failures import argument_error, failure_state, read_error
 from baton_ray._options import current_options, merge, options_from_tags
-from baton_ray._remote import (
+from baton_ray._worker import (
     FINAL,
     INLINE,
     RETRY,
@@ -59,7 +59,6 @@ if TYPE_CHECKING:
     import concurrent.futures as cf
 
     from baton import Future, TaskRun
-    from baton._engine import NativeCall
     from baton._task import Task
 
 __all__ = ["Driver"]
@@ -197,7 +196,6 @@ class _Job:
 
     __slots__ = (
         "attempt",
-        "call",
         "deadline",
         "gen",
         "head",
@@ -211,11 +209,8 @@ class _Job:
         "value_ref",
     )
 
-    def __init__(
-        self, run: TaskRun, call: NativeCall, upstreams: list[Future[Any]], kind: str, remote: Any
-    ) -> None:
+    def __init__(self, run: TaskRun, upstreams: list[Future[Any]], kind: str, remote: Any) -> None:
         self.run = run
-        self.call = call
         self.upstreams = upstreams
         self.kind = kind
         self.remote = remote
@@ -269,7 +264,7 @@ class Driver:
         remote = _remote_for(kind, ray_options, run)
         key, blob = _task_payload(run)
         call, upstreams = run.native_call()
-        job = _Job(run, call, upstreams, kind, remote)
+        job = _Job(run, upstreams, kind, remote)
         job.head = (key, blob, run.id, run.name, call.args, call.kwargs, call.wait_for)
         with self._lock:
             if self._closing is not None:
@@ -300,7 +295,7 @@ class Driver:
             else:
                 job.gen = job.remote.remote(job.head, job.attempt, *inputs)
         except Exception as exc:
-            error = _argument_error(run, exc)
+            error = argument_error(run, exc)
             if raise_errors:
                 with self._lock:
                     self._active.pop(run.id, None)
@@ -406,7 +401,7 @@ class Driver:
             del job, ref, outcome, item
 
     def outcome(self, job: _Job, outcome: Any) -> None:
-        """What the remote function returned for `job` (see `_remote` for the forms)."""
+        """What the remote function returned for `job` (see `_worker` for the forms)."""
         kind = outcome[0] if type(outcome) is tuple and outcome else None
         if kind == INLINE:
             self._end(job, State.completed(outcome[1]))
@@ -438,8 +433,8 @@ class Driver:
     def _failed_in_ray(self, job: _Job, exc: BaseException) -> None:
         """The job's Ray task failed outside the engine (a worker died, a value could not
         be stored, the driver stopped it)."""
-        _read_error(job.value_ref)
-        state = _failure_state(job, exc)
+        read_error(job.value_ref)
+        state = failure_state(job.run, job.stop, exc)
         if job.kind == WHOLE or job.stop in ("cancel", "shutdown"):
             self._end(job, state, hooks=job.stop is None)
             return
@@ -686,115 +681,3 @@ class _Watcher(threading.Thread):
             except BaseException as exc:
                 error = exc
         self.driver._failed_in_ray(job, error)
-
-
-# -- errors -------------------------------------------------------------------------------
-
-_REFUSED = (
-    ray_errors.RuntimeEnvSetupError,
-    ray_errors.TaskUnschedulableError,
-    ray_errors.ObjectStoreFullError,
-    ray_errors.OutOfDiskError,
-)
-
-
-def _failure_state(job: _Job, exc: BaseException) -> State:
-    """The state of a run whose Ray task failed outside the engine."""
-    name = job.run.name
-    if isinstance(exc, ray_errors.TaskCancelledError) or job.stop is not None:
-        if job.stop == "timeout":
-            seconds = job.run.task.options.timeout_seconds or 0.0
-            return State.failed(
-                TaskTimeoutError(
-                    f"Task run {name!r} exceeded its timeout of {seconds:g} s; its Ray task "
-                    "was cancelled and its worker process killed."
-                ),
-                name="TimedOut",
-            )
-        if job.stop == "shutdown":
-            message = f"Task run {name!r} was stopped: task runner 'ray' shut down without waiting."
-            return State.crashed(CrashedRun(message), message)
-        return State.cancelled(f"Task run {name!r} was cancelled while it ran.")
-    if isinstance(exc, ray_errors.RayTaskError):
-        cause = exc.cause if isinstance(exc.cause, BaseException) else exc
-        text = f"{type(cause).__name__}: {cause}".strip()
-        if isinstance(cause, ray_errors.RaySystemError):
-            error: BaseException = RuntimeError(
-                f"Task run {name!r} could not start on its Ray worker: {text}. Modules the "
-                "task and its arguments need must be importable there: install them on the "
-                "workers, or ship them with runtime_env (py_modules, working_dir)."
-            )
-        elif "pickl" in text.lower() or "serializ" in text.lower():
-            import pickle
-
-            error = pickle.PicklingError(
-                f"The result of task run {name!r} (task {job.run.task.name!r}) cannot be "
-                f"pickled ({_first_line(text)}), so Ray cannot store it. Return something "
-                "picklable (plain data, or a path to where the value was written)."
-            )
-        else:
-            error = RuntimeError(f"Task run {name!r} failed in Ray: {_first_line(text)}")
-        error.__cause__ = cause
-        return State.failed(error)
-    if isinstance(exc, _REFUSED):
-        failed = RuntimeError(
-            f"Ray could not run task run {name!r}: {type(exc).__name__}: {_first_line(str(exc))}"
-        )
-        failed.__cause__ = exc
-        return State.failed(failed)
-    message = (
-        f"Task run {name!r} crashed: its Ray worker died while running it "
-        f"({type(exc).__name__}: {_first_line(str(exc))})."
-    )
-    crashed = CrashedRun(message)
-    crashed.__cause__ = exc
-    return State.crashed(crashed, message)
-
-
-def _read_error(ref: Any) -> None:
-    """Read the error a failed task stored in its other ObjectRef too: Ray logs an error
-    stored in an ObjectRef that nobody read as unhandled."""
-    if ref is None:
-        return
-    try:
-        ray.get(ref, timeout=0)
-    except BaseException:
-        pass
-
-
-def _first_line(text: str) -> str:
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[0] if lines else text
-
-
-def _argument_error(run: TaskRun, exc: Exception) -> Exception:
-    """A clear error for arguments Ray could not send (they cannot be pickled)."""
-    import inspect
-    import pickle
-
-    from ray import cloudpickle
-
-    task = run.task
-    advice = (
-        "Arguments travel to Ray workers pickled: pass something picklable instead (a "
-        "path rather than an open file, settings rather than a client, lock or "
-        "connection), or create the object inside the task."
-    )
-    try:
-        bound = inspect.signature(task.fn).bind(*run.args, **run.kwargs).arguments
-    except (TypeError, ValueError):
-        bound = {f"#{i}": value for i, value in enumerate(run.args)} | dict(run.kwargs)
-    for label, value in bound.items():
-        try:
-            cloudpickle.dumps(value)  # type: ignore[no-untyped-call]
-        except Exception as inner:
-            return pickle.PicklingError(
-                f"Cannot send task run {run.name!r} to Ray: argument {label!r} of task "
-                f"{task.name!r} cannot be pickled ({type(inner).__name__}: {inner}). " + advice
-            )
-    if isinstance(exc, InvalidOptionsError):
-        return exc
-    return pickle.PicklingError(
-        f"Cannot send task run {run.name!r} (task {task.name!r}) to Ray: "
-        f"{type(exc).__name__}: {_first_line(str(exc))}. " + advice
-    )

@@ -14,7 +14,14 @@ from typing import Any
 
 from baton import InvalidOptionsError
 
-__all__ = ["TAG_PREFIX", "current_options", "options_from_tags", "remote_options"]
+__all__ = [
+    "TAG_PREFIX",
+    "current_options",
+    "merge",
+    "options_from_tags",
+    "remote_options",
+    "validate",
+]
 
 TAG_PREFIX = "ray:"
 """Tags of this form set Ray options on a task: ``ray:num_cpus=2``, ``ray:num_gpus=0.5``,

@@ -75,6 +75,7 @@ class RayTaskRunner(TaskRunner):
         self,
         address: str | None = None,
         init_kwargs: Mapping[str, Any] | None = None,
+        *,
         max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
         problems: list[str] = []
@@ -170,7 +171,7 @@ class RayTaskRunner(TaskRunner):
         driver = self._driver
         return driver is not None and driver.cancel(run)
 
-    def waitables(self) -> list[Any]:
+    def _waitables(self) -> list[Any]:
         """What a worker's main thread waits in while it waits for these runs."""
         driver = self._driver
         return driver.waitables() if driver is not None else []
@@ -229,7 +230,10 @@ def _check_same_cluster(address: str | None) -> None:
         return
     import ray
 
-    connected = ray.get_runtime_context().gcs_address
+    try:
+        connected = ray.get_runtime_context().gcs_address
+    except Exception:  # a connection that does not say (Ray Client)
+        return
     wanted = _host_port(address)
     if wanted is not None and connected and _host_port(connected) != wanted:
         raise BatonError(

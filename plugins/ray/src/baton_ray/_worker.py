@@ -386,7 +386,7 @@ class _RayWaits:
             remaining = 0.5 if deadline is None else min(0.5, deadline - time.monotonic())
             if remaining <= 0:
                 return False
-            refs = [ref for ref in self.runner.waitables() if ref not in seen]
+            refs = [ref for ref in self.runner._waitables() if ref not in seen]
             if refs:
                 done, _ = ray.wait(refs, num_returns=1, timeout=remaining, fetch_local=False)
                 seen.update(done)
