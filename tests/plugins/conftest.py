@@ -5,7 +5,9 @@ from __future__ import annotations
 import sys
 import textwrap
 from collections.abc import Iterator
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 import pytest
 from baton import _plugins
@@ -53,6 +55,17 @@ def fresh_plugins(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     _plugins.reset()
     yield
     _plugins.reset()
+
+
+@pytest.fixture
+def builtins_only(fresh_plugins: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Discovery sees only the core's own entry points, as where no plugin is installed."""
+    every = metadata.entry_points
+
+    def core_only(**params: Any) -> Any:
+        return [ep for ep in every(**params) if _plugins._dist_name(ep) == "baton-core"]
+
+    monkeypatch.setattr(metadata, "entry_points", core_only)
 
 
 @pytest.fixture

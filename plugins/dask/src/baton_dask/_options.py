@@ -255,8 +255,10 @@ def dask_options(
     >>> @task
     ... def train(x):
     ...     return x
-    >>> with dask_options(resources={"GPU": 1}):  # doctest: +SKIP
+    >>> with dask_options(resources={"GPU": 1}):
     ...     future = train.submit(1)
+    >>> future.result()
+    1
     """
     placement = _placement("dask_options", resources, priority, workers, allow_other_workers)
     outer = _current.get()

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, final
 from urllib.parse import urlsplit
 
@@ -50,7 +52,7 @@ class DaskTaskRunner(TaskRunner):
     >>> @flow(task_runner=runner)
     ... def squares(n):
     ...     return square.map(range(n)).result()
-    >>> squares(4)  # doctest: +SKIP
+    >>> squares(4)
     [0, 1, 4, 9]
     """
 
@@ -212,7 +214,7 @@ class DaskTaskRunner(TaskRunner):
         except Exception as exc:
             raise BatonError(
                 f"Task runner 'dask' could not start its cluster, {name}(**{kwargs!r}): "
-                f"{type(exc).__name__}: {exc}"
+                f"{type(exc).__name__}: {exc}{_unguarded_main_hint()}"
             ) from exc
         if options.adapt_kwargs is not None:
             try:
@@ -279,6 +281,27 @@ class DaskTaskRunner(TaskRunner):
             factory = self._options.cluster_class
             where = f"cluster={getattr(factory, '__name__', None) or 'LocalCluster'}"
         return f"<DaskTaskRunner {where} {self._status}>"
+
+
+def _unguarded_main_hint() -> str:
+    """Dask starts worker processes by importing the main script again, so a script that
+    runs its flow at the top level starts a cluster inside every worker, and the nannies
+    fail with a message about bootstrapping that does not name the cause."""
+    main = sys.modules.get("__main__")
+    path = getattr(main, "__file__", None)
+    if not path:
+        return ""
+    try:
+        source = Path(path).read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
+    if "__main__" in source:
+        return ""
+    return (
+        f'. {path} has no `if __name__ == "__main__":` block: Dask starts its worker '
+        "processes by importing the script again, so put the code that runs the flow "
+        'under that guard (or pass cluster_kwargs={"processes": False})'
+    )
 
 
 def _close_quietly(resource: Any) -> None:
