@@ -23,7 +23,9 @@ UNITS = all_units()
 WITHOUT_EXAMPLES = {
     "benchmarks.md",
     "reference/api.md",
+    "reference/dask.md",
     "reference/hooks.md",
+    "reference/ray.md",
     "reliability.md",
 }
 

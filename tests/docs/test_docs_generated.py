@@ -3,6 +3,7 @@ command reference every subcommand, and the site's navigation every page."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import re
 from pathlib import Path
@@ -109,12 +110,60 @@ def test_navigation_lists_every_page_once() -> None:
     assert sorted(listed) == on_disk
 
 
-def test_every_core_runner_has_a_page() -> None:
+def test_every_runner_has_a_page_in_the_navigation() -> None:
     import baton
 
-    core = [r.name for r in baton.list_runners() if r.distribution == "baton-core"]
-    missing = [name for name in core if not (DOCS / "runners" / f"{name}.md").is_file()]
-    assert not missing, f"runners without a page in docs/runners/: {missing}"
+    yaml = pytest.importorskip("yaml")
+    config = yaml.safe_load((REPO / "mkdocs.yml").read_text())
+    [runners] = [item["Task runners"] for item in config["nav"] if "Task runners" in item]
+    listed = nav_pages(runners)
+    names = {r.name for r in baton.list_runners() if r.distribution.startswith("baton-")}
+    assert {"thread", "process", "sync"} <= names
+    missing = [name for name in sorted(names) if f"runners/{name}.md" not in listed]
+    assert not missing, f"runners without a page under 'Task runners' in mkdocs.yml: {missing}"
+
+
+def test_every_runner_page_states_the_runners_capabilities() -> None:
+    import baton
+
+    for info in baton.list_runners():
+        page = DOCS / "runners" / f"{info.name}.md"
+        if not page.is_file():
+            continue
+        text = " ".join(page.read_text().split())
+        declared = sorted(c.value for c in info.load().capabilities)
+        match = re.search(r"\*\*Capabilities\*\*: ([^.]*)\.", text)
+        assert match, f"{page.name} has no '**Capabilities**:' line"
+        stated = sorted(re.findall(r"`([a-z-]+)`", match[1]))
+        assert stated == declared, (page.name, stated, declared)
+
+
+def test_capability_table_matches_the_runners() -> None:
+    import baton
+
+    text = (DOCS / "runners" / "index.md").read_text()
+    table = text[text.index("| capability |") :].split("\n\n", 1)[0]
+    header = [c.strip().strip("`") for c in table.splitlines()[0].strip("|").split("|")]
+    rows = table_rows(table)
+    for info in baton.list_runners():
+        if info.name not in header:
+            continue
+        column = header.index(info.name)
+        declared = {c.value for c in info.load().capabilities}
+        shown = {name.strip("`") for name, row in rows.items() if row[column] == "yes"}
+        assert shown == declared, (info.name, shown, declared)
+
+
+def test_plugin_reference_pages_document_the_public_api() -> None:
+    import importlib.util
+
+    for package, page in (("baton_dask", "dask.md"), ("baton_ray", "ray.md")):
+        if importlib.util.find_spec(package) is None:
+            continue
+        module = importlib.import_module(package)
+        text = (DOCS / "reference" / page).read_text()
+        documented = set(re.findall(rf"^::: {package}\.(\w+)$", text, re.MULTILINE))
+        assert documented == set(module.__all__), (page, documented)
 
 
 def test_docstrings_get_fenced_blocks() -> None:

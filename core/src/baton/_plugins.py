@@ -335,7 +335,8 @@ class _Registry:
             return info
         if key in self.conflicts:
             raise PluginLoadError(_conflict_message(f"the URL scheme {key!r}", self.conflicts[key]))
-        accepted = ", ".join(f"{s}:// ({i.name})" for s, i in sorted(self.schemes.items()))
+        # The keys of `schemes` already end in "://".
+        accepted = ", ".join(f"{s} ({i.name})" for s, i in sorted(self.schemes.items()))
         head = f"No installed task runner accepts {url!r}: none claims the URL scheme {key!r}."
         if accepted:
             head += f" Installed runners accept: {accepted}."

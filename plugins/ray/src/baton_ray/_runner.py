@@ -52,7 +52,7 @@ class RayTaskRunner(TaskRunner):
     >>> @flow(task_runner=RayTaskRunner(init_kwargs={"num_cpus": 2}))
     ... def squares(n):
     ...     return square.map(range(n)).result()
-    >>> squares(4)  # doctest: +SKIP
+    >>> squares(4)
     [0, 1, 4, 9]
     """
 
