@@ -1,34 +1,71 @@
-"""Run the benchmarks: `python -m bench [--quick] [--runners thread,process] [--out DIR]`.
+"""Run the benchmarks: `python -m bench [--quick] [--runners thread,process]
+[--scenarios overhead,graphs] [--sizes 1000,10000] [--budget SECONDS] [--out DIR]`.
 
 Every figure of Baton is measured beside the raw engine underneath it in the same
 process, in interleaved pairs so that drift of the machine hits both alike, and
-reported as µs per task and as the ratio Baton / raw.
+reported as µs per task and as the ratio Baton / raw. Scenarios:
+
+  overhead  N no-op tasks through `.map` and a `.submit` loop (µs per task)
+  graphs    a dependency chain of tasks, and a fan-out feeding one fan-in task
+  startup   `import baton`, and an empty flow run
+  memory    peak RSS with 100,000 completed futures held, and while a generator of
+            1,000,000 items is mapped with bounded in-flight
+  locality  on Dask and Ray: how much of a 200 MB result passed downstream goes
+            through the driver process
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
 import statistics
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("BATON_LOG_LEVEL", "WARNING")
-
 import baton
 
-from bench.engines import ENGINES, available, noop
+from bench.engines import (
+    ENGINES,
+    Engine,
+    LocalityEngine,
+    RawEngine,
+    available,
+    make_bytes,
+    noop,
+    size,
+)
+
+SCENARIOS = ("overhead", "graphs", "startup", "memory", "locality")
+MB = 2**20
+Row = dict[str, Any]
 
 
-def _baton_batch(runner: str, mode: str):  # type: ignore[no-untyped-def]
+def _interleaved(raw: Any, ours: Any, repeats: int) -> tuple[list[float], list[float]]:
+    """Seconds of each of `repeats` runs of `raw()` then `ours()`, taken in turn."""
+    raw_times, baton_times = [], []
+    for _ in range(repeats):
+        started = time.perf_counter()
+        raw()
+        raw_times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        ours()
+        baton_times.append(time.perf_counter() - started)
+    return raw_times, baton_times
+
+
+def _baton_batch(task_runner: str | baton.TaskRunner, mode: str):  # type: ignore[no-untyped-def]
     task = baton.task(noop)
 
-    @baton.flow(task_runner=runner)
+    @baton.flow(task_runner=task_runner)
     def batch(n: int) -> None:
         if mode == "map":
             task.map(range(n)).result()
@@ -40,103 +77,203 @@ def _baton_batch(runner: str, mode: str):  # type: ignore[no-untyped-def]
     return batch
 
 
-def overhead(runner: str, sizes: list[int], repeats: int) -> list[dict[str, Any]]:
+def overhead(
+    engine: Engine,
+    raw: RawEngine,
+    sizes: list[int],
+    repeats: int,
+    budget: float,
+    skipped: list[Row],
+) -> list[Row]:
     """µs per no-op task through `.map` and a `.submit` loop, beside the raw engine."""
-    engine = ENGINES[runner]
     rows = []
-    with engine.raw_map() as raw:
-        for mode in ("map", "submit"):
-            # A cluster engine hands Baton a runner on its own cluster, to compare like for like.
-            run = _baton_batch(getattr(raw, "task_runner", runner), mode)
-            run(min(sizes))  # warm up imports and pools
-            for n in sizes:
-                raw_times, baton_times = [], []
-                for _ in range(repeats):
-                    started = time.perf_counter()
-                    raw(n)
-                    raw_times.append(time.perf_counter() - started)
-                    started = time.perf_counter()
-                    run(n)
-                    baton_times.append(time.perf_counter() - started)
-                raw_us = statistics.median(raw_times) / n * 1e6
-                baton_us = statistics.median(baton_times) / n * 1e6
-                rows.append(
-                    {
-                        "scenario": f"overhead-{mode}",
-                        "runner": runner,
-                        "raw": engine.raw_name,
-                        "n": n,
-                        "baton_us_per_task": round(baton_us, 2),
-                        "raw_us_per_task": round(raw_us, 2),
-                        "ratio": round(baton_us / raw_us, 2),
-                    }
+    for mode in ("map", "submit"):
+        scenario = f"overhead-{mode}"
+        raw_batch = getattr(raw, mode)
+        run = _baton_batch(raw.task_runner, mode)
+        run(min(*sizes, 1_000))  # warm up imports and pools
+        slowest_us = 0.0  # per task, either side, at the sizes run so far
+        for n in sizes:
+            if engine.max_n is not None and n > engine.max_n:
+                skipped.append(_skip(scenario, engine.runner, n, engine.max_n_reason))
+                continue
+            estimate = slowest_us * 1e-6 * n * 2 * repeats
+            if estimate > budget:
+                reason = (
+                    f"about {estimate:.0f} s at the cost per task measured at smaller N, over "
+                    f"the budget of {budget:.0f} s per size (--budget)"
                 )
-                print(_row(rows[-1]), flush=True)
+                skipped.append(_skip(scenario, engine.runner, n, reason))
+                continue
+            raw_times, baton_times = _interleaved(partial(raw_batch, n), partial(run, n), repeats)
+            raw_us = statistics.median(raw_times) / n * 1e6
+            baton_us = statistics.median(baton_times) / n * 1e6
+            slowest_us = max(slowest_us, raw_us, baton_us)
+            rows.append(
+                {
+                    "scenario": scenario,
+                    "runner": engine.runner,
+                    "raw": engine.raw_name,
+                    "n": n,
+                    "baton_us_per_task": round(baton_us, 2),
+                    "raw_us_per_task": round(raw_us, 2),
+                    "ratio": round(baton_us / raw_us, 2),
+                }
+            )
+            print(_line(rows[-1]), flush=True)
     return rows
 
 
-def graphs(runner: str, n: int, repeats: int) -> list[dict[str, Any]]:
-    """A dependency chain of n tasks and a fan-out of n feeding one fan-in task."""
-    import concurrent.futures as cf
-
+def graphs(engine: Engine, raw: RawEngine, n: int, repeats: int) -> list[Row]:
+    """A dependency chain of n tasks, and a fan-out of n feeding one fan-in task."""
     task = baton.task(noop)
+    gather = baton.task(size)
 
-    @baton.task
-    def gather(values: list[int]) -> int:
-        return len(values)
-
-    @baton.flow(task_runner=runner)
+    @baton.flow(task_runner=raw.task_runner)
     def chain() -> int:
         future = task.submit(0)
         for _ in range(n - 1):
             future = task.submit(future)
         return future.result()
 
-    @baton.flow(task_runner=runner)
+    @baton.flow(task_runner=raw.task_runner)
     def fan() -> int:
-        return gather(task.map(range(n)))
-
-    def raw_chain(pool: cf.Executor) -> None:
-        value = 0
-        for _ in range(n):
-            value = pool.submit(noop, value).result()
-
-    def raw_fan(pool: cf.Executor) -> None:
-        futures = [pool.submit(noop, i) for i in range(n)]
-        pool.submit(len, [f.result() for f in futures]).result()
+        # Submitted, not called, so that the fan-in runs on the engine as the raw one does.
+        return gather.submit(task.map(range(n))).result()
 
     rows = []
-    if runner != "thread":
-        return rows
-    with cf.ThreadPoolExecutor() as pool:
-        for name, ours, theirs in (("chain", chain, raw_chain), ("fan-out-in", fan, raw_fan)):
-            ours()
-            raw_times, baton_times = [], []
-            for _ in range(repeats):
-                started = time.perf_counter()
-                theirs(pool)
-                raw_times.append(time.perf_counter() - started)
-                started = time.perf_counter()
-                ours()
-                baton_times.append(time.perf_counter() - started)
-            raw_ms = statistics.median(raw_times) * 1e3
-            baton_ms = statistics.median(baton_times) * 1e3
-            rows.append(
-                {
-                    "scenario": name,
-                    "runner": runner,
-                    "raw": "ThreadPoolExecutor",
-                    "n": n,
-                    "baton_ms": round(baton_ms, 2),
-                    "raw_ms": round(raw_ms, 2),
-                    "ratio": round(baton_ms / raw_ms, 2),
-                }
-            )
-            print(_row(rows[-1]), flush=True)
+    for name, ours, theirs, expected in (
+        ("chain", chain, raw.chain, 0),
+        ("fan-out-in", fan, raw.fan, n),
+    ):
+        for side in (ours, partial(theirs, n)):
+            got = side()
+            if got != expected:
+                raise AssertionError(f"{name} on {engine.runner} returned {got}, not {expected}")
+        raw_times, baton_times = _interleaved(partial(theirs, n), ours, repeats)
+        raw_ms = statistics.median(raw_times) * 1e3
+        baton_ms = statistics.median(baton_times) * 1e3
+        rows.append(
+            {
+                "scenario": name,
+                "runner": engine.runner,
+                "raw": engine.raw_name,
+                "n": n,
+                "baton_ms": round(baton_ms, 3),
+                "raw_ms": round(raw_ms, 3),
+                "ratio": round(baton_ms / raw_ms, 2),
+            }
+        )
+        print(_line(rows[-1]), flush=True)
     return rows
 
 
-def startup(repeats: int) -> list[dict[str, Any]]:
+class PeakRSS:
+    """Peak resident memory of this process over a block, above where it started.
+
+    psutil is sampled by a thread; on Linux the kernel's own high-water mark (VmHWM,
+    reset on entry) also catches a peak shorter than the sampling period.
+    """
+
+    def __init__(self, period: float = 0.002) -> None:
+        try:
+            import psutil
+        except ImportError:
+            raise SystemExit(
+                "The locality scenario measures memory with psutil: pip install psutil, "
+                "or leave it out with --scenarios."
+            ) from None
+        self._process = psutil.Process()
+        self._period = period
+        self._stop = threading.Event()
+        self.start = self.peak = 0
+
+    def _rss(self) -> int:
+        return int(self._process.memory_info().rss)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(self._period):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self) -> PeakRSS:
+        gc.collect()
+        self.start = self.peak = self._rss()
+        self._kernel_peak = _reset_high_water_mark()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+        if self._kernel_peak:
+            self.peak = max(self.peak, _high_water_mark())
+
+    @property
+    def growth_mb(self) -> float:
+        return (self.peak - self.start) / MB
+
+
+def _reset_high_water_mark() -> bool:
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        return False
+    return _high_water_mark() > 0
+
+
+def _high_water_mark() -> int:
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def locality(engine: Engine, raw: LocalityEngine, mb: int, repeats: int) -> list[Row]:
+    """A task makes `mb` MB, a second returns its length: the driver's peak RSS growth
+    under Baton, under the raw engine passing its own futures, and under the raw engine
+    fetching the data to the driver and sending it back."""
+    nbytes = mb * MB
+    produce = baton.task(make_bytes)
+    measure = baton.task(size)
+
+    @baton.flow(task_runner=raw.task_runner)
+    def pipeline() -> int:
+        return measure.submit(produce.submit(nbytes)).result()
+
+    sides: dict[str, Callable[[], int]] = {
+        "baton": pipeline,
+        "raw": lambda: raw.direct(nbytes),
+        "raw_via_driver": lambda: raw.through_driver(nbytes),
+    }
+    growth: dict[str, list[float]] = {side: [] for side in sides}
+    seconds: dict[str, list[float]] = {side: [] for side in sides}
+    for _ in range(repeats):
+        for side, call in sides.items():
+            started = time.perf_counter()
+            with PeakRSS() as rss:
+                got = call()
+            seconds[side].append(time.perf_counter() - started)
+            if got != nbytes:
+                raise AssertionError(f"locality on {engine.runner} ({side}) returned {got}")
+            growth[side].append(rss.growth_mb)
+    row: Row = {"scenario": "locality", "runner": engine.runner, "raw": engine.raw_name, "mb": mb}
+    row["baton_driver_mb"] = round(statistics.median(growth["baton"]), 1)
+    row["raw_driver_mb"] = round(statistics.median(growth["raw"]), 1)
+    row["raw_via_driver_mb"] = round(statistics.median(growth["raw_via_driver"]), 1)
+    for side in sides:
+        row[f"{side}_s"] = round(statistics.median(seconds[side]), 3)
+    print(_line(row), flush=True)
+    return [row]
+
+
+def startup(repeats: int) -> list[Row]:
     """`python -c "import baton"` (minus bare interpreter start) and an empty flow run."""
 
     def timed(code: str) -> float:
@@ -160,7 +297,7 @@ def startup(repeats: int) -> list[dict[str, Any]]:
     for _ in range(count):
         empty()
     flow_ms = (time.perf_counter() - started) / count * 1e3
-    rows = [
+    rows: list[Row] = [
         {
             "scenario": "import baton",
             "ms": round((imported - bare) * 1e3, 1),
@@ -169,7 +306,7 @@ def startup(repeats: int) -> list[dict[str, Any]]:
         {"scenario": "empty flow run", "ms": round(flow_ms, 3)},
     ]
     for row in rows:
-        print(_row(row), flush=True)
+        print(_line(row), flush=True)
     return rows
 
 
@@ -205,7 +342,7 @@ print(start, peak[0])
 """
 
 
-def memory(n_held: int, n_streamed: int) -> list[dict[str, Any]]:
+def memory(n_held: int, n_streamed: int) -> list[Row]:
     """Peak RSS while n futures are held, and while a generator of n items is mapped."""
     rows = []
     labels = {
@@ -224,21 +361,62 @@ def memory(n_held: int, n_streamed: int) -> list[dict[str, Any]]:
             {
                 "scenario": labels[mode],
                 "n": n,
-                "start_mb": round(start / 2**20, 1),
-                "peak_mb": round(peak / 2**20, 1),
-                "growth_mb": round((peak - start) / 2**20, 1),
+                "start_mb": round(start / MB, 1),
+                "peak_mb": round(peak / MB, 1),
+                "growth_mb": round((peak - start) / MB, 1),
             }
         )
-        print(_row(rows[-1]), flush=True)
+        print(_line(rows[-1]), flush=True)
     return rows
 
 
-def _row(row: dict[str, Any]) -> str:
+def _skip(scenario: str, runner: str, n: int | None, reason: str) -> Row:
+    row = {"scenario": scenario, "runner": runner, "n": n, "reason": reason}
+    print(f"skipped: {_skipped(row)}", flush=True)
+    return row
+
+
+def _skipped(row: Row) -> str:
+    at = "" if row["n"] is None else f" at N={row['n']:,}"
+    return f"{row['scenario']} on {row['runner']}{at}: {row['reason']}"
+
+
+def _line(row: Row) -> str:
     return "  ".join(f"{k}={v}" for k, v in row.items())
 
 
-def plot(rows: list[dict[str, Any]], path: Path) -> bool:
-    """µs per task against N for each runner and its raw engine (log-log)."""
+def table(rows: list[Row]) -> str:
+    """The rows as aligned text tables, one per set of columns, in order of first use."""
+    groups: dict[tuple[str, ...], list[Row]] = {}
+    for row in rows:
+        groups.setdefault(tuple(row), []).append(row)
+    blocks = []
+    for columns, members in groups.items():
+        cells = [list(columns)] + [[_cell(row[c]) for c in columns] for row in members]
+        widths = [max(len(line[i]) for line in cells) for i in range(len(columns))]
+        lines = [
+            "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+            for line in cells
+        ]
+        lines.insert(1, "  ".join("-" * w for w in widths))
+        blocks.append("\n".join(lines))
+    return "\n\n".join(blocks)
+
+
+def _cell(value: Any) -> str:
+    return f"{value:,}" if isinstance(value, int) and not isinstance(value, bool) else str(value)
+
+
+def plot(rows: list[Row], path: Path) -> bool:
+    """µs per task against N (log-log), `.map` and `.submit` side by side: one colour per
+    runner, Baton solid and its raw engine dashed."""
+    series: dict[tuple[str, str], list[Row]] = {}
+    for row in sorted(rows, key=lambda r: r.get("n") or 0):
+        if row["scenario"].startswith("overhead-"):
+            mode = row["scenario"].removeprefix("overhead-")
+            series.setdefault((mode, row["runner"]), []).append(row)
+    if not series:
+        return False
     try:
         import matplotlib
 
@@ -246,55 +424,107 @@ def plot(rows: list[dict[str, Any]], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, ax = plt.subplots(figsize=(7, 4.5))
-    for row_runner in sorted({r["runner"] for r in rows}):
-        series = sorted(
-            (r for r in rows if r["runner"] == row_runner and r["scenario"] == "overhead-map"),
-            key=lambda r: r["n"],
-        )
-        if not series:
-            continue
-        ns = [r["n"] for r in series]
-        ax.plot(
-            ns, [r["baton_us_per_task"] for r in series], marker="o", label=f"baton {row_runner}"
-        )
-        ax.plot(
-            ns,
-            [r["raw_us_per_task"] for r in series],
-            marker="x",
-            linestyle="--",
-            label=series[0]["raw"],
-        )
-    ax.set_xscale("log")
-    ax.set_yscale("log")
-    ax.set_xlabel("tasks mapped (N)")
-    ax.set_ylabel("µs per task")
-    ax.set_title("Per-task cost of .map, Baton beside the raw engine")
-    ax.legend(fontsize=8)
-    ax.grid(True, which="both", alpha=0.3)
-    fig.tight_layout()
+    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), sharey=True)
+    colours = plt.get_cmap("tab10")
+    for ax, mode in zip(axes, ("map", "submit"), strict=True):
+        for index, runner in enumerate(ENGINES):
+            points = series.get((mode, runner))
+            if not points:
+                continue
+            colour = colours(index % 10)
+            ns = [r["n"] for r in points]
+            baton_us = [r["baton_us_per_task"] for r in points]
+            raw_us = [r["raw_us_per_task"] for r in points]
+            ax.plot(ns, baton_us, color=colour, marker="o", label=f"baton {runner}")
+            ax.plot(ns, raw_us, color=colour, marker="x", linestyle="--", label=points[0]["raw"])
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("tasks (N)")
+        ax.set_title(f".{mode}: Baton (solid) beside the raw engine (dashed)", fontsize=10)
+        ax.grid(True, which="both", alpha=0.3)
+    # One legend for both panels, beside them, where it hides no line.
+    labelled: dict[str, Any] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            labelled.setdefault(label, handle)
+    fig.legend(labelled.values(), labelled.keys(), loc="center right", fontsize=8)
+    axes[0].set_ylabel("µs per task")
+    fig.tight_layout(rect=(0, 0, 0.83, 1))
     fig.savefig(path, dpi=110)
+    plt.close(fig)
     return True
 
 
+def _csv(parser: argparse.ArgumentParser, option: str, text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        parser.error(f"{option} needs at least one value, separated by commas")
+    return items
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m bench", description=__doc__)
+    parser = argparse.ArgumentParser(
+        prog="python -m bench",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     parser.add_argument("--quick", action="store_true", help="a few seconds: small N, one pass")
     parser.add_argument(
-        "--runners",
-        default=",".join(available()),
-        help="comma-separated runners (default: every one installed)",
+        "--runners", help="comma-separated runners (default: every one installed here)"
     )
     parser.add_argument(
-        "--out", default="bench/results", help="folder for results.json and the plot"
+        "--scenarios",
+        default=",".join(SCENARIOS),
+        help=f"comma-separated scenarios to run (default: all of {','.join(SCENARIOS)})",
+    )
+    parser.add_argument(
+        "--sizes",
+        help="comma-separated N for the overhead scenario (default 1000,10000,100000; "
+        "--quick: 200)",
+    )
+    parser.add_argument(
+        "--budget",
+        type=float,
+        default=300.0,
+        help="skip an overhead size whose estimated time, from the cost per task at the "
+        "smaller sizes, exceeds this many seconds (default 300)",
+    )
+    parser.add_argument(
+        "--out", default="bench/results", help="folder for results.json and overhead.png"
     )
     args = parser.parse_args(argv)
-    runners = [r for r in args.runners.split(",") if r]
+    # A log line per task run would be timed along with Baton.
+    os.environ.setdefault("BATON_LOG_LEVEL", "WARNING")
+
+    installed = available()
+    runners = _csv(parser, "--runners", args.runners) if args.runners else installed
     unknown = [r for r in runners if r not in ENGINES]
     if unknown:
         parser.error(f"no raw engine known for {', '.join(unknown)}; known: {', '.join(ENGINES)}")
-    sizes = [200] if args.quick else [1_000, 10_000, 100_000]
+    missing = [r for r in runners if r not in installed]
+    if missing:
+        parser.error(
+            f"runner {', '.join(missing)} is not installed here (installed: "
+            f"{', '.join(installed)}); install its package, such as baton-{missing[0]}, "
+            "or leave it out of --runners"
+        )
+    scenarios = _csv(parser, "--scenarios", args.scenarios)
+    bad = [s for s in scenarios if s not in SCENARIOS]
+    if bad:
+        parser.error(f"unknown scenario {', '.join(bad)}; choose from {', '.join(SCENARIOS)}")
+    if args.sizes:
+        try:
+            sizes = sorted({int(s.replace("_", "")) for s in _csv(parser, "--sizes", args.sizes)})
+        except ValueError:
+            parser.error(f"--sizes takes whole numbers separated by commas, got {args.sizes!r}")
+        if sizes[0] < 1:
+            parser.error(f"--sizes must be 1 or more, got {args.sizes!r}")
+    else:
+        sizes = [200] if args.quick else [1_000, 10_000, 100_000]
+    if args.budget <= 0:
+        parser.error(f"--budget must be a positive number of seconds, got {args.budget}")
     repeats = 1 if args.quick else 5
+
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
@@ -303,19 +533,42 @@ def main(argv: list[str] | None = None) -> int:
             "platform": platform.platform(),
             "cpus": os.cpu_count(),
         },
-        "command": "python -m bench" + (" --quick" if args.quick else ""),
+        "command": " ".join(["python -m bench", *(argv if argv is not None else sys.argv[1:])]),
+        "baton": getattr(baton, "__version__", None),
         "rows": [],
+        "skipped": [],
     }
-    rows: list[dict[str, Any]] = results["rows"]
-    for runner in runners:
-        runner_sizes = [n for n in sizes if not (runner in ("process", "dask") and n > 10_000)]
-        rows += overhead(runner, runner_sizes, repeats)
-        rows += graphs(runner, 100 if args.quick else 1_000, repeats)
-    rows += startup(2 if args.quick else 10)
-    rows += memory(1_000 if args.quick else 100_000, 2_000 if args.quick else 1_000_000)
+    rows: list[Row] = results["rows"]
+    skipped: list[Row] = results["skipped"]
+    per_runner = [s for s in scenarios if s in ("overhead", "graphs", "locality")]
+    for runner in runners if per_runner else []:
+        engine = ENGINES[runner]
+        if per_runner == ["locality"] and runner not in ("dask", "ray"):
+            continue
+        with engine.open() as raw:
+            if "overhead" in scenarios:
+                rows += overhead(engine, raw, sizes, repeats, args.budget, skipped)
+            if "graphs" in scenarios:
+                rows += graphs(engine, raw, 100 if args.quick else 1_000, repeats)
+            if "locality" in scenarios and isinstance(raw, LocalityEngine):
+                # Above 32 MB glibc always maps a fresh block, so each repeat starts even.
+                rows += locality(engine, raw, 64 if args.quick else 200, 1 if args.quick else 3)
+    if "locality" in scenarios and not any(r in ("dask", "ray") for r in runners):
+        skipped.append(_skip("locality", ",".join(runners), None, "needs the dask or ray runner"))
+    if "startup" in scenarios:
+        rows += startup(2 if args.quick else 10)
+    if "memory" in scenarios:
+        rows += memory(1_000 if args.quick else 100_000, 2_000 if args.quick else 1_000_000)
+
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plotted = plot(rows, out / "overhead.png")
-    print(f"wrote {out / 'results.json'}" + (f" and {out / 'overhead.png'}" if plotted else ""))
+    print()
+    print(table(rows))
+    if skipped:
+        print("\nskipped:")
+        for row in skipped:
+            print(f"  {_skipped(row)}")
+    print(f"\nwrote {out / 'results.json'}" + (f" and {out / 'overhead.png'}" if plotted else ""))
     return 0
 
 

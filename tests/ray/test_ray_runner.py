@@ -168,6 +168,35 @@ def test_small_results_and_failures_reach_downstream_runs() -> None:
     assert described == "NoneType: None"
 
 
+def test_arguments_plain_or_not_arrive_as_given() -> None:
+    # Plain data travels pre-pickled; a local class, a function and an ObjectRef go
+    # through Ray's own serializer (by value, and with the ref's ownership).
+    import ray
+
+    class Local:
+        def __init__(self, n: int) -> None:
+            self.n = n
+
+        def __eq__(self, other: object) -> bool:
+            return isinstance(other, Local) and other.n == self.n
+
+    ref = ray.put("stored")
+
+    @flow(task_runner=RayTaskRunner())
+    def arguments() -> list[Any]:
+        plain = rt.identity.submit({"k": [1, 2.5, "s", b"b", None, (True,)]})
+        local = rt.identity.submit([Local(3)])
+        function = rt.identity.submit(len)
+        nested = rt.identity.submit([ref])
+        return [plain.result(), local.result(), function.result(), nested.result()]
+
+    plain, local, function, nested = arguments()
+    assert plain == {"k": [1, 2.5, "s", b"b", None, (True,)]}
+    assert local == [Local(3)]
+    assert function is len
+    assert ray.get(nested[0]) == "stored"
+
+
 # -- nested runs ----------------------------------------------------------------------------
 
 

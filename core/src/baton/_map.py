@@ -75,7 +75,9 @@ class _CallPlan:
         self.static_upstreams: list[Future[Any]] = []
         for _, name, value in self.slots:
             if name not in self.mapped and type(value) not in _ATOMIC:
-                collect_futures(value, self.static_upstreams)
+                # unmapped(future): every run waits for that future like for a plain one
+                whole = value.value if type(value) is unmapped else value
+                collect_futures(whole, self.static_upstreams)
 
     def sized(self) -> bool:
         return all(hasattr(v, "__len__") for v in self.mapped.values())

@@ -97,7 +97,9 @@ def validate_options(model: type[BaseModel], owner: str, values: dict[str, Any])
                 known = ", ".join(sorted(model.model_fields))
                 lines.append(f"  {field}: not an option (options are: {known})")
             else:
-                lines.append(f"  {field}: {error['msg']} (got {error.get('input')!r})")
+                # pydantic prefixes the messages of our own validators with "Value error, "
+                message = error["msg"].removeprefix("Value error, ")
+                lines.append(f"  {field}: {message} (got {error.get('input')!r})")
         unique = list(dict.fromkeys(lines))
         raise InvalidOptionsError(f"Invalid options for {owner}:\n" + "\n".join(unique)) from None
 

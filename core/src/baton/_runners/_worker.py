@@ -330,11 +330,19 @@ class _Worker:
         if task.is_async:
             state = self._run_async(info, args, kwargs, on_state, attempt)
         else:
-            from baton._engine import run_sync
+            from baton._engine import _final_state, _run_hooks, run_sync
 
-            state = run_sync(
-                info, args, kwargs, on_state, first_attempt=attempt, enforce_timeout=False
-            )
+            try:
+                state = run_sync(
+                    info, args, kwargs, on_state, first_attempt=attempt, enforce_timeout=False
+                )
+            except KeyboardInterrupt as exc:
+                # The engine lets a KeyboardInterrupt in the main thread go on, as Ctrl-C;
+                # a worker ignores Ctrl-C, so this one the task raised: it crashes the run,
+                # as in any other worker, and the worker carries on.
+                state = _final_state(exc, info)
+                if task.options.on_completion or task.options.on_failure:
+                    _run_hooks(info, state)
         del args, kwargs
         self._send_result(run_id, name, task.name, state)
 

@@ -17,8 +17,10 @@ At most `max_pending` runs are in Ray at once; the rest wait in a queue, in orde
 from __future__ import annotations
 
 import heapq
+import io
 import itertools
 import logging
+import pickle
 import threading
 import time
 import uuid
@@ -38,6 +40,7 @@ from baton import (
     StateType,
 )
 from baton._engine import _retry_delay, _run_hooks
+from baton._resolve import Upstream
 from baton._runners._worker import RemoteTraceback
 from baton._states import LazyResult, upstream_failed
 from ray import exceptions as ray_errors
@@ -106,6 +109,34 @@ def _task_payload(run: TaskRun) -> tuple[str, Any]:
     with _task_lock:
         _task_payloads[task] = found
     return found
+
+
+class _NotPlain(Exception):
+    pass
+
+
+class _PlainPickler(pickle.Pickler):
+    """Pickles plain data only (the builtin scalars and containers, which never reach
+    this hook, and upstream placeholders). Anything else is left to Ray's serializer,
+    which pickles classes of ``__main__`` by value and passes ObjectRefs on with
+    their ownership."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        if type(obj) is Upstream:
+            return NotImplemented
+        raise _NotPlain
+
+
+def _pack(head: tuple[Any, ...]) -> Any:
+    """The run's head as pickled bytes when it is plain data: Ray passes bytes on as
+    they are, where for a tuple it builds a cloudpickle pickler per call. Else the
+    tuple itself, for Ray to serialize."""
+    buffer = io.BytesIO()
+    try:
+        _PlainPickler(buffer, pickle.HIGHEST_PROTOCOL).dump(head)
+    except Exception:
+        return head
+    return buffer.getvalue()
 
 
 # How often the watcher looks for attempts that started, at least, while any is timed.
@@ -265,7 +296,7 @@ class Driver:
         key, blob = _task_payload(run)
         call, upstreams = run.native_call()
         job = _Job(run, upstreams, kind, remote)
-        job.head = (key, blob, run.id, run.name, call.args, call.kwargs, call.wait_for)
+        job.head = _pack((key, blob, run.id, run.name, call.args, call.kwargs, call.wait_for))
         with self._lock:
             if self._closing is not None:
                 raise RunnerClosedError(

@@ -32,7 +32,7 @@ import threading
 import time
 import traceback
 from collections.abc import Callable, Coroutine, Iterator
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, cast, final
 
 import ray
 from baton import State, StateType
@@ -76,7 +76,7 @@ _INLINE_SIZE: Final = 512
 
 
 @ray.remote(num_returns=2, max_retries=0)
-def run_whole(head: Head, *inputs: Any) -> tuple[Any, tuple[Any, ...]]:
+def run_whole(head: Head | bytes, *inputs: Any) -> tuple[Any, tuple[Any, ...]]:
     call = _load(head)
     if type(call) is State:
         return None, _outcome(call)
@@ -84,7 +84,7 @@ def run_whole(head: Head, *inputs: Any) -> tuple[Any, tuple[Any, ...]]:
 
 
 @ray.remote(num_returns=2, max_retries=0)
-def run_attempt(head: Head, attempt: int, *inputs: Any) -> tuple[Any, tuple[Any, ...]]:
+def run_attempt(head: Head | bytes, attempt: int, *inputs: Any) -> tuple[Any, tuple[Any, ...]]:
     call = _load(head)
     if type(call) is State:
         return None, _outcome(call)
@@ -93,7 +93,7 @@ def run_attempt(head: Head, attempt: int, *inputs: Any) -> tuple[Any, tuple[Any,
 
 
 @ray.remote(num_returns="streaming", max_retries=0)
-def run_timed_attempt(head: Head, attempt: int, *inputs: Any) -> Iterator[Any]:
+def run_timed_attempt(head: Head | bytes, attempt: int, *inputs: Any) -> Iterator[Any]:
     yield STARTED
     call = _load(head)
     if type(call) is State:
@@ -112,8 +112,18 @@ _tasks: dict[str, Task[..., Any]] = {}
 _tasks_lock = threading.Lock()
 
 
-def _load(head: Head) -> NativeCall | State:
+def _load(head: Head | bytes) -> NativeCall | State:
     """The run to execute, or the FAILED state saying why its task cannot be loaded."""
+    if isinstance(head, bytes):
+        try:
+            head = cast(Head, pickle.loads(head))
+        except BaseException as exc:
+            return State.failed(
+                RuntimeError(
+                    "A task run could not start: its arguments could not be loaded on its "
+                    f"Ray worker: {type(exc).__name__}: {exc}"
+                )
+            )
     key, blob, run_id, name, args, kwargs, wait_for = head
     task = _tasks.get(key)
     if task is None:
