@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 from baton import TaskRunner, get_runner
 from baton.testing import RunnerConformance
-from conftest import ProcessCluster
+from dask_clusters import ProcessCluster
 
 # Dask's threads in this process (the client's, a LocalCluster's scheduler) estimate message
 # sizes with the `random` module; Hypothesis warns when the global random state changes

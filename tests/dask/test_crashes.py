@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from baton import CrashedRun, State, TaskTimeoutError, flow, task, wait
 from baton_dask import DaskTaskRunner
-from conftest import local_cluster
+from dask_clusters import local_cluster
 from distributed import KilledWorker, LocalCluster
 
 

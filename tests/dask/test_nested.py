@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from baton import BatonError, State, flow, task, wait
 from baton_dask import DaskTaskRunner, get_dask_client
-from conftest import local_cluster
+from dask_clusters import local_cluster
 from distributed import LocalCluster, get_worker
 
 TEXTS = [

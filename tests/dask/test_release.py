@@ -11,7 +11,7 @@ import psutil
 import pytest
 from baton import flow, task
 from baton_dask import DaskTaskRunner
-from conftest import ProcessCluster
+from dask_clusters import ProcessCluster
 from distributed import Client
 
 MB = 1_000_000

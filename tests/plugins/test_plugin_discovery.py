@@ -436,3 +436,24 @@ def test_a_plugin_that_looks_up_runners_while_loading_is_reported(site: Site) ->
     assert {"good", "thread"} <= names
     [info] = [p for p in list_plugins() if p.distribution == "eager-dist"]
     assert info.status == "failed"
+
+
+def test_a_first_party_plugin_left_out_by_the_allow_list_is_not_to_install_again(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner_plugin(site, "baton-dask", "dask", "fake_baton_dask")
+    monkeypatch.setenv("BATON_LOAD_PLUGINS", "")
+    with pytest.raises(UnknownRunnerError) as info:
+        get_runner("dask")
+    message = str(info.value)
+    assert message.startswith("Unknown task runner 'dask'. Installed runners: ")
+    # (other plugins installed here may be listed beside it)
+    assert re.search(
+        r" Installed but not in BATON_LOAD_PLUGINS, so not loaded: "
+        r"[\w, -]*\bbaton-dask\b[\w, -]*\.$",
+        message,
+    ), message
+    assert "pip install" not in message
+
+    monkeypatch.setenv("BATON_LOAD_PLUGINS", "baton-dask")
+    assert "dask" in {r.name for r in list_runners()}

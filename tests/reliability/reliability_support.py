@@ -65,7 +65,11 @@ def _load(path: Path, name: str) -> ModuleType:
 
 
 def dask_helpers() -> ModuleType:
-    return _load(TESTS / "dask" / "conftest.py", "baton_reliability_dask_clusters")
+    # Imported under its own name: the dask tests import it as `dask_clusters`.
+    existing = sys.modules.get("dask_clusters")
+    if existing is not None:
+        return existing
+    return _load(TESTS / "dask" / "dask_clusters.py", "baton_reliability_dask_clusters")
 
 
 def ray_helpers() -> ModuleType:

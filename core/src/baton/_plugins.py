@@ -347,15 +347,17 @@ class _Registry:
         text = f"{head} Installed runners: {installed}."
         skipped = [p for p in self.plugins if p.skipped]
         broken = [p for p in self.plugins if p.error]
-        hint = KNOWN_PLUGINS.get(name)
-        if hint is not None:
-            text += f" The {name!r} runner is a plugin; install it with: {hint}"
         if broken:
             names = ", ".join(f"{p.name} ({p.distribution})" for p in broken)
             text += f" Plugins that failed to load: {names}; `baton plugins` shows why."
         if skipped:
             names = ", ".join(sorted({p.distribution for p in skipped}))
             text += f" Installed but not in BATON_LOAD_PLUGINS, so not loaded: {names}."
+        hint = KNOWN_PLUGINS.get(name)
+        present = {p.distribution for p in skipped + broken}
+        if hint is not None and f"baton-{name}" not in present:
+            # Last, so that the command ends the message and copies cleanly.
+            text += f" The {name!r} runner is a plugin; install it with: {hint}"
         return text
 
 

@@ -223,26 +223,56 @@ def pickle_arguments(run: TaskRun) -> bytes:
 
 
 def _argument_error(run: TaskRun, exc: Exception) -> pickle.PicklingError:
-    task = run.task
-    advice = (
+    return argument_pickling_error(
+        run,
+        run.args,
+        run.kwargs,
+        exc,
+        "a worker process",
         "Arguments travel to the 'process' runner's workers pickled (with cloudpickle): "
         "pass something picklable instead (a path rather than an open file, settings "
         "rather than a client, lock or connection), create the object inside the task, "
-        "or run this task on the 'thread' runner."
+        "or run this task on the 'thread' runner.",
     )
-    for label, value in _labelled_arguments(task, run.args, run.kwargs):
+
+
+def argument_pickling_error(
+    run: TaskRun,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    exc: BaseException,
+    destination: str,
+    advice: str,
+) -> pickle.PicklingError:
+    """The error for a run whose arguments could not be pickled to go to `destination`:
+    it names the first argument that cannot be pickled, found by pickling each alone.
+
+    Runners that send runs elsewhere (this one, and plugins') word it alike. `args` and
+    `kwargs` are what was being sent (for a native call, with upstream placeholders).
+    """
+    task = run.task
+    for label, value in _labelled_arguments(task, args, kwargs):
         try:
             cloudpickle_dumps(value)
         except Exception as inner:
             return pickle.PicklingError(
-                f"Cannot send task run {run.name!r} to a worker process: argument {label!r} "
-                f"of task {task.name!r} cannot be pickled ({type(inner).__name__}: {inner}). "
-                + advice
+                f"Cannot send task run {run.name!r} to {destination}: argument {label!r} "
+                f"of task {task.name!r} cannot be pickled ({_brief(inner)}). " + advice
             )
     return pickle.PicklingError(
-        f"Cannot send task run {run.name!r} to a worker process: the arguments of task "
-        f"{task.name!r} cannot be pickled ({type(exc).__name__}: {exc}). " + advice
+        f"Cannot send task run {run.name!r} to {destination}: the arguments of task "
+        f"{task.name!r} cannot be pickled ({_brief(exc)}). " + advice
     )
+
+
+def _brief(exc: BaseException) -> str:
+    """An error's type and the first line of its text, cut short: some pickling errors
+    carry the repr of a whole task graph."""
+    lines = str(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return f"{type(exc).__name__}: {text}"
 
 
 def _labelled_arguments(

@@ -404,7 +404,7 @@ class Session:
         loop.add_callback(self._watch, group)
 
     def _unsendable(self, item: _Item, exc: Exception) -> None:
-        import pickle
+        from baton._runners.process import argument_pickling_error
 
         run = item.run
         self._unsent.add(item.future)
@@ -416,12 +416,15 @@ class Session:
             )
             run.set_state(State.crashed(exc, message))
             return
-        error = pickle.PicklingError(
-            f"Cannot send task run {run.name!r} to the Dask cluster: its call to task "
-            f"{run.task.name!r} cannot be pickled ({type(exc).__name__}: {exc}). Arguments "
-            "travel to Dask workers pickled (with cloudpickle): pass something picklable "
-            "instead (a path rather than an open file, settings rather than a client, lock "
-            "or connection), or create the object inside the task."
+        error = argument_pickling_error(
+            run,
+            item.call.args,
+            item.call.kwargs,
+            exc,
+            "the Dask cluster",
+            "Arguments travel to Dask workers pickled (with cloudpickle): pass something "
+            "picklable instead (a path rather than an open file, settings rather than a "
+            "client, lock or connection), or create the object inside the task.",
         )
         run.set_state(State.failed(error))
 

@@ -95,32 +95,20 @@ def first_line(text: str) -> str:
 
 def argument_error(run: TaskRun, exc: Exception) -> Exception:
     """A clear error for arguments Ray could not send (they cannot be pickled)."""
-    import inspect
-    import pickle
+    from baton._resolve import to_portable
+    from baton._runners.process import argument_pickling_error
 
-    from ray import cloudpickle
-
-    task = run.task
-    advice = (
-        "Arguments travel to Ray workers pickled: pass something picklable instead (a "
-        "path rather than an open file, settings rather than a client, lock or "
-        "connection), or create the object inside the task."
-    )
-    try:
-        bound = inspect.signature(task.fn).bind(*run.args, **run.kwargs).arguments
-    except (TypeError, ValueError):
-        bound = {f"#{i}": value for i, value in enumerate(run.args)} | dict(run.kwargs)
-    for label, value in bound.items():
-        try:
-            cloudpickle.dumps(value)  # type: ignore[no-untyped-call]
-        except Exception as inner:
-            return pickle.PicklingError(
-                f"Cannot send task run {run.name!r} to Ray: argument {label!r} of task "
-                f"{task.name!r} cannot be pickled ({type(inner).__name__}: {inner}). " + advice
-            )
     if isinstance(exc, InvalidOptionsError):
         return exc
-    return pickle.PicklingError(
-        f"Cannot send task run {run.name!r} (task {task.name!r}) to Ray: "
-        f"{type(exc).__name__}: {first_line(str(exc))}. " + advice
+    # What was sent: upstream futures travel as placeholders.
+    upstreams: list[Any] = []
+    return argument_pickling_error(
+        run,
+        to_portable(run.args, upstreams),
+        to_portable(run.kwargs, upstreams),
+        exc,
+        "Ray",
+        "Arguments travel to Ray workers pickled: pass something picklable instead (a "
+        "path rather than an open file, settings rather than a client, lock or "
+        "connection), or create the object inside the task.",
     )

@@ -36,7 +36,14 @@ from typing import TYPE_CHECKING, Any, Final, cast, final
 
 import ray
 from baton import State, StateType
-from baton._engine import NativeCall, _retry_delay, _run_hooks, run_async, run_sync
+from baton._engine import (
+    NativeCall,
+    _final_state,
+    _retry_delay,
+    _run_hooks,
+    run_async,
+    run_sync,
+)
 from baton._resolve import UpstreamNotCompleted, fill_upstreams
 from baton._runners._worker import RemoteTaskError
 from baton._states import upstream_failed
@@ -206,10 +213,10 @@ def _execute(call: NativeCall, inputs: tuple[Any, ...], attempt: int | None) -> 
             state = _run_coroutine(run_async(info, args, kwargs, enforce_timeout=attempt is None))
         else:
             state = run_sync(info, args, kwargs, enforce_timeout=attempt is None)
-    except BaseException as exc:  # Ctrl-C reaching the worker's main thread
-        state = State.crashed(
-            exc, f"Task run {call.name!r} was interrupted by {type(exc).__name__} on its worker."
-        )
+    except BaseException as exc:
+        # The engine lets a KeyboardInterrupt in a main thread go on, as Ctrl-C; here the
+        # task raised it (or SystemExit): it crashes the run, as on every runner.
+        state = _final_state(exc, call)
     finally:
         scope.exit(token)
     _finish_nested(scope, call.name)
