@@ -14,6 +14,7 @@ from typing_extensions import ParamSpec
 
 from baton._errors import FlowRunFailed
 from baton._futures import Future
+from baton._interrupts import redeliver_swallowed_interrupts
 from baton._resolve import resolve
 from baton._scope import RunScope
 from baton._states import State
@@ -216,12 +217,13 @@ class Flow(Generic[P, R]):
         flow_run, scope, owned, pm = self._begin(parameters)
         token = scope.enter()
         try:
-            try:
-                value = self.fn(*args, **kwargs)
-            except Exception as exc:
-                state = self._failed(scope, exc)
-            else:
-                state = self._settle(scope, value)
+            with redeliver_swallowed_interrupts():
+                try:
+                    value = self.fn(*args, **kwargs)
+                except Exception as exc:
+                    state = self._failed(scope, exc)
+                else:
+                    state = self._settle(scope, value)
         except BaseException as exc:  # Ctrl-C or SystemExit, also while waiting at the end
             self._finish(flow_run, scope, owned, pm, self._interrupted(flow_run, scope, exc), True)
             raise
