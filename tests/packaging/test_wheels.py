@@ -23,8 +23,7 @@ import pytest
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-PROJECTS = {"baton-core": ROOT / "core", "baton-dask": ROOT / "plugins/dask"}
-PROJECTS["baton-ray"] = ROOT / "plugins/ray"
+PROJECTS = [ROOT / "core", ROOT / "plugins/dask", ROOT / "plugins/ray"]
 
 UV = shutil.which("uv")
 if UV is None:
@@ -90,7 +89,7 @@ class Venv:
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheels")
-    for project in PROJECTS.values():
+    for project in PROJECTS:
         uv("build", "--quiet", "--offline", "--wheel", "--out-dir", str(out), str(project))
     return out
 

@@ -82,22 +82,31 @@ class NativeCall:
     kwargs: dict[str, Any]
     wait_for: tuple[Any, ...] = ()
 
-    def __call__(self, *upstream: Any) -> State:
+    def fill(self, upstream: tuple[Any, ...]) -> tuple[tuple[Any, ...], dict[str, Any]] | State:
+        """The arguments with each placeholder replaced by its upstream's value, or the
+        final `UpstreamFailed` state when an upstream did not complete."""
         from baton._resolve import UpstreamNotCompleted, fill_upstreams
         from baton._states import upstream_failed
 
         try:
             if self.wait_for:
                 fill_upstreams(self.wait_for, upstream)
-            args = fill_upstreams(self.args, upstream)
-            kwargs = fill_upstreams(self.kwargs, upstream)
+            return fill_upstreams(self.args, upstream), fill_upstreams(self.kwargs, upstream)
         except UpstreamNotCompleted as failed:
             return upstream_failed(self.name, failed.placeholder.name, failed.state)
+
+    def __call__(self, *upstream: Any, first_attempt: int = 1) -> State:
+        """Run it here to its final state; `first_attempt` continues a count of attempts
+        (a run sent again after its worker died)."""
+        filled = self.fill(upstream)
+        if isinstance(filled, State):
+            return filled
+        args, kwargs = filled
         if self.task.is_async:
             import asyncio
 
-            return asyncio.run(run_async(self, args, kwargs))
-        return run_sync(self, args, kwargs)
+            return asyncio.run(run_async(self, args, kwargs, first_attempt=first_attempt))
+        return run_sync(self, args, kwargs, first_attempt=first_attempt)
 
 
 _MAIN = threading.main_thread()

@@ -179,12 +179,10 @@ class Flow(Generic[P, R]):
         scope.wait_all()
         unhandled = scope.unobserved_failures()
         if unhandled:
-            shown = ", ".join(f"{f.name!r} ({f._state!r})" for f in unhandled[:5])
-            more = f" and {len(unhandled) - 5} more" if len(unhandled) > 5 else ""
             error = FlowRunFailed(
                 f"{len(unhandled)} task run(s) failed and nothing in the flow handled them: "
-                f"{shown}{more}. Call .result(), read .state or use wait() on a future to "
-                "handle its failure in the flow."
+                f"{scope.name_runs(unhandled)}. Call .result(), read .state or use wait() on "
+                "a future to handle its failure in the flow."
             )
             first = unhandled[0]._state.error
             error.__cause__ = first

@@ -272,6 +272,12 @@ class RunScope:
         with self._lock:
             return sorted(self._unobserved.values(), key=lambda f: f._run.id)
 
+    @staticmethod
+    def name_runs(futures: list[Future[Any]], shown: int = 5) -> str:
+        """The first `shown` runs by name and state, and how many more there are."""
+        names = ", ".join(f"{f.name!r} ({f._state!r})" for f in futures[:shown])
+        return names + (f" and {len(futures) - shown} more" if len(futures) > shown else "")
+
     def pending_count(self) -> int:
         with self._lock:
             return len(self._pending)

@@ -17,10 +17,10 @@ from __future__ import annotations
 
 import pickle
 import threading
-import traceback
 from typing import TYPE_CHECKING, Any, final
 
 from baton import State, StateType
+from baton._runners._worker import _describe_failure
 
 if TYPE_CHECKING:
     from baton._engine import NativeCall
@@ -112,7 +112,8 @@ def run_task(call: NativeCall, inputs: list[Any], attempt: int = 1) -> Any:
     token = scope.enter()
     try:
         values = [as_input(v) for v in inputs] if inputs else ()
-        state = _execute(call, values, attempt)
+        # A run sent again after its worker died continues its count of attempts.
+        state = call(*values, first_attempt=attempt)
         del values
         if scope.pending_count() or scope._lazy_maps:
             state = _after_nested(call, scope, state)
@@ -137,28 +138,6 @@ def run_task(call: NativeCall, inputs: list[Any], attempt: int = 1) -> Any:
     raise ended(call.id, call.name, state)
 
 
-def _execute(call: NativeCall, values: Any, attempt: int) -> State:
-    if attempt == 1:
-        return call(*values)
-    # A run resubmitted after its worker died continues its count of attempts.
-    from baton._engine import run_async, run_sync
-    from baton._resolve import UpstreamNotCompleted, fill_upstreams
-    from baton._states import upstream_failed
-
-    try:
-        if call.wait_for:
-            fill_upstreams(call.wait_for, values)
-        args = fill_upstreams(call.args, values)
-        kwargs = fill_upstreams(call.kwargs, values)
-    except UpstreamNotCompleted as failed:
-        return upstream_failed(call.name, failed.placeholder.name, failed.state)
-    if call.task.is_async:
-        import asyncio
-
-        return asyncio.run(run_async(call, args, kwargs, first_attempt=attempt))
-    return run_sync(call, args, kwargs, first_attempt=attempt)
-
-
 def _after_nested(call: NativeCall, scope: Any, state: State) -> State:
     """Wait for the runs the task submitted and left running; fail a run that returned
     while some of them failed unhandled, as a flow would."""
@@ -171,12 +150,10 @@ def _after_nested(call: NativeCall, scope: Any, state: State) -> State:
     unhandled = scope.unobserved_failures()
     if not unhandled or not state.is_completed():
         return state
-    shown = ", ".join(f"{f.name!r} ({f._state!r})" for f in unhandled[:5])
-    more = f" and {len(unhandled) - 5} more" if len(unhandled) > 5 else ""
     error = BatonError(
         f"Task run {call.name!r} returned, but {len(unhandled)} task run(s) it submitted "
-        f"failed and nothing in the task handled them: {shown}{more}. Call .result(), read "
-        ".state or use wait() on their futures inside the task."
+        f"failed and nothing in the task handled them: {scope.name_runs(unhandled)}. Call "
+        ".result(), read .state or use wait() on their futures inside the task."
     )
     error.__cause__ = unhandled[0]._state.error
     return State.failed(error)
@@ -233,21 +210,8 @@ def _pickled_size(value: Any) -> int | str:
         return problem
 
 
-def _describe(state: State) -> tuple[str, str, str | None, str, str, str]:
-    """(state type, state name, message, error type, error text, traceback text)."""
-    error = state.error
-    if error is None:
-        return (state.type.value, state.name, state.message, "", "", "")
-    try:
-        text = str(error)
-    except Exception:
-        text = f"<{type(error).__name__} whose str() raised>"
-    tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    return (state.type.value, state.name, state.message, type(error).__qualname__, text, tb)
-
-
 def ended(run_id: int, run_name: str, state: State) -> RunEnded:
-    failure = _describe(state)
+    failure = _describe_failure(state)
     error = state.error
     if error is not None:
         # As Dask does for the errors of its own tasks: the error's causes and traceback

@@ -44,9 +44,7 @@ from baton._engine import (
     run_async,
     run_sync,
 )
-from baton._resolve import UpstreamNotCompleted, fill_upstreams
 from baton._runners._worker import RemoteTaskError
-from baton._states import upstream_failed
 
 if TYPE_CHECKING:
     from baton._scope import RunScope
@@ -197,14 +195,10 @@ def _execute(call: NativeCall, inputs: tuple[Any, ...], attempt: int | None) -> 
     """Run the call: the whole run (`attempt` None), or that one attempt."""
     args, kwargs = call.args, call.kwargs
     if inputs:
-        try:
-            states = _upstream_states(inputs)
-            if call.wait_for:
-                fill_upstreams(call.wait_for, states)
-            args = fill_upstreams(args, states)
-            kwargs = fill_upstreams(kwargs, states)
-        except UpstreamNotCompleted as failed:
-            return upstream_failed(call.name, failed.placeholder.name, failed.state)
+        filled = call.fill(_upstream_states(inputs))
+        if isinstance(filled, State):
+            return filled
+        args, kwargs = filled
     info: Any = call if attempt is None else _Attempt(call)
     scope = _nested_scope(call.name)
     token = scope.enter()
