@@ -26,8 +26,11 @@ GONE_SECONDS = 30.0  # for the processes the script started to be gone after it 
 
 SCRIPT = textwrap.dedent(
     """
-    import sys, time
+    import faulthandler, signal, sys, time
     from baton import flow, get_runner, task
+
+    # The test asks for every thread's stack with SIGUSR1 if the script does not exit.
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
 
     name, marker = sys.argv[1], sys.argv[2]
 
@@ -107,7 +110,15 @@ def test_sigint_mid_map_exits_promptly_cancels_the_rest_and_leaves_no_process(
         started = _descendants(proc.pid)
         sent = time.monotonic()
         proc.send_signal(signal.SIGINT)
-        proc.wait(EXIT_SECONDS[runner_name])
+        try:
+            proc.wait(EXIT_SECONDS[runner_name])
+        except subprocess.TimeoutExpired:
+            proc.send_signal(signal.SIGUSR1)
+            time.sleep(2)
+            pytest.fail(
+                f"the script was still running {EXIT_SECONDS[runner_name]:g} s after SIGINT; "
+                f"its threads' stacks and its stderr:\n{err.read_text()[-8000:]}"
+            )
         took = time.monotonic() - sent
     finally:
         if proc.poll() is None:
