@@ -11,7 +11,8 @@ import baton
 
 def test_all_lists_exactly_the_public_names() -> None:
     public = {name for name in dir(baton) if not name.startswith("_")}
-    modules = {"hookspecs", "testing"}  # public modules: the hook specifications, the kit
+    # public modules: the hook specifications, the runner-author API, the kit
+    modules = {"hookspecs", "runners", "testing"}
     assert set(baton.__all__) - {"__version__"} == public - modules
     assert len(baton.__all__) == len(set(baton.__all__))
 
@@ -40,3 +41,19 @@ def test_typed_marker_ships_with_the_package() -> None:
     from importlib.resources import files
 
     assert files("baton").joinpath("py.typed").is_file()
+
+
+def test_runner_api_lists_its_names_and_reports_its_module() -> None:
+    import baton.runners
+
+    defined = {
+        name
+        for name, obj in vars(baton.runners).items()
+        if not name.startswith("_") and getattr(obj, "__module__", "").startswith("baton")
+    }
+    assert set(baton.runners.__all__) - {"FINAL_STATE_TYPES"} == defined - {"annotations"}
+    for name in baton.runners.__all__:
+        obj = getattr(baton.runners, name)
+        module = getattr(obj, "__module__", None)
+        if isinstance(obj, type) or callable(obj):
+            assert module in ("baton", "baton.runners"), f"{name} reports {module}"

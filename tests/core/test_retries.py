@@ -23,10 +23,15 @@ from baton import (
     hookimpl,
     task,
 )
-from baton._engine import _retry_delay
 from baton._plugins import plugin_manager
+from baton.runners import Attempts
 
 RUNNERS = ["thread", "sync"]
+
+
+def _delay(run: Any, state: State, attempt: int) -> float | None:
+    retry = Attempts(run, attempt).after(state)
+    return None if retry is None else retry.delay
 
 
 def run_in_flow(runner: str, body: Callable[[], Any]) -> Any:
@@ -264,7 +269,7 @@ def test_callable_delay_receives_the_number_of_retries() -> None:
 
     run = fake_run(f)
     failed = State.failed(ValueError("x"))
-    assert [_retry_delay(run, failed, n) for n in range(1, 5)] == [1.0, 2.0, 3.0, 4.0]
+    assert [_delay(run, failed, n) for n in range(1, 5)] == [1.0, 2.0, 3.0, 4.0]
     assert set(received) == {4}
 
 
@@ -308,8 +313,8 @@ def test_exponential_backoff_as_an_option_gives_the_delay_of_each_retry() -> Non
 
     run = fake_run(f)
     failed = State.failed(ValueError("x"))
-    assert [_retry_delay(run, failed, n) for n in range(1, 5)] == [10.0, 20.0, 40.0, 80.0]
-    assert _retry_delay(run, failed, 5) is None
+    assert [_delay(run, failed, n) for n in range(1, 5)] == [10.0, 20.0, 40.0, 80.0]
+    assert _delay(run, failed, 5) is None
 
 
 # -- jitter ---------------------------------------------------------------------------
@@ -322,7 +327,7 @@ def test_jitter_keeps_delays_within_bounds_and_varies_them(delay: float, jitter:
 
     run = fake_run(f)
     failed = State.failed(ValueError("x"))
-    samples = [_retry_delay(run, failed, 1) for _ in range(500)]
+    samples = [_delay(run, failed, 1) for _ in range(500)]
     values = [s for s in samples if s is not None]
     assert len(values) == 500
     low, high = delay * (1 - jitter), delay * (1 + jitter)
@@ -337,7 +342,7 @@ def test_jitter_never_makes_a_delay_negative() -> None:
 
     run = fake_run(f)
     failed = State.failed(ValueError("x"))
-    values = [_retry_delay(run, failed, 1) for _ in range(300)]
+    values = [_delay(run, failed, 1) for _ in range(300)]
     assert all(v is not None and 0.0 <= v <= 4.0 for v in values)
     assert 0.0 in values  # below zero before clamping in a third of the draws
 
@@ -349,15 +354,15 @@ def test_without_jitter_the_delay_is_exact(jitter: float | None) -> None:
 
     run = fake_run(f)
     failed = State.failed(ValueError("x"))
-    assert {_retry_delay(run, failed, 1) for _ in range(50)} == {3.0}
-    assert {_retry_delay(run, failed, 2) for _ in range(50)} == {7.0}
+    assert {_delay(run, failed, 1) for _ in range(50)} == {3.0}
+    assert {_delay(run, failed, 2) for _ in range(50)} == {7.0}
 
 
 def test_jitter_of_a_zero_delay_stays_zero() -> None:
     @task(retries=1, retry_jitter_factor=0.5)
     def f() -> None: ...
 
-    assert _retry_delay(fake_run(f), State.failed(ValueError("x")), 1) == 0.0
+    assert _delay(fake_run(f), State.failed(ValueError("x")), 1) == 0.0
 
 
 @pytest.mark.parametrize("runner", RUNNERS)
@@ -380,9 +385,9 @@ def test_retry_delay_is_none_once_retries_are_used_up() -> None:
 
     run = fake_run(f)
     failed = State.failed(ValueError("x"))
-    assert _retry_delay(run, failed, 1) == 0.0
-    assert _retry_delay(run, failed, 2) == 0.0
-    assert _retry_delay(run, failed, 3) is None
+    assert _delay(run, failed, 1) == 0.0
+    assert _delay(run, failed, 2) == 0.0
+    assert _delay(run, failed, 3) is None
 
 
 @pytest.mark.parametrize(
@@ -394,7 +399,7 @@ def test_only_failed_runs_are_retried(state: State) -> None:
     @task(retries=5)
     def f() -> None: ...
 
-    assert _retry_delay(fake_run(f), state, 1) is None
+    assert _delay(fake_run(f), state, 1) is None
 
 
 @pytest.mark.parametrize("runner", RUNNERS)

@@ -11,7 +11,6 @@
 [0, 1, 4, 9]
 """
 
-from baton._engine import EngineCall
 from baton._errors import (
     BatonError,
     CancelledRun,
@@ -20,6 +19,7 @@ from baton._errors import (
     InvalidOptionsError,
     MappingError,
     PluginLoadError,
+    RemoteTaskError,
     RunnerClosedError,
     TaskTimeoutError,
     UnknownRunnerError,
@@ -52,7 +52,6 @@ __all__ = [
     "Capability",
     "CrashedRun",
     "DoneAndNotDone",
-    "EngineCall",
     "Flow",
     "FlowRun",
     "FlowRunFailed",
@@ -63,6 +62,7 @@ __all__ = [
     "MappingError",
     "PluginInfo",
     "PluginLoadError",
+    "RemoteTaskError",
     "RunnerClosedError",
     "RunnerInfo",
     "State",

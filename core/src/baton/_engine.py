@@ -4,8 +4,9 @@ This module is the only place that knows the rules of a single run: calling the
 function (sync or async), retries with delays, backoff, jitter and a condition,
 timeouts, the completion and failure hooks, and turning every outcome into a
 final State. It holds no reference to runners, flows or futures, and everything
-it needs travels in a picklable `EngineCall`, so a runner can ship it to another
-process or machine and send back the State it returns.
+it needs travels in a picklable `RunCall` (see `baton._remote`), so a runner can ship
+it to another process or machine and send back the State it returns. Whether to try
+again after an attempt is `Attempts`' decision (`baton._attempts`).
 """
 
 from __future__ import annotations
@@ -14,16 +15,16 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
+from baton._attempts import Attempts, failure_state
 from baton._errors import TaskTimeoutError
-from baton._states import State, StateType
+from baton._states import State
 
 if TYPE_CHECKING:
     from baton._task import Task
 
-__all__ = ["EngineCall", "NativeCall", "RunInfo", "run_async", "run_sync"]
+__all__ = ["RunInfo", "run_async", "run_sync"]
 
 logger = logging.getLogger("baton.engine")
 
@@ -40,73 +41,6 @@ class RunInfo(Protocol):
 
 
 StateCallback = Callable[[State], None]
-
-
-@dataclass(frozen=True)
-class EngineCall:
-    """A task run packed to travel: call it (in any process) to run the engine.
-
-    Out-of-process runners pickle this object (with cloudpickle), call it on the
-    worker and report the returned State with `TaskRun.set_state`.
-    """
-
-    task: Task[..., Any]
-    id: int
-    name: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-
-    def __call__(self) -> State:
-        if self.task.is_async:
-            import asyncio
-
-            return asyncio.run(run_async(self, self.args, self.kwargs))
-        return run_sync(self, self.args, self.kwargs)
-
-
-@dataclass(frozen=True)
-class NativeCall:
-    """A task run packed for an engine that passes upstream results itself (Dask, Ray).
-
-    Its arguments hold `Upstream` placeholders instead of futures; call it with one
-    value per upstream, in the order `TaskRun.native_call()` gave the futures: either
-    the upstream's final `State`, or its plain result. An upstream that did not
-    complete (unless wrapped in `allow_failure`) ends the run `UpstreamFailed`
-    without calling the function.
-    """
-
-    task: Task[..., Any]
-    id: int
-    name: str
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-    wait_for: tuple[Any, ...] = ()
-
-    def fill(self, upstream: tuple[Any, ...]) -> tuple[tuple[Any, ...], dict[str, Any]] | State:
-        """The arguments with each placeholder replaced by its upstream's value, or the
-        final `UpstreamFailed` state when an upstream did not complete."""
-        from baton._resolve import UpstreamNotCompleted, fill_upstreams
-        from baton._states import upstream_failed
-
-        try:
-            if self.wait_for:
-                fill_upstreams(self.wait_for, upstream)
-            return fill_upstreams(self.args, upstream), fill_upstreams(self.kwargs, upstream)
-        except UpstreamNotCompleted as failed:
-            return upstream_failed(self.name, failed.placeholder.name, failed.state)
-
-    def __call__(self, *upstream: Any, first_attempt: int = 1) -> State:
-        """Run it here to its final state; `first_attempt` continues a count of attempts
-        (a run sent again after its worker died)."""
-        filled = self.fill(upstream)
-        if isinstance(filled, State):
-            return filled
-        args, kwargs = filled
-        if self.task.is_async:
-            import asyncio
-
-            return asyncio.run(run_async(self, args, kwargs, first_attempt=first_attempt))
-        return run_sync(self, args, kwargs, first_attempt=first_attempt)
 
 
 _MAIN = threading.main_thread()
@@ -167,65 +101,6 @@ def _call_with_timeout(
     raise value
 
 
-def _final_state(exc: BaseException, run: RunInfo) -> State:
-    if isinstance(exc, TaskTimeoutError):
-        return State.failed(exc, name="TimedOut")
-    if isinstance(exc, Exception):
-        return State.failed(exc)
-    return State.crashed(
-        exc,
-        f"Task run {run.name!r} was ended by {type(exc).__name__}"
-        + (f": {exc}" if str(exc) else "")
-        + ", a BaseException, before it could finish.",
-    )
-
-
-def _retry_delay(
-    run: RunInfo, state: State, attempt: int, retry_crashed: bool = False
-) -> float | None:
-    """Seconds to wait before retrying, or None if the run must not be retried.
-
-    `retry_crashed` also retries a CRASHED attempt (a runner whose worker died).
-    """
-    options = run.task.options
-    if attempt > options.retries:
-        return None
-    if state.type is not StateType.FAILED and not (
-        retry_crashed and state.type is StateType.CRASHED
-    ):
-        return None
-    condition = options.retry_condition_fn
-    if condition is not None:
-        try:
-            if not condition(run.task, run, state):
-                return None
-        except Exception:
-            logger.exception("retry_condition_fn of task %r raised; not retrying", run.task.name)
-            return None
-    delay: float = options.delay_for(attempt)
-    jitter = options.retry_jitter_factor
-    if jitter and delay > 0:
-        import random
-
-        delay = max(0.0, delay * (1.0 + random.uniform(-jitter, jitter)))
-    return delay
-
-
-def _run_hooks(run: RunInfo, state: State) -> None:
-    options = run.task.options
-    hooks = options.on_completion if state.type is StateType.COMPLETED else options.on_failure
-    for hook in hooks:
-        try:
-            hook(run.task, run, state)
-        except Exception:
-            logger.exception(
-                "Hook %r of task run %r raised; the run's state stays %r",
-                getattr(hook, "__name__", hook),
-                run.name,
-                state,
-            )
-
-
 def run_sync(
     run: RunInfo,
     args: tuple[Any, ...],
@@ -242,13 +117,10 @@ def run_sync(
     function is called directly and the caller enforces `timeout_seconds` (a
     process runner kills the worker instead).
     """
-    task = run.task
-    fn = task.fn
-    options = task.options
-    timeout = options.timeout_seconds if enforce_timeout else None
-    attempt = first_attempt - 1
+    fn = run.task.fn
+    timeout = run.task.options.timeout_seconds if enforce_timeout else None
+    attempts = Attempts(run, first_attempt)
     while True:
-        attempt += 1
         try:
             if timeout is None:
                 state = State.completed(fn(*args, **kwargs))
@@ -259,21 +131,17 @@ def run_sync(
                 # Ctrl-C reaching a task that runs in the main thread (sync runner, a
                 # direct call) interrupts the flow; the caller records the crash.
                 raise
-            state = _final_state(exc, run)
-            delay = _retry_delay(run, state, attempt)
-            if delay is not None:
+            state = failure_state(exc, run)
+            retry = attempts.after(state)
+            if retry is not None:
                 if on_state is not None:
-                    on_state(
-                        State.pending("Retrying", f"Attempt {attempt + 1} after: {state.message}")
-                    )
-                if delay:
-                    time.sleep(delay)
+                    on_state(retry.state)
+                if retry.delay:
+                    time.sleep(retry.delay)
                 if on_state is not None:
                     on_state(State.running())
                 continue
-        if options.on_completion or options.on_failure:
-            _run_hooks(run, state)
-        return state
+        return attempts.finish(state)
 
 
 async def run_async(
@@ -292,18 +160,16 @@ async def run_async(
     """
     import asyncio
 
-    task = run.task
-    options = task.options
-    timeout = options.timeout_seconds if enforce_timeout else None
-    attempt = first_attempt - 1
+    fn = run.task.fn
+    timeout = run.task.options.timeout_seconds if enforce_timeout else None
+    attempts = Attempts(run, first_attempt)
     while True:
-        attempt += 1
         try:
             if timeout is None:
-                value = await task.fn(*args, **kwargs)
+                value = await fn(*args, **kwargs)
             else:
                 try:
-                    value = await asyncio.wait_for(task.fn(*args, **kwargs), timeout)
+                    value = await asyncio.wait_for(fn(*args, **kwargs), timeout)
                 except asyncio.TimeoutError:
                     raise _timeout_error(run, timeout) from None
             state = State.completed(value)
@@ -312,21 +178,17 @@ async def run_async(
             if asyncio.current_task() is not None and _being_cancelled():
                 raise exc
         except BaseException as exc:
-            state = _final_state(exc, run)
-            delay = _retry_delay(run, state, attempt)
-            if delay is not None:
+            state = failure_state(exc, run)
+            retry = attempts.after(state)
+            if retry is not None:
                 if on_state is not None:
-                    on_state(
-                        State.pending("Retrying", f"Attempt {attempt + 1} after: {state.message}")
-                    )
-                if delay:
-                    await asyncio.sleep(delay)
+                    on_state(retry.state)
+                if retry.delay:
+                    await asyncio.sleep(retry.delay)
                 if on_state is not None:
                     on_state(State.running())
                 continue
-        if options.on_completion or options.on_failure:
-            _run_hooks(run, state)
-        return state
+        return attempts.finish(state)
 
 
 def _being_cancelled() -> bool:

@@ -10,6 +10,8 @@ __all__ = [
     "InvalidOptionsError",
     "MappingError",
     "PluginLoadError",
+    "RemoteTaskError",
+    "RemoteTraceback",
     "RunnerClosedError",
     "TaskTimeoutError",
     "UnknownRunnerError",
@@ -64,3 +66,32 @@ class PluginLoadError(BatonError, ImportError):
 class FlowRunFailed(BatonError):
     """A flow run ended in a failed state without an exception of its own to re-raise
     (for example, a task failure that nothing in the flow looked at)."""
+
+
+class RemoteTaskError(BatonError):
+    """Stands in for an exception raised on a worker that could not travel back to the
+    flow (it cannot be pickled, or not rebuilt here): it keeps the original's type
+    name, message and traceback text."""
+
+    def __init__(self, type_name: str, message: str, traceback_text: str) -> None:
+        super().__init__(type_name, message, traceback_text)
+        self.type_name = type_name
+        self.message = message
+        self.traceback_text = traceback_text
+
+    def __str__(self) -> str:
+        detail = f"{self.type_name}: {self.message}" if self.message else self.type_name
+        return f"{detail} (raised on a worker; the exception itself could not be sent back)"
+
+
+class RemoteTraceback(Exception):
+    """The traceback text of an exception raised on a worker, attached as the
+    `__cause__` of the exception rebuilt in the flow's process, so that tracebacks
+    show both sides."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.text = text
+
+    def __str__(self) -> str:
+        return f'\n"""\n{self.text}"""'

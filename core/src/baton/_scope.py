@@ -11,11 +11,13 @@ from __future__ import annotations
 import atexit
 import collections
 import contextvars
+import itertools
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from baton._attempts import FINAL_STATE_TYPES
 from baton._errors import RunnerClosedError
 from baton._futures import Future, wait
 from baton._resolve import resolve
@@ -23,6 +25,7 @@ from baton._states import LazyResult, State, StateType, upstream_failed
 
 if TYPE_CHECKING:
     from baton._map import LazyMap
+    from baton._remote import NestedFailure
     from baton._runner import TaskRunner
     from baton._taskrun import TaskRun
 
@@ -214,6 +217,19 @@ class RunScope:
             run.execute()
         return future
 
+    def busy(self) -> bool:
+        """Whether anything was submitted here that is running or failed unhandled."""
+        with self._lock:
+            return bool(self._pending or self._lazy_maps or self._unobserved)
+
+    def adopt_failures(self, parent: TaskRun, failures: Sequence[NestedFailure]) -> None:
+        """Record failures nothing handled among the runs `parent` submitted on a worker,
+        as if they had been submitted here."""
+        with self._lock:
+            for failure in failures:
+                record = _Reported(failure.name, failure.state, parent.id)
+                self._unobserved[-next(_reported_ids)] = record  # type: ignore[assignment]
+
     def add_lazy_map(self, lazy: LazyMap[Any]) -> None:
         with self._lock:
             self._lazy_maps.append(lazy)
@@ -270,7 +286,7 @@ class RunScope:
 
     def unobserved_failures(self) -> list[Future[Any]]:
         with self._lock:
-            return sorted(self._unobserved.values(), key=lambda f: f._run.id)
+            return sorted(self._unobserved.values(), key=_run_order)
 
     @staticmethod
     def name_runs(futures: list[Future[Any]], shown: int = 5) -> str:
@@ -283,7 +299,30 @@ class RunScope:
             return len(self._pending)
 
 
-_FINAL = frozenset({StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
+_FINAL = FINAL_STATE_TYPES
+_reported_ids = itertools.count(1)
+
+
+class _Reported:
+    """A failed run submitted on a worker that nothing handled, as the flow names it."""
+
+    __slots__ = ("_state", "name", "parent_id")
+
+    def __init__(self, name: str, state: State, parent_id: int) -> None:
+        self.name = name
+        self._state = state
+        self.parent_id = parent_id
+
+    @property
+    def state(self) -> State:
+        return self._state
+
+
+def _run_order(item: Any) -> tuple[int, int]:
+    if type(item) is _Reported:
+        return (item.parent_id, 1)
+    return (item._run.id, 0)
+
 
 _default_lock = threading.Lock()
 _default: RunScope | None = None

@@ -178,6 +178,16 @@ class State:
         data = self._data
         if type(data) is LazyResult:
             data = data.get()
+        if self.type is not StateType.COMPLETED and isinstance(data, BaseException):
+            # Pickling drops an exception's traceback: its text travels beside it, and
+            # becomes the `__cause__` of the rebuilt exception (see `_rebuild_failure`).
+            trace = data.__traceback__
+            if trace is not None:
+                import traceback
+
+                text = "".join(traceback.format_exception(type(data), data, trace))
+                args = (self.type, self.name, self.message, data, self.timestamp, text)
+                return (_rebuild_failure, args)
         return (_rebuild, (self.type, self.name, self.message, data, self.timestamp))
 
 
@@ -224,6 +234,16 @@ def upstream_failed(run_name: str, upstream_name: str, upstream_state: State) ->
 
 
 def _rebuild(type: StateType, name: str, message: str | None, data: Any, ts: float) -> State:
+    return State(type, name, message, data=data, timestamp=ts)
+
+
+def _rebuild_failure(
+    type: StateType, name: str, message: str | None, data: Any, ts: float, trace: str
+) -> State:
+    if isinstance(data, BaseException) and data.__cause__ is None:
+        from baton._errors import RemoteTraceback
+
+        data.__cause__ = RemoteTraceback(trace)
     return State(type, name, message, data=data, timestamp=ts)
 
 

@@ -238,7 +238,11 @@ class Task(Generic[P, R]):
                 found = None
             if found is self:
                 return (_task_by_reference, (module, qualname))
-        return (_task_by_value, (self.fn, self.options))
+        # Pickled here with cloudpickle, whatever pickler asked: a function of __main__
+        # must travel by value, and the standard pickler would send it by reference.
+        from baton._travel import cloudpickle_dumps
+
+        return (_task_by_value, (cloudpickle_dumps((self.fn, self.options)),))
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -274,7 +278,10 @@ def _task_by_reference(module: str, qualname: str) -> Task[..., Any]:
     return found  # type: ignore[no-any-return]
 
 
-def _task_by_value(fn: Callable[..., Any], options: TaskOptions) -> Task[..., Any]:
+def _task_by_value(blob: bytes) -> Task[..., Any]:
+    import pickle
+
+    fn, options = pickle.loads(blob)
     return Task(fn, options)
 
 

@@ -7,11 +7,13 @@ import itertools
 import logging
 from typing import TYPE_CHECKING, Any, final
 
-from baton._engine import EngineCall, NativeCall, run_async, run_sync
+from baton._engine import run_async, run_sync
+from baton._remote import RunCall
 from baton._states import State, StateType
 
 if TYPE_CHECKING:
     from baton._futures import Future
+    from baton._remote import RemoteResult
     from baton._scope import RunScope
     from baton._task import Task
 
@@ -36,8 +38,9 @@ class TaskRun:
 
     A runner either calls `execute()` (or awaits `execute_async()` for an async
     task) in this process, which runs the engine and records the final state, or
-    ships `call` elsewhere (it pickles with cloudpickle), calls it there, and
-    reports the State it returns with `set_state()`.
+    ships `call` elsewhere (it pickles with cloudpickle), runs it there with
+    `baton.runners.run_call`, and applies the `RemoteResult` with `finish()`
+    (reporting states heard meanwhile with `set_state()`).
 
     Before the runner sees it, every future in its arguments has been replaced by
     that future's result, and every run it waits for is final.
@@ -92,11 +95,11 @@ class TaskRun:
         return self.future._state
 
     @property
-    def call(self) -> EngineCall:
-        """The run packed to travel: picklable, callable anywhere, returns the final State."""
-        return EngineCall(self.task, self.id, self.name, self.args, self.kwargs)
+    def call(self) -> RunCall:
+        """The run packed to travel: picklable, callable anywhere (see `run_call`)."""
+        return RunCall(self.task, self.id, self.name, self.args, self.kwargs)
 
-    def native_call(self) -> tuple[NativeCall, list[Future[Any]]]:
+    def native_call(self) -> tuple[RunCall, list[Future[Any]]]:
         """For runners with native dependencies: the run packed with a placeholder for
         each upstream run, and those upstream futures in placeholder order.
 
@@ -110,7 +113,7 @@ class TaskRun:
         wait_for = to_portable(self.wait_for, upstreams) if self.wait_for else ()
         args = to_portable(self.args, upstreams)
         kwargs = to_portable(self.kwargs, upstreams)
-        call = NativeCall(self.task, self.id, self.name, args, kwargs, wait_for)
+        call = RunCall(self.task, self.id, self.name, args, kwargs, wait_for)
         self._native_upstreams = upstreams
         return call, upstreams
 
@@ -141,6 +144,15 @@ class TaskRun:
                     if upstream.done() and not upstream._state.is_completed():
                         upstream._mark_observed()
             self.future._set_final(state)
+
+    def finish(self, result: RemoteResult) -> None:
+        """Apply what `run_call` reported from a worker: the runs the task submitted
+        there that failed with nothing handling them are reported to this run's flow
+        (which fails naming them, as for runs submitted in its own process), then the
+        run ends in `result.state`."""
+        if result.unhandled:
+            self.scope.adopt_failures(self, result.unhandled)
+        self.set_state(result.state)
 
     def execute(self) -> State:
         """Run the engine for this run in the calling thread and record its final state."""

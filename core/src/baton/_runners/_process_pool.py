@@ -26,13 +26,12 @@ from collections import deque
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
-from baton._engine import _retry_delay, _run_hooks
-from baton._errors import CrashedRun, RunnerClosedError, TaskTimeoutError
+from baton._attempts import Attempts, timed_out, worker_lost
+from baton._errors import CrashedRun, RunnerClosedError
 from baton._runners._worker import (
     BATCH,
     HELLO,
     INIT_FAILED,
-    PROTOCOL,
     READY,
     RESULT,
     STARTED,
@@ -44,8 +43,9 @@ from baton._runners._worker import (
     split_frames,
     worker_command,
 )
-from baton._runners.process import decode_state, pickle_arguments, pickle_task
+from baton._runners.process import pickle_arguments, pickle_task
 from baton._states import State, StateType
+from baton._travel import PROTOCOL, decode_result
 
 if TYPE_CHECKING:
     from baton._task import Task
@@ -68,7 +68,7 @@ class _Job:
     """One run on its way through the pool (queued, in a worker, or waiting to retry)."""
 
     __slots__ = (
-        "attempt",
+        "attempts",
         "blob",
         "cancelled",
         "dispatched",
@@ -87,7 +87,7 @@ class _Job:
         self.blob = blob
         self.payload = payload
         self.timeout = timeout
-        self.attempt = 1
+        self.attempts = Attempts(run)
         self.cancelled = False
         self.dispatched = False
         self.mark_running = True
@@ -430,7 +430,9 @@ class WorkerPool:
             if key not in worker.known:
                 worker.known.add(key)
                 new_tasks.append((key, job.blob))
-            items.append((run.id, run.name, key, job.attempt, job.timeout is not None, job.payload))
+            items.append(
+                (run.id, run.name, key, job.attempts.number, job.timeout is not None, job.payload)
+            )
             sent.append(job)
         if not sent:
             return
@@ -532,14 +534,14 @@ class WorkerPool:
     def _on_message(self, worker: _WorkerProcess, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == RESULT:
-            _, run_id, blob, failure = message
+            _, run_id, blob = message
             job = worker.jobs.popleft()
             if job.run.id != run_id:
                 raise RuntimeError(f"result for run {run_id}, expected {job.run.id}")
             if worker.timed is job:
                 worker.timed = None
                 worker.deadline = None
-            job.run.set_state(decode_state(job.run, blob, failure))
+            job.run.finish(decode_result(blob, job.run))
         elif kind == STARTED:
             job = worker.jobs[0]
             if job.timeout is not None:
@@ -547,8 +549,8 @@ class WorkerPool:
         elif kind == STATE:
             job = worker.jobs[0]
             state: State = message[2]
+            job.attempts.note(state)
             if state.type is StateType.PENDING:
-                job.attempt += 1
                 worker.deadline = None  # the retry delay does not count
             elif job.timeout is not None:
                 worker.deadline = time.monotonic() + job.timeout
@@ -634,11 +636,11 @@ class WorkerPool:
         head = jobs.popleft()
         if reason == "timeout" and head is worker.timed:
             assert head.timeout is not None
-            error = TaskTimeoutError(
-                f"Task run {head.run.name!r} exceeded its timeout of {head.timeout:g} s; its "
-                f"worker process (pid {worker.pid}) was killed and replaced."
+            state = timed_out(
+                head.run.name,
+                head.timeout,
+                f"its worker process (pid {worker.pid}) was killed and replaced",
             )
-            state = State.failed(error, name="TimedOut")
         else:
             message = (
                 f"Task run {head.run.name!r} crashed: its worker process (pid {worker.pid}) "
@@ -649,7 +651,7 @@ class WorkerPool:
                     " Unless something else killed it, the system ran out of memory and "
                     "killed the largest process."
                 )
-            state = State.crashed(CrashedRun(message), message)
+            state = worker_lost(message)
         self._end_attempt(head, state)
         self._requeue(list(jobs))  # sent after the one that ran: they never started
 
@@ -658,14 +660,12 @@ class WorkerPool:
         run = job.run
         if run.future.done():
             return
-        delay = None if self._stop == "now" else _retry_delay(run, state, job.attempt, True)
-        if delay is None:
+        retry = None if self._stop == "now" else job.attempts.after(state)
+        if retry is None:
             _end(job, state)
             return
-        run.set_state(
-            State.pending("Retrying", f"Attempt {job.attempt + 1} after: {state.message}")
-        )
-        job.attempt += 1
+        run.set_state(retry.state)
+        delay = retry.delay
         job.mark_running = True
         self._cancellable[run.id] = job
         if delay > 0:
@@ -800,8 +800,7 @@ def _end(job: _Job, state: State) -> None:
     run = job.run
     if run.future.done():
         return
-    _run_hooks(run, state)
-    run.set_state(state)
+    run.set_state(job.attempts.finish(state))
 
 
 def _shutdown_state(run: TaskRun, pid: int) -> State:

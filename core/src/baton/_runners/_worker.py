@@ -37,20 +37,25 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from baton._errors import BatonError
+from baton._errors import BatonError, RemoteTaskError, RemoteTraceback
+from baton._travel import PROTOCOL, cloudpickle_dumps, dumps
 
 if TYPE_CHECKING:
-    import asyncio
-
     from baton._states import State
     from baton._task import Task
 
-__all__ = ["RemoteTaskError", "WorkerLoadError", "main"]
+__all__ = [
+    "RemoteTaskError",
+    "RemoteTraceback",
+    "WorkerLoadError",
+    "cloudpickle_dumps",
+    "dumps",
+    "main",
+]
 
 HELLO, BATCH, STOP = "hello", "batch", "stop"
 READY, INIT_FAILED, STARTED, STATE, RESULT = "ready", "init-failed", "started", "state", "result"
 
-PROTOCOL = pickle.HIGHEST_PROTOCOL
 _HEADER = struct.Struct("!Q")
 _RECV_SIZE = 1 << 18
 
@@ -58,87 +63,6 @@ _RECV_SIZE = 1 << 18
 # reference runs its top-level code, and a flow started there means the module
 # lacks an `if __name__ == "__main__":` guard (see ProcessRunner.on_start).
 loading = False
-
-
-class RemoteTaskError(BatonError):
-    """Stands in for an exception raised in a worker process that could not be pickled
-    back to the parent: it keeps the original's type name, message and traceback text.
-    """
-
-    def __init__(self, type_name: str, message: str, traceback_text: str) -> None:
-        super().__init__(type_name, message, traceback_text)
-        self.type_name = type_name
-        self.message = message
-        self.traceback_text = traceback_text
-
-    def __str__(self) -> str:
-        detail = f"{self.type_name}: {self.message}" if self.message else self.type_name
-        return f"{detail} (raised in a worker process; the exception itself could not be pickled)"
-
-
-class RemoteTraceback(Exception):
-    """The traceback text of an exception raised in a worker process, attached as the
-    `__cause__` of the exception the parent re-creates, so tracebacks show both sides."""
-
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-        self.text = text
-
-    def __str__(self) -> str:
-        return f'\n"""\n{self.text}"""'
-
-
-def dumps(obj: Any) -> bytes:
-    """Pickle with the standard pickler, falling back to cloudpickle for what it cannot
-    pickle by reference (functions and classes of ``__main__``, closures, lambdas)."""
-    try:
-        return pickle.dumps(obj, PROTOCOL)
-    except Exception:
-        return cloudpickle_dumps(obj)
-
-
-_pickler: Any = None
-
-
-def cloudpickle_dumps(obj: Any) -> bytes:
-    """`cloudpickle.dumps`, keeping the source file names of functions sent by value.
-
-    cloudpickle replaces them with ``<dynamic-code>``; kept, a traceback from a worker
-    shows where the task's code is, and its source lines.
-    """
-    global _pickler
-    if _pickler is None:
-        _pickler = _filename_keeping_pickler()
-    import io
-
-    buffer = io.BytesIO()
-    _pickler(buffer, protocol=PROTOCOL).dump(obj)
-    return buffer.getvalue()
-
-
-def _filename_keeping_pickler() -> Any:
-    import collections
-    import types
-
-    import cloudpickle  # type: ignore[import-untyped]
-
-    code_reduce = getattr(getattr(cloudpickle, "cloudpickle", None), "_code_reduce", None)
-    if code_reduce is None:
-        return cloudpickle.Pickler
-
-    def reduce_code(code: types.CodeType) -> Any:
-        rebuild, args = code_reduce(code)
-        return rebuild, tuple(
-            code.co_filename if type(arg) is str and arg == "<dynamic-code>" else arg
-            for arg in args
-        )
-
-    class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
-        dispatch_table = collections.ChainMap(
-            {types.CodeType: reduce_code}, cloudpickle.Pickler.dispatch_table
-        )
-
-    return Pickler
 
 
 class Channel:
@@ -237,20 +161,6 @@ def describe_exit(code: int) -> str:
 # -- the worker -------------------------------------------------------------------------
 
 
-class _RunInfo:
-    """What the engine and the task's hooks see of a run in the worker."""
-
-    __slots__ = ("id", "name", "task")
-
-    def __init__(self, run_id: int, name: str, task: Task[..., Any]) -> None:
-        self.id = run_id
-        self.name = name
-        self.task = task
-
-    def __repr__(self) -> str:
-        return f"<TaskRun {self.name!r}>"
-
-
 class WorkerLoadError(BatonError):
     """A task or the arguments of a run could not be unpickled in the worker process
     (a module it needs cannot be imported there, for example)."""
@@ -287,7 +197,6 @@ class _Worker:
     def __init__(self, channel: Channel) -> None:
         self.channel = channel
         self.tasks: dict[int, Task[..., Any] | WorkerLoadError] = {}
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     def serve(self) -> None:
         while True:
@@ -308,11 +217,14 @@ class _Worker:
     def run(
         self, run_id: int, name: str, key: int, attempt: int, timed: bool, payload: bytes
     ) -> None:
+        from baton._remote import RemoteResult, RunCall, run_call
         from baton._states import State
+        from baton._travel import encode_result
 
         task = self.tasks[key]
         if isinstance(task, WorkerLoadError):
-            self._send_result(run_id, name, "?", State.failed(_with_run(task, name)))
+            result = RemoteResult(State.failed(_with_run(task, name)), attempt=attempt)
+            self._send_result(run_id, encode_result(result, "?", name))
             return
         try:
             args, kwargs = _load(payload)
@@ -321,97 +233,39 @@ class _Worker:
                 f"The arguments of task run {name!r} (task {task.name!r}) could not be "
                 f"unpickled in the worker process: {type(exc).__name__}: {exc}"
             )
-            self._send_result(run_id, name, task.name, State.failed(error))
+            result = RemoteResult(State.failed(error), attempt=attempt)
+            self._send_result(run_id, encode_result(result, task.name, name))
             return
-        info = _RunInfo(run_id, name, task)
-        if timed:
-            self.channel.send(pickle.dumps((STARTED, run_id), PROTOCOL))
-        on_state = self._state_reporter(run_id)
-        if task.is_async:
-            state = self._run_async(info, args, kwargs, on_state, attempt)
-        else:
-            from baton._engine import _final_state, _run_hooks, run_sync
-
-            try:
-                state = run_sync(
-                    info, args, kwargs, on_state, first_attempt=attempt, enforce_timeout=False
-                )
-            except KeyboardInterrupt as exc:
-                # The engine lets a KeyboardInterrupt in the main thread go on, as Ctrl-C;
-                # a worker ignores Ctrl-C, so this one the task raised: it crashes the run,
-                # as in any other worker, and the worker carries on.
-                state = _final_state(exc, info)
-                if task.options.on_completion or task.options.on_failure:
-                    _run_hooks(info, state)
+        call = RunCall(task, run_id, name, args, kwargs)
         del args, kwargs
-        self._send_result(run_id, name, task.name, state)
-
-    def _run_async(
-        self,
-        info: _RunInfo,
-        args: tuple[Any, ...],
-        kwargs: dict[str, Any],
-        on_state: Callable[[State], None],
-        attempt: int,
-    ) -> State:
-        import asyncio
-
-        from baton._engine import run_async
-
-        if self._loop is None:
-            self._loop = asyncio.new_event_loop()
-            asyncio.set_event_loop(self._loop)
-        return self._loop.run_until_complete(
-            run_async(info, args, kwargs, on_state, first_attempt=attempt, enforce_timeout=False)
+        result = run_call(
+            call, attempt=attempt, timeout="runner", on_state=self._state_reporter(run_id, timed)
         )
+        del call
+        self._send_result(run_id, encode_result(result, task.name, name))
 
-    def _state_reporter(self, run_id: int) -> Callable[[State], None]:
+    def _state_reporter(self, run_id: int, timed: bool) -> Callable[[State], None]:
+        started = [False]
+
         def report(state: State) -> None:
+            if not started[0]:
+                # The first report is RUNNING as the run starts: the parent already
+                # marked it running when it sent it, and needs to hear of it only to
+                # start the clock of its timeout.
+                started[0] = True
+                if timed:
+                    self.channel.send(pickle.dumps((STARTED, run_id), PROTOCOL))
+                return
             self.channel.send(dumps((STATE, run_id, state)))
 
         return report
 
-    def _send_result(self, run_id: int, name: str, task_name: str, state: State) -> None:
-        from baton._states import State, StateType
-
-        failure: tuple[str, str, str | None, str, str, str] | None = None
-        if state.type is not StateType.COMPLETED:
-            failure = _describe_failure(state)
-        try:
-            blob = dumps(state)
-        except Exception as exc:
-            if state.type is StateType.COMPLETED:
-                error: BaseException = pickle.PicklingError(
-                    f"Task run {name!r} (task {task_name!r}) returned a value that cannot be "
-                    f"pickled ({type(exc).__name__}: {exc}), so it cannot travel back from "
-                    "its worker process. Return something picklable (plain data, or a path "
-                    "to where the value was written), or run this task on the 'thread' runner."
-                )
-                state = State.failed(error)
-                failure = _describe_failure(state)
-            else:
-                assert failure is not None
-                error = RemoteTaskError(failure[3], failure[4], failure[5])
-                state = State(state.type, state.name, state.message, data=error)
-            blob = pickle.dumps(state, PROTOCOL)
-        self.channel.send(pickle.dumps((RESULT, run_id, blob, failure), PROTOCOL))
+    def _send_result(self, run_id: int, blob: bytes) -> None:
+        self.channel.send(pickle.dumps((RESULT, run_id, blob), PROTOCOL))
 
 
 def _with_run(error: WorkerLoadError, name: str) -> WorkerLoadError:
     return WorkerLoadError(f"Task run {name!r} could not start. {error}")
-
-
-def _describe_failure(state: State) -> tuple[str, str, str | None, str, str, str]:
-    """(state type, state name, state message, error type, error text, traceback text)."""
-    error = state.error
-    if error is None:
-        return (state.type.value, state.name, state.message, "", "", "")
-    try:
-        text = str(error)
-    except Exception:
-        text = f"<{type(error).__name__} whose str() raised>"
-    tb = "".join(traceback.format_exception(type(error), error, error.__traceback__))
-    return (state.type.value, state.name, state.message, type(error).__qualname__, text, tb)
 
 
 def _watch_parent(lifeline: int) -> None:

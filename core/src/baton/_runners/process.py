@@ -45,7 +45,6 @@ system (Linux, macOS).
 
 from __future__ import annotations
 
-import inspect
 import os
 import pickle
 import sys
@@ -55,14 +54,8 @@ from typing import TYPE_CHECKING, Any, final
 from baton._errors import BatonError, InvalidOptionsError, RunnerClosedError
 from baton._runner import Capability, TaskRunner
 from baton._runners import _worker
-from baton._runners._worker import (
-    PROTOCOL,
-    RemoteTaskError,
-    RemoteTraceback,
-    WorkerLoadError,
-    cloudpickle_dumps,
-)
-from baton._states import State, StateType
+from baton._runners._worker import RemoteTaskError, WorkerLoadError, cloudpickle_dumps
+from baton._travel import PROTOCOL, unpicklable_arguments
 
 if TYPE_CHECKING:
     from baton._runners._process_pool import WorkerPool
@@ -223,10 +216,8 @@ def pickle_arguments(run: TaskRun) -> bytes:
 
 
 def _argument_error(run: TaskRun, exc: Exception) -> pickle.PicklingError:
-    return argument_pickling_error(
+    return unpicklable_arguments(
         run,
-        run.args,
-        run.kwargs,
         exc,
         "a worker process",
         "Arguments travel to the 'process' runner's workers pickled (with cloudpickle): "
@@ -234,65 +225,6 @@ def _argument_error(run: TaskRun, exc: Exception) -> pickle.PicklingError:
         "rather than a client, lock or connection), create the object inside the task, "
         "or run this task on the 'thread' runner.",
     )
-
-
-def argument_pickling_error(
-    run: TaskRun,
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
-    exc: BaseException,
-    destination: str,
-    advice: str,
-) -> pickle.PicklingError:
-    """The error for a run whose arguments could not be pickled to go to `destination`:
-    it names the first argument that cannot be pickled, found by pickling each alone.
-
-    Runners that send runs elsewhere (this one, and plugins') word it alike. `args` and
-    `kwargs` are what was being sent (for a native call, with upstream placeholders).
-    """
-    task = run.task
-    for label, value in _labelled_arguments(task, args, kwargs):
-        try:
-            cloudpickle_dumps(value)
-        except Exception as inner:
-            return pickle.PicklingError(
-                f"Cannot send task run {run.name!r} to {destination}: argument {label!r} "
-                f"of task {task.name!r} cannot be pickled ({_brief(inner)}). " + advice
-            )
-    return pickle.PicklingError(
-        f"Cannot send task run {run.name!r} to {destination}: the arguments of task "
-        f"{task.name!r} cannot be pickled ({_brief(exc)}). " + advice
-    )
-
-
-def _brief(exc: BaseException) -> str:
-    """An error's type and the first line of its text, cut short: some pickling errors
-    carry the repr of a whole task graph."""
-    lines = str(exc).strip().splitlines()
-    text = lines[0] if lines else ""
-    if len(text) > 200:
-        text = text[:200] + "..."
-    return f"{type(exc).__name__}: {text}"
-
-
-def _labelled_arguments(
-    task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> list[tuple[str, Any]]:
-    try:
-        signature = inspect.signature(task.fn)
-        bound = signature.bind(*args, **kwargs).arguments
-    except (TypeError, ValueError):
-        return [(f"#{i}", a) for i, a in enumerate(args)] + list(kwargs.items())
-    labelled: list[tuple[str, Any]] = []
-    for name, value in bound.items():
-        kind = signature.parameters[name].kind
-        if kind is inspect.Parameter.VAR_POSITIONAL:
-            labelled.extend((f"{name}[{i}]", item) for i, item in enumerate(value))
-        elif kind is inspect.Parameter.VAR_KEYWORD:
-            labelled.extend(value.items())
-        else:
-            labelled.append((name, value))
-    return labelled
 
 
 def pickle_task(task: Task[..., Any]) -> bytes:
@@ -306,28 +238,3 @@ def pickle_task(task: Task[..., Any]) -> bytes:
             "(a lock, an open file or connection, a client): create that object inside "
             "the task, or run the task on the 'thread' runner."
         ) from exc
-
-
-def decode_state(run: TaskRun, blob: bytes, failure: tuple[Any, ...] | None) -> State:
-    try:
-        state: State = pickle.loads(blob)
-    except Exception as exc:
-        if failure is None:
-            return State.failed(
-                pickle.UnpicklingError(
-                    f"The result of task run {run.name!r} (task {run.task.name!r}) came back "
-                    f"from its worker process but cannot be unpickled here "
-                    f"({type(exc).__name__}: {exc}). Return plain data, or types importable "
-                    "in both processes."
-                )
-            )
-        kind, name, message, type_name, text, tb = failure
-        error = RemoteTaskError(type_name, text, tb)
-        if tb:
-            error.__cause__ = RemoteTraceback(tb)
-        return State(StateType(kind), name, message, data=error)
-    if failure is not None and failure[5]:
-        error_ = state.error
-        if error_ is not None and error_.__cause__ is None:
-            error_.__cause__ = RemoteTraceback(failure[5])
-    return state

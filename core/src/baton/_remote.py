@@ -1,0 +1,344 @@
+"""Runs executed away from the flow: the portable call, and running it on a worker.
+
+`RunCall` is a task run packed to travel. `run_call` runs it wherever it arrived
+(another thread, process or machine) with every rule the in-process engine has:
+upstream values filled in (or the run ended UpstreamFailed), RUNNING reported,
+attempts and hooks, timeouts in the engine or left to the runner, a `BaseException`
+raised by the task recorded as a crash, and the runs the task submitted itself
+waited for, with the failures nothing handled reported back to the flow. It returns
+a `RemoteResult`, which `TaskRun.finish` applies in the flow's process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import threading
+from collections.abc import Callable, Coroutine, Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal, Protocol, final
+
+from baton._attempts import Attempts, Retry, failure_state
+from baton._states import State, StateType
+
+if TYPE_CHECKING:
+    from baton._runner import TaskRunner
+    from baton._scope import RunScope
+    from baton._task import Task
+
+__all__ = [
+    "NestedFailure",
+    "RemoteResult",
+    "RunCall",
+    "SlotLender",
+    "lend_slot",
+    "run_call",
+]
+
+
+@dataclass(frozen=True)
+class RunCall:
+    """A task run packed to travel: it pickles (with cloudpickle) and runs anywhere.
+
+    `TaskRun.call` gives one whose arguments are plain values. For a runner with
+    native dependencies, `TaskRun.native_call()` gives one whose arguments hold a
+    placeholder for each upstream run; the worker then passes one value per upstream
+    to `run_call` (or to the call itself): the upstream's plain result, or its final
+    `State`. An upstream that did not complete (unless taken through
+    `allow_failure`) ends the run UpstreamFailed without calling the function.
+
+    Calling it runs the whole run here and returns its final State (retries and the
+    engine's timeout included); `run_call` does the same and more (nested runs,
+    RUNNING reports, a runner's own retries and timeouts).
+    """
+
+    task: Task[..., Any]
+    id: int
+    name: str
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+    wait_for: tuple[Any, ...] = ()
+
+    def fill(self, upstream: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | State:
+        """The arguments with each placeholder replaced by its upstream's value, or the
+        final UpstreamFailed state when an upstream did not complete."""
+        if not upstream:
+            return self.args, self.kwargs
+        from baton._resolve import UpstreamNotCompleted, fill_upstreams
+        from baton._states import upstream_failed
+
+        values = tuple(upstream)
+        try:
+            if self.wait_for:
+                fill_upstreams(self.wait_for, values)
+            return fill_upstreams(self.args, values), fill_upstreams(self.kwargs, values)
+        except UpstreamNotCompleted as failed:
+            return upstream_failed(self.name, failed.placeholder.name, failed.state)
+
+    def __call__(self, *upstream: Any, first_attempt: int = 1) -> State:
+        return run_call(self, upstream, attempt=first_attempt).state
+
+
+@final
+@dataclass(frozen=True)
+class NestedFailure:
+    """A run that a task submitted on its worker, which failed and nothing handled:
+    reported to the flow, which fails naming it, as for runs it submitted itself."""
+
+    name: str
+    state: State
+
+
+@final
+@dataclass(frozen=True)
+class RemoteResult:
+    """What `run_call` reports: the state the run (or the attempt) ended in, the retry
+    the attempt policy decided on when the runner makes the attempts, and the runs
+    the task submitted that failed with nothing handling them.
+
+    Apply it in the flow's process with `TaskRun.finish(result)` (or, when `retry`
+    is set, report `retry.state` and send the run again after `retry.delay` seconds
+    as attempt `retry.attempt`). It pickles when its states do: `portable()` makes
+    sure of that for errors, `encode_result` also for results.
+    """
+
+    state: State
+    retry: Retry | None = None
+    unhandled: tuple[NestedFailure, ...] = ()
+    attempt: int = 1
+
+    def portable(self) -> RemoteResult:
+        """This result with every error that cannot be pickled replaced by a
+        `RemoteTaskError` that keeps its type name, message and traceback text."""
+        from baton._travel import portable_state
+
+        state = portable_state(self.state)
+        unhandled = tuple(NestedFailure(f.name, portable_state(f.state)) for f in self.unhandled)
+        if state is self.state and all(
+            a.state is b.state for a, b in zip(unhandled, self.unhandled, strict=True)
+        ):
+            return self
+        return RemoteResult(state, self.retry, unhandled, self.attempt)
+
+
+class SlotLender(Protocol):
+    """A worker pool whose worker can give its slot up while it waits for other runs.
+
+    `secede()` is called as a task starts to block on other runs (a nested
+    `.result()`, `wait`), `rejoin()` as it stops; calls nest, and only the outermost
+    pair counts. A pool whose workers lend their slot only inside a call of its
+    engine (a Ray worker lends its CPU inside ``ray.wait``) may also define
+    ``wait(ready, timeout, event=None) -> bool``, which blocks in the engine until
+    ``ready()`` is true or `timeout` seconds pass; waits for runs then go through it.
+    """
+
+    def secede(self) -> None: ...
+    def rejoin(self) -> None: ...
+
+
+@contextlib.contextmanager
+def lend_slot(pool: SlotLender | None) -> Iterator[None]:
+    """Within this block, waits for task runs in the calling thread lend its slot
+    through `pool` (see `SlotLender`); None lends nothing."""
+    from baton._futures import _worker
+
+    previous = getattr(_worker, "pool", None)
+    _worker.pool = pool
+    try:
+        yield
+    finally:
+        _worker.pool = previous
+
+
+# -- running a call on a worker ------------------------------------------------------------
+
+_spare = threading.local()
+_loops = threading.local()
+
+
+def run_call(
+    call: RunCall,
+    upstream: Sequence[Any] = (),
+    *,
+    attempt: int = 1,
+    retries: Literal["here", "runner"] = "here",
+    timeout: Literal["engine", "runner"] = "engine",
+    on_state: Callable[[State], None] | None = None,
+    nested: TaskRunner | None = None,
+) -> RemoteResult:
+    """Run `call` here, on a worker, to a `RemoteResult`. Never raises.
+
+    - `upstream`: one value per upstream placeholder (its result, or its final State).
+    - `attempt`: the number of the first attempt made here (a run sent again after a
+      crash continues its count).
+    - `retries="here"`: make every attempt here, sleeping between them; ``"runner"``:
+      make one attempt and put the policy's decision in `RemoteResult.retry`, for a
+      runner that retries itself (it can then also retry after a crash, or time each
+      attempt).
+    - `timeout="engine"`: the engine enforces `timeout_seconds` (a sync function in a
+      helper thread, a coroutine by cancelling it); ``"runner"``: the function is
+      called directly and the runner stops it (kills the worker) at the deadline, see
+      `Deadlines` and `timed_out`.
+    - `on_state`: hears RUNNING as each attempt starts, and Retrying between attempts;
+      a runner forwards these to `TaskRun.set_state` in the flow's process.
+    - `nested`: the started runner that runs the task runs this run submits itself;
+      by default a `thread` runner in this process. They are waited for before the
+      run ends, and those that failed with nothing handling them are reported.
+    """
+    filled = call.fill(upstream)
+    if isinstance(filled, State):
+        return RemoteResult(filled, attempt=attempt)
+    args, kwargs = filled
+    del filled
+    run = call if retries == "here" else _SingleAttempt(call)
+    enforce = timeout == "engine"
+    scope = _scope_for(call, nested)
+    token = scope.enter()
+    try:
+        if on_state is not None:
+            on_state(State.running())
+        try:
+            if call.task.is_async:
+                from baton._engine import run_async
+
+                state = _run_coroutine(
+                    run_async(
+                        run, args, kwargs, on_state, first_attempt=attempt, enforce_timeout=enforce
+                    )
+                )
+            else:
+                from baton._engine import run_sync
+
+                state = run_sync(
+                    run, args, kwargs, on_state, first_attempt=attempt, enforce_timeout=enforce
+                )
+        except BaseException as exc:
+            # The engine lets a KeyboardInterrupt in a main thread go on, as Ctrl-C; on a
+            # worker the task raised it (or SystemExit): it crashes the run, as anywhere.
+            state = Attempts(call, attempt).finish(failure_state(exc, call))
+        del args, kwargs
+    finally:
+        scope.exit(token)
+    retry = None
+    if retries == "runner":
+        attempts = Attempts(call, attempt)
+        retry = attempts.after(state) if state.type is not StateType.COMPLETED else None
+        if retry is None:
+            state = attempts.finish(state)
+    unhandled = _finish_scope(scope)
+    return RemoteResult(state, retry, unhandled, attempt)
+
+
+@final
+class _SingleAttempt:
+    """The run as the engine sees it for one attempt: its task without retries or hooks,
+    which `run_call` applies itself."""
+
+    __slots__ = ("id", "name", "task")
+
+    def __init__(self, call: RunCall) -> None:
+        self.id = call.id
+        self.name = call.name
+        self.task = _one_attempt(call.task)
+
+
+_single: dict[int, tuple[Task[..., Any], Task[..., Any]]] = {}
+
+
+def _one_attempt(task: Task[..., Any]) -> Task[..., Any]:
+    cached = _single.get(id(task))
+    if cached is not None and cached[0] is task:
+        return cached[1]
+    single = task.with_options(retries=0, on_completion=(), on_failure=())
+    if len(_single) > 256:
+        _single.clear()
+    _single[id(task)] = (task, single)
+    return single
+
+
+def _run_coroutine(coroutine: Coroutine[Any, Any, State]) -> State:
+    """Run an async task's engine to its end from this (sync) worker thread.
+
+    Where the worker lends its slot only inside its engine's own wait (a pool with
+    `wait`), the coroutine runs on a helper thread while this thread waits there, so
+    that an async task that awaits nested runs lends its slot as a sync one does.
+    """
+    import asyncio
+
+    from baton._futures import _worker
+
+    pool = getattr(_worker, "pool", None)
+    pool_wait = getattr(pool, "wait", None)
+    if pool_wait is None:
+        loop = getattr(_loops, "loop", None)
+        if loop is None or loop.is_closed():
+            loop = _loops.loop = asyncio.new_event_loop()
+        return loop.run_until_complete(coroutine)
+    done = threading.Event()
+    outcome: list[Any] = []
+    context = contextvars.copy_context()
+
+    def serve() -> None:
+        try:
+            outcome.append(context.run(asyncio.run, coroutine))
+        except BaseException as exc:  # re-raised in the waiting thread
+            outcome.append(exc)
+        finally:
+            done.set()
+
+    helper = threading.Thread(target=serve, name="baton-async-run", daemon=True)
+    helper.start()
+    pool_wait(done.is_set, None, done)
+    helper.join()
+    result = outcome[0]
+    if isinstance(result, BaseException):
+        raise result
+    state: State = result
+    return state
+
+
+# -- the runs a task submits on its worker -------------------------------------------------
+
+_default_nested: TaskRunner | None = None
+_default_lock = threading.Lock()
+
+
+def _nested_runner() -> TaskRunner:
+    global _default_nested
+    runner = _default_nested
+    if runner is None or runner.closed:
+        with _default_lock:
+            runner = _default_nested
+            if runner is None or runner.closed:
+                from baton._runners.thread import ThreadRunner
+
+                runner = _default_nested = ThreadRunner().start()
+    return runner
+
+
+def _scope_for(call: RunCall, nested: TaskRunner | None) -> RunScope:
+    """A scope for the runs `call` submits; the last one, if it stayed unused, again."""
+    runner = nested if nested is not None else _nested_runner()
+    scope: RunScope | None = getattr(_spare, "scope", None)
+    label = f"runs submitted inside task run {call.name!r}"
+    if scope is not None and scope.runner is runner:
+        _spare.scope = None
+        scope.label = label
+        return scope
+    from baton._scope import RunScope
+
+    return RunScope(runner, label)
+
+
+def _finish_scope(scope: RunScope) -> tuple[NestedFailure, ...]:
+    """Wait for the runs the task submitted and left running; the failures nothing
+    handled, to report to the flow."""
+    if not scope.busy():
+        _spare.scope = scope
+        return ()
+    from baton._futures import _wait_until
+
+    scope.drain_lazy_maps()
+    _wait_until(lambda: scope.pending_count() == 0, None, scope.wait_all)
+    scope.wait_all()
+    return tuple(NestedFailure(f.name, f._state) for f in scope.unobserved_failures())

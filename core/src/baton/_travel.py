@@ -1,0 +1,227 @@
+"""What crosses between a worker and the flow's process: pickling, and the wording of
+what cannot cross (unpicklable arguments, results and exceptions)."""
+
+from __future__ import annotations
+
+import inspect
+import pickle
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from baton._errors import RemoteTaskError
+from baton._states import State, StateType
+
+if TYPE_CHECKING:
+    from baton._remote import RemoteResult
+    from baton._task import Task
+    from baton._taskrun import TaskRun
+
+__all__ = [
+    "cloudpickle_dumps",
+    "decode_result",
+    "dumps",
+    "encode_result",
+    "portable_state",
+    "unpicklable_arguments",
+]
+
+PROTOCOL = pickle.HIGHEST_PROTOCOL
+
+
+def dumps(obj: Any) -> bytes:
+    """Pickle with the standard pickler, falling back to cloudpickle for what it cannot
+    pickle by reference (functions and classes of ``__main__``, closures, lambdas)."""
+    try:
+        return pickle.dumps(obj, PROTOCOL)
+    except Exception:
+        return cloudpickle_dumps(obj)
+
+
+_pickler: Any = None
+
+
+def cloudpickle_dumps(obj: Any) -> bytes:
+    """`cloudpickle.dumps`, keeping the source file names of functions sent by value.
+
+    cloudpickle replaces them with ``<dynamic-code>``; kept, a traceback from a worker
+    shows where the task's code is, and its source lines.
+    """
+    global _pickler
+    if _pickler is None:
+        _pickler = _filename_keeping_pickler()
+    import io
+
+    buffer = io.BytesIO()
+    _pickler(buffer, protocol=PROTOCOL).dump(obj)
+    return buffer.getvalue()
+
+
+def _filename_keeping_pickler() -> Any:
+    import collections
+    import types
+
+    import cloudpickle  # type: ignore[import-untyped]
+
+    code_reduce = getattr(getattr(cloudpickle, "cloudpickle", None), "_code_reduce", None)
+    if code_reduce is None:
+        return cloudpickle.Pickler
+
+    def reduce_code(code: types.CodeType) -> Any:
+        rebuild, args = code_reduce(code)
+        return rebuild, tuple(
+            code.co_filename if type(arg) is str and arg == "<dynamic-code>" else arg
+            for arg in args
+        )
+
+    class Pickler(cloudpickle.Pickler):  # type: ignore[misc]
+        dispatch_table = collections.ChainMap(
+            {types.CodeType: reduce_code}, cloudpickle.Pickler.dispatch_table
+        )
+
+    return Pickler
+
+
+# -- exceptions ---------------------------------------------------------------------------
+
+
+def _text_of(error: BaseException) -> str:
+    try:
+        return str(error)
+    except Exception:
+        return f"<{type(error).__name__} whose str() raised>"
+
+
+def portable_state(state: State) -> State:
+    """`state`, or, when its error would not survive the trip (it cannot be pickled, or
+    not rebuilt from its pickle, or printing it raises), the same state with a
+    `RemoteTaskError` that keeps the error's type name, message and traceback text."""
+    if state.type is StateType.COMPLETED:
+        return state
+    error = state.error
+    if error is None:
+        return state
+    try:
+        _text = str(error)
+        pickle.loads(cloudpickle_dumps(error))
+        return state
+    except Exception:
+        pass
+    trace = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    stand_in = RemoteTaskError(type(error).__qualname__, _text_of(error), trace)
+    message = state.message
+    return State(state.type, state.name, message, data=stand_in)
+
+
+# -- results ------------------------------------------------------------------------------
+
+
+def encode_result(result: RemoteResult, task_name: str, run_name: str) -> bytes:
+    """`result` pickled to travel to the flow's process. A result value that cannot be
+    pickled fails the run with an error that says so; errors that cannot travel are
+    replaced (see `portable_state`)."""
+    result = result.portable()
+    try:
+        return dumps(result)
+    except Exception as exc:
+        if result.state.type is not StateType.COMPLETED:
+            raise
+        problem = f"{type(exc).__name__}: {exc}"
+    from baton._remote import RemoteResult
+
+    error = pickle.PicklingError(
+        f"Task run {run_name!r} (task {task_name!r}) returned a value that cannot be "
+        f"pickled ({problem}), so it cannot travel back from its worker. Return something "
+        "picklable (plain data, or a path to where the value was written), or run this "
+        "task on the 'thread' runner."
+    )
+    failed = RemoteResult(State.failed(error), None, result.unhandled, result.attempt)
+    return dumps(failed.portable())
+
+
+def decode_result(blob: bytes | bytearray | memoryview, run: TaskRun) -> RemoteResult:
+    """A `RemoteResult` from `encode_result`, rebuilt here. A result that cannot be
+    unpickled here (its type is not importable in this process) fails the run with an
+    error that says so."""
+    try:
+        result: RemoteResult = pickle.loads(blob)
+        return result
+    except Exception as exc:
+        from baton._remote import RemoteResult
+
+        error = pickle.UnpicklingError(
+            f"The result of task run {run.name!r} (task {run.task.name!r}) came back from "
+            f"its worker but cannot be unpickled here ({type(exc).__name__}: {exc}). Return "
+            "plain data, or types importable in both places."
+        )
+        return RemoteResult(State.failed(error))
+
+
+# -- arguments ----------------------------------------------------------------------------
+
+
+def unpicklable_arguments(
+    run: TaskRun,
+    exc: BaseException,
+    destination: str,
+    advice: str = "",
+    args: tuple[Any, ...] | None = None,
+    kwargs: dict[str, Any] | None = None,
+) -> pickle.PicklingError:
+    """The error for a run whose arguments could not be pickled to go to `destination`
+    ("a worker process", "a Dask worker"): it names the first argument that cannot be
+    pickled, found by pickling each alone, and ends with `advice`.
+
+    `args` and `kwargs` are what was being sent, when not the run's own (a native
+    call's, with upstream placeholders).
+    """
+    task = run.task
+    args = run.args if args is None else args
+    kwargs = run.kwargs if kwargs is None else kwargs
+    advice = advice or (
+        "Arguments travel to the runner's workers pickled (with cloudpickle): pass "
+        "something picklable instead (a path rather than an open file, settings rather "
+        "than a client, lock or connection), create the object inside the task, or run "
+        "this task on the 'thread' runner."
+    )
+    for label, value in _labelled_arguments(task, args, kwargs):
+        try:
+            cloudpickle_dumps(value)
+        except Exception as inner:
+            return pickle.PicklingError(
+                f"Cannot send task run {run.name!r} to {destination}: argument {label!r} "
+                f"of task {task.name!r} cannot be pickled ({_brief(inner)}). " + advice
+            )
+    return pickle.PicklingError(
+        f"Cannot send task run {run.name!r} to {destination}: the arguments of task "
+        f"{task.name!r} cannot be pickled ({_brief(exc)}). " + advice
+    )
+
+
+def _brief(exc: BaseException) -> str:
+    """An error's type and the first line of its text, cut short: some pickling errors
+    carry the repr of a whole task graph."""
+    lines = _text_of(exc).strip().splitlines()
+    text = lines[0] if lines else ""
+    if len(text) > 200:
+        text = text[:200] + "..."
+    return f"{type(exc).__name__}: {text}"
+
+
+def _labelled_arguments(
+    task: Task[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> list[tuple[str, Any]]:
+    try:
+        signature = inspect.signature(task.fn)
+        bound = signature.bind(*args, **kwargs).arguments
+    except (TypeError, ValueError):
+        return [(f"#{i}", a) for i, a in enumerate(args)] + list(kwargs.items())
+    labelled: list[tuple[str, Any]] = []
+    for name, value in bound.items():
+        kind = signature.parameters[name].kind
+        if kind is inspect.Parameter.VAR_POSITIONAL:
+            labelled.extend((f"{name}[{i}]", item) for i, item in enumerate(value))
+        elif kind is inspect.Parameter.VAR_KEYWORD:
+            labelled.extend(value.items())
+        else:
+            labelled.append((name, value))
+    return labelled

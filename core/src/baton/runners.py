@@ -1,0 +1,115 @@
+"""The runner-author API: everything a task runner needs, and nothing more.
+
+A runner that executes runs in the calling process needs only `TaskRunner` and
+`TaskRun.execute()`. A runner that ships runs to other threads, processes or
+machines builds on the pieces below; the built-in ``process`` runner and the Dask
+and Ray runners use nothing else, so a third-party runner can do all they do.
+
+In the flow's process (the driver)
+    `TaskRun.call` (or `TaskRun.native_call()`, for engines that pass upstream
+    results worker to worker) packs a run into a picklable `RunCall`.
+    `TaskRun.set_running()` / `TaskRun.set_state()` report what the worker says
+    meanwhile, and `TaskRun.finish(result)` applies the `RemoteResult` it sends back.
+    `unpicklable_arguments` words the error for arguments that cannot be sent.
+
+On the worker
+    `run_call(call, upstream, ...)` runs the call with every rule of the engine and
+    returns a `RemoteResult`; `encode_result` / `decode_result` carry it across a
+    byte stream, `RemoteResult.portable()` for engines that pickle it themselves.
+    `lend_slot(pool)` lets a worker that waits on nested runs give its slot up.
+
+Attempts, crashes and hard timeouts
+    `Attempts` is the one retry rule, for the engine and for every runner that
+    sees an attempt end outside it: the worker died (`worker_lost`) or it ran past
+    its timeout and was stopped (`timed_out`); `Deadlines` keeps such timeouts.
+
+A runner that ships runs elsewhere, in outline (a whole one, on a process pool, is
+in ``examples/plugins/baton-pool``)::
+
+    class PoolRunner(TaskRunner):
+        name = "pool"
+        capabilities = frozenset({Capability.PROCESSES, Capability.NESTED})
+
+        def on_start(self):
+            self._pool = concurrent.futures.ProcessPoolExecutor()
+
+        def on_shutdown(self, wait):
+            self._pool.shutdown(wait=wait)
+
+        def submit(self, run):
+            if not run.set_running():
+                return  # cancelled meanwhile
+            done = self._pool.submit(run_call, run.call)
+            done.add_done_callback(lambda f: run.finish(f.result()))
+"""
+
+from __future__ import annotations
+
+from baton._attempts import (
+    FINAL_STATE_TYPES,
+    Attempts,
+    Retry,
+    WorkerLostError,
+    failure_state,
+    run_hooks,
+    timed_out,
+    worker_lost,
+)
+from baton._deadlines import Deadlines
+from baton._engine import RunInfo
+from baton._errors import RemoteTaskError, RemoteTraceback
+from baton._futures import blocking_section
+from baton._remote import NestedFailure, RemoteResult, RunCall, SlotLender, lend_slot, run_call
+from baton._runner import Capability, TaskRunner
+from baton._taskrun import TaskRun, current_task_run
+from baton._travel import (
+    cloudpickle_dumps,
+    decode_result,
+    dumps,
+    encode_result,
+    portable_state,
+    unpicklable_arguments,
+)
+
+__all__ = [
+    "FINAL_STATE_TYPES",
+    "Attempts",
+    "Capability",
+    "Deadlines",
+    "NestedFailure",
+    "RemoteResult",
+    "RemoteTaskError",
+    "RemoteTraceback",
+    "Retry",
+    "RunCall",
+    "RunInfo",
+    "SlotLender",
+    "TaskRun",
+    "TaskRunner",
+    "WorkerLostError",
+    "blocking_section",
+    "cloudpickle_dumps",
+    "current_task_run",
+    "decode_result",
+    "dumps",
+    "encode_result",
+    "failure_state",
+    "lend_slot",
+    "portable_state",
+    "run_call",
+    "run_hooks",
+    "timed_out",
+    "unpicklable_arguments",
+    "worker_lost",
+]
+
+# Names defined here report this module, so that docs and reprs show `baton.runners.X`;
+# those that `baton` itself exports keep reporting `baton`.
+for _name in __all__:
+    _obj = globals()[_name]
+    if getattr(_obj, "__module__", "").startswith("baton._"):
+        try:
+            _obj.__module__ = __name__
+        except (AttributeError, TypeError):
+            pass
+del _name, _obj
