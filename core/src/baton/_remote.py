@@ -31,6 +31,7 @@ __all__ = [
     "RemoteResult",
     "RunCall",
     "SlotLender",
+    "current_runner",
     "lend_slot",
     "run_call",
 ]
@@ -74,6 +75,21 @@ class RunCall:
             return fill_upstreams(self.args, values), fill_upstreams(self.kwargs, values)
         except UpstreamNotCompleted as failed:
             return upstream_failed(self.name, failed.placeholder.name, failed.state)
+
+    def allowed_upstreams(self) -> frozenset[int]:
+        """The indices of the upstreams this call takes through `allow_failure`: their
+        failure is passed in, not turned into UpstreamFailed."""
+        from baton._resolve import Upstream, resolve_placeholders
+
+        found: set[int] = set()
+
+        def note(placeholder: Upstream) -> None:
+            if placeholder.allowed:
+                found.add(placeholder.index)
+
+        for part in (self.args, self.kwargs, self.wait_for):
+            resolve_placeholders(part, note)
+        return frozenset(found)
 
     def __call__(self, *upstream: Any, first_attempt: int = 1) -> State:
         return run_call(self, upstream, attempt=first_attempt).state
@@ -148,6 +164,16 @@ def lend_slot(pool: SlotLender | None) -> Iterator[None]:
         yield
     finally:
         _worker.pool = previous
+
+
+def current_runner() -> TaskRunner | None:
+    """The runner that runs submitted here go to: the innermost running flow's, or on a
+    worker inside `run_call`, the one for the running task's nested runs. None
+    outside of both."""
+    from baton._scope import _current_scope
+
+    scope = _current_scope.get()
+    return scope.runner if scope is not None else None
 
 
 # -- running a call on a worker ------------------------------------------------------------

@@ -241,6 +241,32 @@ def to_portable(obj: Any, upstreams: list[Future[Any]]) -> Any:
     return resolve(obj, place)
 
 
+def resolve_placeholders(obj: Any, found: Callable[[Upstream], object]) -> None:
+    """Call `found` with every `Upstream` placeholder in `obj`."""
+
+    def visit(value: Any, depth: int) -> None:
+        if type(value) is Upstream:
+            found(value)
+            return
+        if depth > _MAX_DEPTH or type(value) in _ATOMIC:
+            return
+        if isinstance(value, (list, tuple, set, frozenset)):
+            for item in value:
+                visit(item, depth + 1)
+        elif isinstance(value, dict):
+            for key, item in value.items():
+                visit(key, depth + 1)
+                visit(item, depth + 1)
+        elif dataclasses.is_dataclass(value) and not isinstance(value, type):
+            for field in dataclasses.fields(value):
+                visit(getattr(value, field.name, None), depth + 1)
+        elif _is_model(value):
+            for name in type(value).__pydantic_fields__:
+                visit(getattr(value, name, None), depth + 1)
+
+    visit(obj, 0)
+
+
 class UpstreamNotCompleted(Exception):
     """An upstream placeholder whose run did not complete (and failure was not allowed)."""
 

@@ -45,6 +45,8 @@ in ``examples/plugins/baton-pool``)::
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from baton._attempts import (
     FINAL_STATE_TYPES,
     Attempts,
@@ -59,8 +61,18 @@ from baton._deadlines import Deadlines
 from baton._engine import RunInfo
 from baton._errors import RemoteTaskError, RemoteTraceback
 from baton._futures import blocking_section
-from baton._remote import NestedFailure, RemoteResult, RunCall, SlotLender, lend_slot, run_call
+from baton._remote import (
+    NestedFailure,
+    RemoteResult,
+    RunCall,
+    SlotLender,
+    current_runner,
+    lend_slot,
+    run_call,
+)
+from baton._resolve import Upstream
 from baton._runner import Capability, TaskRunner
+from baton._states import upstream_failed
 from baton._taskrun import TaskRun, current_task_run
 from baton._travel import (
     cloudpickle_dumps,
@@ -70,6 +82,9 @@ from baton._travel import (
     portable_state,
     unpicklable_arguments,
 )
+
+if TYPE_CHECKING:
+    from pydantic import BaseModel
 
 __all__ = [
     "FINAL_STATE_TYPES",
@@ -86,9 +101,11 @@ __all__ = [
     "SlotLender",
     "TaskRun",
     "TaskRunner",
+    "Upstream",
     "WorkerLostError",
     "blocking_section",
     "cloudpickle_dumps",
+    "current_runner",
     "current_task_run",
     "decode_result",
     "dumps",
@@ -100,8 +117,20 @@ __all__ = [
     "run_hooks",
     "timed_out",
     "unpicklable_arguments",
+    "upstream_failed",
+    "validate_options",
     "worker_lost",
 ]
+
+
+def validate_options(model: type[BaseModel], owner: str, values: dict[str, Any]) -> Any:
+    """Build a runner's options `model` (pydantic) from `values`, raising
+    `InvalidOptionsError` with one line per problem, each naming the option, what is
+    wrong and the value given. `owner` names the runner: ``"task runner 'dask'"``."""
+    from baton._options import validate_options as validate
+
+    return validate(model, owner, values)
+
 
 # Names defined here report this module, so that docs and reprs show `baton.runners.X`;
 # those that `baton` itself exports keep reporting `baton`.
