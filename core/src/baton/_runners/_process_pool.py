@@ -26,8 +26,18 @@ from collections import deque
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
-from baton._attempts import Attempts, timed_out, worker_lost
-from baton._errors import CrashedRun, RunnerClosedError
+from baton import CrashedRun, RunnerClosedError, State, StateType
+from baton._runners._process_jobs import (
+    STOP_GRACE,
+    Job,
+    WorkerProcess,
+    end,
+    kill_group,
+    pickle_arguments,
+    pickle_task,
+    reap,
+    shutdown_state,
+)
 from baton._runners._worker import (
     BATCH,
     HELLO,
@@ -37,19 +47,15 @@ from baton._runners._worker import (
     STARTED,
     STATE,
     STOP,
-    describe_exit,
     frame,
     parent_sys_path,
     split_frames,
     worker_command,
 )
-from baton._runners.process import pickle_arguments, pickle_task
-from baton._states import State, StateType
-from baton._travel import PROTOCOL, decode_result
+from baton.runners import decode_result, timed_out, worker_lost
 
 if TYPE_CHECKING:
-    from baton._task import Task
-    from baton._taskrun import TaskRun
+    from baton import Task, TaskRun
 
 __all__ = ["WorkerPool"]
 
@@ -60,76 +66,7 @@ logger = logging.getLogger("baton")
 _MAX_BATCH = 64
 _RECV_SIZE = 1 << 18
 _LIVENESS_POLL = 1.0  # seconds between checks that busy workers are alive
-_STOP_GRACE = 10.0  # seconds a worker gets to exit after STOP before it is killed
 _START_FAILURES = 3  # workers in a row that die before they are ready: give up
-
-
-class _Job:
-    """One run on its way through the pool (queued, in a worker, or waiting to retry)."""
-
-    __slots__ = (
-        "attempts",
-        "blob",
-        "cancelled",
-        "dispatched",
-        "key",
-        "mark_running",
-        "payload",
-        "run",
-        "timeout",
-    )
-
-    def __init__(
-        self, run: TaskRun, key: int, blob: bytes, payload: bytes, timeout: float | None
-    ) -> None:
-        self.run = run
-        self.key = key
-        self.blob = blob
-        self.payload = payload
-        self.timeout = timeout
-        self.attempts = Attempts(run)
-        self.cancelled = False
-        self.dispatched = False
-        self.mark_running = True
-
-
-class _WorkerProcess:
-    """The parent's side of one worker: its process, socket, and the runs it holds."""
-
-    __slots__ = (
-        "deadline",
-        "forget",
-        "inbox",
-        "jobs",
-        "kill_reason",
-        "known",
-        "out",
-        "out_offset",
-        "path",
-        "pid",
-        "proc",
-        "ready",
-        "sock",
-        "timed",
-        "writing",
-    )
-
-    def __init__(self, proc: subprocess.Popen[bytes], sock: socket.socket) -> None:
-        self.proc = proc
-        self.pid = proc.pid
-        self.sock = sock
-        self.inbox = bytearray()
-        self.out: deque[bytes] = deque()
-        self.out_offset = 0
-        self.writing = False
-        self.jobs: deque[_Job] = deque()  # sent and not reported, in the order sent
-        self.known: set[int] = set()
-        self.path: list[str] = []  # the sys.path it was last sent
-        self.forget: list[int] = []
-        self.ready = False
-        self.deadline: float | None = None
-        self.timed: _Job | None = None
-        self.kill_reason: str | None = None
 
 
 _live_pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
@@ -164,8 +101,8 @@ class WorkerPool:
     def __init__(self, max_workers: int, init_blob: bytes | None) -> None:
         self.max_workers = max_workers
         self._init_blob = init_blob
-        self._incoming: SimpleQueue[_Job] = SimpleQueue()
-        self._cancellable: dict[int, _Job] = {}  # run id -> job not yet sent to a worker
+        self._incoming: SimpleQueue[Job] = SimpleQueue()
+        self._cancellable: dict[int, Job] = {}  # run id -> job not yet sent to a worker
         self._awake = False
         self._wake_lock = threading.Lock()
         self._wake_r, self._wake_w = os.pipe()
@@ -176,10 +113,10 @@ class WorkerPool:
         self._lifeline_r, self._lifeline_w = os.pipe()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._queue: deque[_Job] = deque()
-        self._timers: list[tuple[float, int, _Job]] = []
+        self._queue: deque[Job] = deque()
+        self._timers: list[tuple[float, int, Job]] = []
         self._sequence = itertools.count()
-        self._workers: list[_WorkerProcess] = []
+        self._workers: list[WorkerProcess] = []
         self._stop: str | None = None  # None, "wait" or "now"
         self._stop_sent = False
         self._stop_deadline: float | None = None
@@ -207,7 +144,7 @@ class WorkerPool:
             run.set_state(State.crashed(CrashedRun(broken), broken))
             return
         key, blob = self._task_entry(run.task)
-        job = _Job(run, key, blob, pickle_arguments(run), run.task.options.timeout_seconds)
+        job = Job(run, key, blob, pickle_arguments(run), run.task.options.timeout_seconds)
         self._cancellable[run.id] = job
         self._incoming.put(job)
         self._wake()
@@ -229,7 +166,7 @@ class WorkerPool:
         except BaseException:
             self._stop = "now"
             self._wake(always=True)
-            self._thread.join(_STOP_GRACE)
+            self._thread.join(STOP_GRACE)
             raise
 
     def forget_after_fork(self) -> None:
@@ -300,7 +237,7 @@ class WorkerPool:
             self._fire_timers(now)
             self._assign()
             for key, events in selector.select(self._wait_time(now)):
-                worker: _WorkerProcess | None = key.data
+                worker: WorkerProcess | None = key.data
                 if worker is None:
                     try:
                         while os.read(self._wake_r, 4096):
@@ -392,9 +329,9 @@ class WorkerPool:
                 if batch:
                     self._send_batch(worker, batch)
 
-    def _take(self, limit: int, idle: bool) -> list[_Job]:
+    def _take(self, limit: int, idle: bool) -> list[Job]:
         queue = self._queue
-        batch: list[_Job] = []
+        batch: list[Job] = []
         while queue and len(batch) < limit:
             job = queue[0]
             if job.cancelled:
@@ -409,10 +346,10 @@ class WorkerPool:
             batch.append(queue.popleft())
         return batch
 
-    def _send_batch(self, worker: _WorkerProcess, batch: list[_Job]) -> None:
+    def _send_batch(self, worker: WorkerProcess, batch: list[Job]) -> None:
         items: list[tuple[Any, ...]] = []
         new_tasks: list[tuple[int, bytes]] = []
-        sent: list[_Job] = []
+        sent: list[Job] = []
         cancellable = self._cancellable
         for job in batch:
             run = job.run
@@ -445,13 +382,15 @@ class WorkerPool:
             path = None  # unchanged: nothing to send
         else:
             worker.path = path or []
-        self._send(worker, pickle.dumps((BATCH, new_tasks, forget, items, path), PROTOCOL))
+        self._send(
+            worker, pickle.dumps((BATCH, new_tasks, forget, items, path), pickle.HIGHEST_PROTOCOL)
+        )
 
-    def _send(self, worker: _WorkerProcess, data: bytes) -> None:
+    def _send(self, worker: WorkerProcess, data: bytes) -> None:
         worker.out.append(frame(data))
         self._flush(worker)
 
-    def _flush(self, worker: _WorkerProcess) -> None:
+    def _flush(self, worker: WorkerProcess) -> None:
         out = worker.out
         sock = worker.sock
         while out:
@@ -474,7 +413,7 @@ class WorkerPool:
             events = selectors.EVENT_READ | (selectors.EVENT_WRITE if writing else 0)
             self._selector.modify(sock, events, worker)
 
-    def _spawn(self) -> _WorkerProcess | None:
+    def _spawn(self) -> WorkerProcess | None:
         parent_sock, child_sock = socket.socketpair()
         child_fd = child_sock.fileno()
         try:
@@ -498,17 +437,17 @@ class WorkerPool:
         finally:
             child_sock.close()
         parent_sock.setblocking(False)
-        worker = _WorkerProcess(proc, parent_sock)
+        worker = WorkerProcess(proc, parent_sock)
         self._selector.register(parent_sock, selectors.EVENT_READ, worker)
         self._workers.append(worker)
         worker.path = parent_sys_path()
         hello = (HELLO, worker.path, list(sys.argv), self._init_blob)
-        self._send(worker, pickle.dumps(hello, PROTOCOL))
+        self._send(worker, pickle.dumps(hello, pickle.HIGHEST_PROTOCOL))
         return worker
 
     # -- hearing back -------------------------------------------------------------------
 
-    def _read(self, worker: _WorkerProcess) -> None:
+    def _read(self, worker: WorkerProcess) -> None:
         try:
             data = worker.sock.recv(_RECV_SIZE)
         except (BlockingIOError, InterruptedError):
@@ -531,7 +470,7 @@ class WorkerPool:
                 self._kill(worker, "protocol")
                 return
 
-    def _on_message(self, worker: _WorkerProcess, message: tuple[Any, ...]) -> None:
+    def _on_message(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == RESULT:
             _, run_id, blob = message
@@ -577,7 +516,7 @@ class WorkerPool:
                     if worker in self._workers and not self._readable(worker):
                         self._worker_died(worker)
 
-    def _readable(self, worker: _WorkerProcess) -> bool:
+    def _readable(self, worker: WorkerProcess) -> bool:
         import select
 
         try:
@@ -590,24 +529,24 @@ class WorkerPool:
             if worker.deadline is not None and now >= worker.deadline and not worker.kill_reason:
                 self._kill(worker, "timeout")
 
-    def _kill(self, worker: _WorkerProcess, reason: str) -> None:
+    def _kill(self, worker: WorkerProcess, reason: str) -> None:
         """Kill a worker and whatever it started (its process group); its socket then
         reports the end, and `_worker_died` settles its runs."""
         if worker.kill_reason is None:
             worker.kill_reason = reason
         worker.deadline = None
-        _kill_group(worker)
+        kill_group(worker)
 
     # -- a worker ended -----------------------------------------------------------------
 
-    def _worker_died(self, worker: _WorkerProcess) -> None:
+    def _worker_died(self, worker: WorkerProcess) -> None:
         self._selector.unregister(worker.sock)
         worker.sock.close()
         self._workers.remove(worker)
         reason = worker.kill_reason
         if reason != "stop":
-            _kill_group(worker)  # the processes it started must not outlive it
-        how = _reap(worker, patient=reason == "stop")
+            kill_group(worker)  # the processes it started must not outlive it
+        how = reap(worker, patient=reason == "stop")
         jobs = worker.jobs
         if not worker.ready and reason is None and self._stop is None:
             self._start_failures += 1
@@ -628,7 +567,7 @@ class WorkerPool:
             return
         if reason == "shutdown":
             for job in jobs:
-                _end(job, _shutdown_state(job.run, worker.pid))
+                end(job, shutdown_state(job.run, worker.pid))
             return
         if not worker.ready:
             self._requeue(list(jobs))  # none of them started
@@ -655,14 +594,14 @@ class WorkerPool:
         self._end_attempt(head, state)
         self._requeue(list(jobs))  # sent after the one that ran: they never started
 
-    def _end_attempt(self, job: _Job, state: State) -> None:
+    def _end_attempt(self, job: Job, state: State) -> None:
         """An attempt ended by the worker's death or a deadline: retry it, or end the run."""
         run = job.run
         if run.future.done():
             return
         retry = None if self._stop == "now" else job.attempts.after(state)
         if retry is None:
-            _end(job, state)
+            end(job, state)
             return
         run.set_state(retry.state)
         delay = retry.delay
@@ -673,11 +612,11 @@ class WorkerPool:
         else:
             self._queue.appendleft(job)
 
-    def _requeue(self, jobs: list[_Job]) -> None:
+    def _requeue(self, jobs: list[Job]) -> None:
         if self._broken is not None or self._stop == "now":
             message = self._broken or "Task runner 'process' shut down before the run started."
             for job in jobs:
-                _end(job, State.crashed(CrashedRun(message), message))
+                end(job, State.crashed(CrashedRun(message), message))
             return
         for job in reversed(jobs):
             self._queue.appendleft(job)
@@ -693,7 +632,7 @@ class WorkerPool:
         for job in jobs:
             self._cancellable.pop(job.run.id, None)
             if not job.cancelled:
-                _end(job, State.crashed(CrashedRun(message), message))
+                end(job, State.crashed(CrashedRun(message), message))
 
     # -- stopping -----------------------------------------------------------------------
 
@@ -704,7 +643,7 @@ class WorkerPool:
             for worker in self._workers:
                 if worker.kill_reason is None or worker.kill_reason == "stop":
                     worker.kill_reason = "shutdown"
-                    _kill_group(worker)
+                    kill_group(worker)
             return not self._workers
         self._cancel_queued(everything=False)
         busy = self._queue or self._timers or any(w.jobs for w in self._workers)
@@ -712,15 +651,15 @@ class WorkerPool:
             return False
         if not self._stop_sent:
             self._stop_sent = True
-            self._stop_deadline = time.monotonic() + _STOP_GRACE
+            self._stop_deadline = time.monotonic() + STOP_GRACE
             for worker in self._workers:
                 if worker.kill_reason is None:
                     worker.kill_reason = "stop"
-                    self._send(worker, pickle.dumps((STOP,), PROTOCOL))
+                    self._send(worker, pickle.dumps((STOP,), pickle.HIGHEST_PROTOCOL))
         elif self._stop_deadline is not None and time.monotonic() >= self._stop_deadline:
             self._stop_deadline = None  # their sockets report the end, soon
             for worker in self._workers:
-                _kill_group(worker)
+                kill_group(worker)
         return not self._workers
 
     def _cancel_queued(self, everything: bool) -> None:
@@ -728,7 +667,7 @@ class WorkerPool:
         those waiting to retry or to be sent again)."""
         if not everything and not any(not j.dispatched for j in self._queue):
             return
-        keep: deque[_Job] = deque()
+        keep: deque[Job] = deque()
         for job in self._queue:
             if job.cancelled:
                 continue
@@ -742,7 +681,7 @@ class WorkerPool:
                 self._cancel(job)
             self._timers.clear()
 
-    def _cancel(self, job: _Job) -> None:
+    def _cancel(self, job: Job) -> None:
         self._cancellable.pop(job.run.id, None)
         job.cancelled = True
         future = job.run.future
@@ -760,8 +699,8 @@ class WorkerPool:
             jobs = list(self._queue) + [t[2] for t in self._timers]
             for worker in list(self._workers):
                 jobs.extend(worker.jobs)
-                _kill_group(worker)
-                _reap(worker, patient=False)
+                kill_group(worker)
+                reap(worker, patient=False)
             self._workers.clear()
             while True:
                 try:
@@ -770,7 +709,7 @@ class WorkerPool:
                     break
             for job in jobs:
                 if not job.cancelled:
-                    _end(job, State.crashed(CrashedRun(message), message))
+                    end(job, State.crashed(CrashedRun(message), message))
         except BaseException:
             logger.exception("Task runner 'process' could not settle its runs")
 
@@ -794,39 +733,3 @@ class WorkerPool:
                 break
             if not job.cancelled:
                 self._cancel(job)
-
-
-def _end(job: _Job, state: State) -> None:
-    run = job.run
-    if run.future.done():
-        return
-    run.set_state(job.attempts.finish(state))
-
-
-def _shutdown_state(run: TaskRun, pid: int) -> State:
-    message = (
-        f"Task run {run.name!r} was stopped: task runner 'process' shut down without "
-        f"waiting, and its worker process (pid {pid}) was killed."
-    )
-    return State.crashed(CrashedRun(message), message)
-
-
-def _kill_group(worker: _WorkerProcess) -> None:
-    try:
-        os.killpg(worker.pid, signal.SIGKILL)
-    except (ProcessLookupError, PermissionError):
-        try:
-            worker.proc.kill()
-        except OSError:
-            pass
-
-
-def _reap(worker: _WorkerProcess, patient: bool) -> str:
-    """Wait for a worker that closed its socket to exit; describe how it ended."""
-    proc = worker.proc
-    try:
-        code = proc.wait(timeout=_STOP_GRACE if patient else 2.0)
-    except subprocess.TimeoutExpired:
-        _kill_group(worker)
-        code = proc.wait()
-    return describe_exit(code)

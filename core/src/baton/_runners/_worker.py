@@ -37,12 +37,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from baton._errors import BatonError, RemoteTaskError, RemoteTraceback
-from baton._travel import PROTOCOL, cloudpickle_dumps, dumps
+from baton import BatonError
+from baton.runners import RemoteTaskError, RemoteTraceback, cloudpickle_dumps, dumps
 
 if TYPE_CHECKING:
-    from baton._states import State
-    from baton._task import Task
+    from baton import State, Task
 
 __all__ = [
     "RemoteTaskError",
@@ -217,9 +216,8 @@ class _Worker:
     def run(
         self, run_id: int, name: str, key: int, attempt: int, timed: bool, payload: bytes
     ) -> None:
-        from baton._remote import RemoteResult, RunCall, run_call
-        from baton._states import State
-        from baton._travel import encode_result
+        from baton import State
+        from baton.runners import RemoteResult, RunCall, encode_result, run_call
 
         task = self.tasks[key]
         if isinstance(task, WorkerLoadError):
@@ -254,14 +252,14 @@ class _Worker:
                 # start the clock of its timeout.
                 started[0] = True
                 if timed:
-                    self.channel.send(pickle.dumps((STARTED, run_id), PROTOCOL))
+                    self.channel.send(pickle.dumps((STARTED, run_id), pickle.HIGHEST_PROTOCOL))
                 return
             self.channel.send(dumps((STATE, run_id, state)))
 
         return report
 
     def _send_result(self, run_id: int, blob: bytes) -> None:
-        self.channel.send(pickle.dumps((RESULT, run_id, blob), PROTOCOL))
+        self.channel.send(pickle.dumps((RESULT, run_id, blob), pickle.HIGHEST_PROTOCOL))
 
 
 def _with_run(error: WorkerLoadError, name: str) -> WorkerLoadError:
@@ -319,9 +317,11 @@ def main() -> None:
             initializer, initargs = _load(init_blob)
             initializer(*initargs)
         except BaseException:
-            channel.send(pickle.dumps((INIT_FAILED, traceback.format_exc()), PROTOCOL))
+            channel.send(
+                pickle.dumps((INIT_FAILED, traceback.format_exc()), pickle.HIGHEST_PROTOCOL)
+            )
             sys.exit(1)
-    channel.send(pickle.dumps((READY, os.getpid()), PROTOCOL))
+    channel.send(pickle.dumps((READY, os.getpid()), pickle.HIGHEST_PROTOCOL))
     try:
         _Worker(channel).serve()
     except (EOFError, ConnectionError):

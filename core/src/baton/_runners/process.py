@@ -46,25 +46,20 @@ system (Linux, macOS).
 from __future__ import annotations
 
 import os
-import pickle
 import sys
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, final
 
-from baton._errors import BatonError, InvalidOptionsError, RunnerClosedError
-from baton._runner import Capability, TaskRunner
+from baton import BatonError, InvalidOptionsError, RunnerClosedError
 from baton._runners import _worker
-from baton._runners._worker import RemoteTaskError, WorkerLoadError, cloudpickle_dumps
-from baton._travel import PROTOCOL, unpicklable_arguments
+from baton._runners._worker import WorkerLoadError
+from baton.runners import Capability, RemoteTaskError, TaskRunner, cloudpickle_dumps
 
 if TYPE_CHECKING:
+    from baton import TaskRun
     from baton._runners._process_pool import WorkerPool
-    from baton._task import Task
-    from baton._taskrun import TaskRun
 
 __all__ = ["ProcessRunner", "RemoteTaskError", "WorkerLoadError"]
-
-_PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
 
 
 def default_max_workers() -> int:
@@ -196,45 +191,3 @@ def _no_guard_message() -> str:
         'put the call under `if __name__ == "__main__":` so that importing the module '
         "only defines things."
     )
-
-
-# -- pickling -------------------------------------------------------------------------
-
-
-def pickle_arguments(run: TaskRun) -> bytes:
-    args, kwargs = run.args, run.kwargs
-    if not kwargs:
-        for value in args:
-            if type(value) not in _PLAIN:
-                break
-        else:
-            return pickle.dumps((args, kwargs), PROTOCOL)
-    try:
-        return cloudpickle_dumps((args, kwargs))
-    except Exception as exc:
-        raise _argument_error(run, exc) from exc
-
-
-def _argument_error(run: TaskRun, exc: Exception) -> pickle.PicklingError:
-    return unpicklable_arguments(
-        run,
-        exc,
-        "a worker process",
-        "Arguments travel to the 'process' runner's workers pickled (with cloudpickle): "
-        "pass something picklable instead (a path rather than an open file, settings "
-        "rather than a client, lock or connection), create the object inside the task, "
-        "or run this task on the 'thread' runner.",
-    )
-
-
-def pickle_task(task: Task[..., Any]) -> bytes:
-    try:
-        return cloudpickle_dumps(task)
-    except Exception as exc:
-        raise pickle.PicklingError(
-            f"Task {task.name!r} cannot be pickled to send it to a worker process of the "
-            f"'process' runner ({type(exc).__name__}: {exc}). Its function, its options' "
-            "hooks, or a global or closure variable they use hold something unpicklable "
-            "(a lock, an open file or connection, a client): create that object inside "
-            "the task, or run the task on the 'thread' runner."
-        ) from exc

@@ -205,7 +205,7 @@ def check_runner(
     with tempfile.TemporaryDirectory(prefix="baton-conformance-") as scratch:
         directory = Path(scratch)
         if not isinstance(runner, str):
-            from baton._runners._worker import cloudpickle_dumps
+            from baton.runners import cloudpickle_dumps
 
             (directory / "runner_factory.pkl").write_bytes(cloudpickle_dumps(runner))
         module = directory / "test_baton_conformance.py"
