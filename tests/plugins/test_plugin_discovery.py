@@ -503,6 +503,17 @@ def test_plugin_warnings_point_at_the_code_that_looked_runners_up(site: Site) ->
     assert {w.category for w in caught} == {BatonPluginWarning}
     assert {w.filename for w in caught} == {__file__}
 
+    _plugins.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+
+        @flow(task_runner="sync")  # the name is checked here, which discovers plugins
+        def defined() -> None:
+            pass
+
+    assert len(caught) == 2
+    assert {w.filename for w in caught} == {__file__}
+
 
 def test_an_allow_list_name_that_matches_no_plugin_is_reported(
     site: Site, monkeypatch: pytest.MonkeyPatch

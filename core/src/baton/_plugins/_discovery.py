@@ -39,7 +39,7 @@ ENTRY_POINT_GROUP = "baton.plugins"
 CORE_DISTRIBUTION = "baton-core"
 
 # Warnings are attributed to the first frame outside this directory: the user's code.
-_PACKAGE_PREFIX = os.path.dirname(os.path.dirname(os.path.abspath(__file__))) + os.sep
+_PACKAGE_PREFIX = os.path.dirname(os.path.dirname(__file__)) + os.sep
 
 
 class BatonPluginWarning(UserWarning):
