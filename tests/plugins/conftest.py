@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 from baton import _plugins
+from baton._plugins import _discovery
 
 
 class Site:
@@ -63,7 +64,7 @@ def builtins_only(fresh_plugins: None, monkeypatch: pytest.MonkeyPatch) -> None:
     every = metadata.entry_points
 
     def core_only(**params: Any) -> Any:
-        return [ep for ep in every(**params) if _plugins._dist_name(ep) == "baton-core"]
+        return [ep for ep in every(**params) if _discovery.dist_name(ep) == "baton-core"]
 
     monkeypatch.setattr(metadata, "entry_points", core_only)
 

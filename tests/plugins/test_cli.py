@@ -161,6 +161,53 @@ def test_strict_mode_fails_cleanly(site: Site, monkeypatch: pytest.MonkeyPatch) 
     assert "Traceback" not in result.stderr
 
 
+def test_strict_mode_plugins_lists_them_then_fails(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken(site)
+    monkeypatch.setenv("BATON_STRICT_PLUGINS", "1")
+    result = invoke("plugins")
+    assert result.exit_code == 1
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines()[2:] if line}
+    assert rows["broken"][3] == "failed"
+    assert rows["baton.runners"][3] == "loaded"
+    assert "broken (broken-plugin 1.0) failed to load: RuntimeError" in result.stdout
+    assert "Traceback (most recent call last)" in result.stdout
+    assert result.stderr.startswith("Error: Baton plugin 'broken' (broken-plugin 1.0)")
+
+    as_json = invoke("plugins", "--json")
+    assert as_json.exit_code == 1
+    plugins = {p["name"]: p for p in json.loads(as_json.stdout)["plugins"]}
+    assert plugins["broken"]["status"] == "failed"
+    assert as_json.stderr.startswith("Error: Baton plugin 'broken'")
+
+
+def test_a_plugin_taking_a_builtin_name_is_shown(site: Site) -> None:
+    site.dist(
+        "shadow-dist",
+        {"shadow": "shadow_cli"},
+        {
+            "shadow_cli": """
+                from baton import hookimpl
+
+                @hookimpl
+                def register_runners(register):
+                    register("thread", "nowhere:Runner")
+            """
+        },
+    )
+    result = invoke("plugins")
+    assert result.exit_code == 0
+    assert (
+        "Ignored: shadow (shadow-dist) registers 'thread', the name of a built-in runner; "
+        "the built-in keeps it." in result.stdout
+    )
+    document = json.loads(invoke("plugins", "--json").stdout)
+    assert document["ignored"] == [
+        {"name": "thread", "plugin": "shadow", "distribution": "shadow-dist", "version": "1.0"}
+    ]
+
+
 def test_conflicts_are_shown(site: Site) -> None:
     for dist, package in (("first-dist", "first_cli"), ("second-dist", "second_cli")):
         site.dist(

@@ -6,6 +6,7 @@ from __future__ import annotations
 import re
 import sys
 import threading
+import warnings
 from typing import TYPE_CHECKING
 
 import pytest
@@ -174,7 +175,8 @@ def test_the_allow_list_decides_which_distributions_load(
 
     # Names are compared the way distribution names are normalised.
     monkeypatch.setenv("BATON_LOAD_PLUGINS", " Acme_Runners , nothing-installed")
-    names = {r.name for r in list_runners()}
+    with pytest.warns(BatonPluginWarning, match="'nothing-installed', which matches no"):
+        names = {r.name for r in list_runners()}
     assert "acme" in names
     assert "other" not in names
     assert "broken_pkg" not in sys.modules
@@ -216,11 +218,36 @@ def test_duplicate_names_fail_loading_in_strict_mode(
         list_runners()
 
 
-def test_a_plugin_may_not_take_a_builtin_name_silently(site: Site) -> None:
+def test_a_plugin_taking_a_builtin_name_is_reported_and_the_builtin_keeps_it(
+    site: Site,
+) -> None:
     runner_plugin(site, "shadow-dist", "thread", "shadow_pkg")
-    with pytest.warns(BatonPluginWarning, match="'thread'"):
-        list_runners()
-    with pytest.raises(PluginLoadError, match=r"baton-core .*shadow-dist"):
+    with pytest.warns(BatonPluginWarning) as caught:
+        runners = {r.name: r for r in list_runners()}
+    [warning] = caught
+    message = str(warning.message)
+    assert message.startswith(
+        "Plugin 'thread' (shadow-dist 1.0) registers a task runner named 'thread', which is "
+        "the name of a built-in runner (plugin 'baton.runners' (baton-core "
+    )
+    assert "The built-in keeps the name and the plugin's claim is ignored" in message
+    assert runners["thread"].distribution == "baton-core"
+    assert "thread" not in _plugins.list_conflicts()
+    assert isinstance(get_runner("thread"), ThreadRunner)
+
+    @flow
+    def on_the_default_runner() -> bool:
+        return thread_id.submit().result() != threading.get_ident()
+
+    assert on_the_default_runner()
+
+
+def test_strict_mode_makes_taking_a_builtin_name_an_error(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner_plugin(site, "shadow-dist", "thread", "shadow_pkg")
+    monkeypatch.setenv("BATON_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginLoadError, match=r"\(shadow-dist 1\.0\) .*\(baton-core "):
         get_runner("thread")
 
 
@@ -320,7 +347,14 @@ def test_a_misspelt_hook_is_a_load_error(site: Site) -> None:
         list_runners()
     [info] = [p for p in list_plugins() if p.distribution == "typo-dist"]
     assert info.error is not None
-    assert "register_runners" in info.error  # the list of real hooks helps spot the typo
+    # The list of real hooks helps spot the typo, and holds only real hooks.
+    hooks = info.error.split("(the hooks are: ", 1)[1].rstrip(")").split(", ")
+    assert hooks == [
+        "flow_run_finished",
+        "flow_run_started",
+        "register_runners",
+        "task_run_state_changed",
+    ]
 
 
 def test_a_lazy_reference_that_does_not_import_fails_when_selected(site: Site) -> None:
@@ -457,3 +491,47 @@ def test_a_first_party_plugin_left_out_by_the_allow_list_is_not_to_install_again
 
     monkeypatch.setenv("BATON_LOAD_PLUGINS", "baton-dask")
     assert "dask" in {r.name for r in list_runners()}
+
+
+def test_plugin_warnings_point_at_the_code_that_looked_runners_up(site: Site) -> None:
+    broken_plugin(site)
+    runner_plugin(site, "shadow-dist", "thread", "shadow_pkg")
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        list_runners()
+    assert len(caught) == 2
+    assert {w.category for w in caught} == {BatonPluginWarning}
+    assert {w.filename for w in caught} == {__file__}
+
+    _plugins.reset()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+
+        @flow(task_runner="sync")  # the name is checked here, which discovers plugins
+        def defined() -> None:
+            pass
+
+    assert len(caught) == 2
+    assert {w.filename for w in caught} == {__file__}
+
+
+def test_an_allow_list_name_that_matches_no_plugin_is_reported(
+    site: Site, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runner_plugin(site, "acme-runners", "acme", "acme_pkg")
+    monkeypatch.setenv("BATON_LOAD_PLUGINS", "acme-runner")
+    with pytest.warns(BatonPluginWarning) as caught:
+        names = {r.name for r in list_runners()}
+    assert "acme" not in names
+    [warning] = caught
+    message = str(warning.message)
+    assert message.startswith(
+        "BATON_LOAD_PLUGINS names 'acme-runner', which matches no installed plugin "
+        "distribution. Installed plugins: "
+    )
+    assert "acme-runners" in message.split("Installed plugins: ")[1]
+    assert warning.filename == __file__
+
+    monkeypatch.setenv("BATON_STRICT_PLUGINS", "1")
+    with pytest.raises(PluginLoadError, match="'acme-runner', which matches no installed"):
+        list_runners()

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import sys
 import threading
 import time
@@ -221,3 +222,41 @@ def test_off_a_terminal_and_unasked_nothing_is_written(
     assert short_map() == 190
     assert seen == [None]
     assert stream.getvalue() == ""
+
+
+class TerminalStream(FakeStream):
+    def fileno(self) -> int:
+        return 2
+
+
+@pytest.mark.parametrize("reported", [0, 1])
+def test_a_terminal_reporting_no_width_gets_80_columns(
+    monkeypatch: pytest.MonkeyPatch, reported: int
+) -> None:
+    """Some terminals (serial consoles, some CI log viewers) report 0 columns."""
+    monkeypatch.delenv("COLUMNS", raising=False)
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd=0: os.terminal_size((reported, 0)))
+    bar = _progress._Bar(TerminalStream(tty=True))
+    assert bar.columns == 80
+    text = "calm-otter: " + "x" * 60
+    bar.trackers[1] = Fixed(text)  # type: ignore[assignment]
+    bar.draw()
+    assert screen(bar.stream.getvalue()) == [text]  # type: ignore[attr-defined]
+
+
+def test_the_terminal_width_is_used_when_it_is_sensible(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(os, "get_terminal_size", lambda fd=0: os.terminal_size((40, 24)))
+    bar = _progress._Bar(TerminalStream(tty=True))
+    bar.trackers[1] = Fixed("y" * 60)  # type: ignore[assignment]
+    bar.draw()
+    assert screen(bar.stream.getvalue()) == ["y" * 39]  # type: ignore[attr-defined]
+
+
+class Fixed:
+    """A tracker whose bar line is always `text`."""
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+    def line(self, now: float) -> str:
+        return self.text

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 import threading
 
 import pytest
@@ -84,11 +86,52 @@ def test_the_setting_overrides_the_default_only(
         unchosen()
 
 
+def test_an_unknown_name_from_the_setting_names_the_setting(
+    fresh_plugins: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @flow
+    def unchosen() -> None:
+        pass
+
+    monkeypatch.setenv("BATON_TASK_RUNNER", "thred")
+    with pytest.raises(UnknownRunnerError) as info:
+        unchosen()
+    assert str(info.value).startswith(
+        "Unknown task runner 'thred' (from the BATON_TASK_RUNNER environment variable). "
+        "Did you mean 'thread'?"
+    )
+    monkeypatch.setenv("BATON_TASK_RUNNER", "nosuch://host:1")
+    with pytest.raises(UnknownRunnerError, match="'nosuch://host:1' \\(from the BATON_TASK_RUNNER"):
+        unchosen()
+
+
 def test_unknown_name_lists_the_installed_runners(fresh_plugins: None) -> None:
     installed = ", ".join(r.name for r in list_runners())
     with pytest.raises(UnknownRunnerError) as info:
-        get_runner("trhead")
-    assert str(info.value) == f"Unknown task runner 'trhead'. Installed runners: {installed}."
+        get_runner("no-such-runner")
+    assert str(info.value) == (
+        f"Unknown task runner 'no-such-runner'. Installed runners: {installed}."
+    )
+
+
+@pytest.mark.parametrize(
+    ("given", "meant"),
+    [("thred", "thread"), ("trhead", "thread"), ("Sync", "sync"), ("proces", "process")],
+)
+def test_an_unknown_name_suggests_the_closest_one(
+    fresh_plugins: None, given: str, meant: str
+) -> None:
+    installed = ", ".join(r.name for r in list_runners())
+    with pytest.raises(UnknownRunnerError) as info:
+        get_runner(given)
+    assert str(info.value) == (
+        f"Unknown task runner {given!r}. Did you mean {meant!r}? Installed runners: {installed}."
+    )
+
+
+def test_an_unknown_url_scheme_suggests_the_closest_one(builtins_only: None) -> None:
+    with pytest.raises(UnknownRunnerError, match=re.escape("Did you mean 'dask://'?")):
+        get_runner("dsk://127.0.0.1:8786")
 
 
 @pytest.mark.parametrize("name", ["dask", "ray"])
@@ -98,15 +141,46 @@ def test_unknown_first_party_name_gives_the_install_line(builtins_only: None, na
         get_runner(name)
     assert str(info.value) == (
         f"Unknown task runner {name!r}. Installed runners: {installed}. The {name!r} runner "
-        f'is a plugin; install it with: pip install "baton-core[{name}]"'
+        f'is a plugin; install it with: pip install "baton-core[{name}]" (or, in a clone of '
+        f"the Baton repository, from its root: pip install ./plugins/{name})"
     )
 
-    @flow(task_runner=name)
-    def wants_it() -> None:
+    with pytest.raises(UnknownRunnerError, match=re.escape(f'"baton-core[{name}]"')):
+
+        @flow(task_runner=name)
+        def wants_it() -> None:
+            pass
+
+
+def test_a_misspelt_runner_name_fails_where_the_flow_is_defined(fresh_plugins: None) -> None:
+    def body() -> None:
         pass
 
-    with pytest.raises(UnknownRunnerError, match=re.escape(f'"baton-core[{name}]"')):
-        wants_it()
+    with pytest.raises(UnknownRunnerError, match=re.escape("'thred'. Did you mean 'thread'?")):
+        flow(task_runner="thred")(body)
+    with pytest.raises(UnknownRunnerError, match="none claims the URL scheme 'nosuch://'"):
+        flow(task_runner="nosuch://host:1")(body)
+    with pytest.raises(UnknownRunnerError, match="Unknown task runner 'thred'"):
+        flow(task_runner="sync")(body).with_options(task_runner="thred")
+    assert flow(task_runner=" thread ")(body)() is None
+
+
+def test_defining_a_flow_for_dask_or_ray_imports_neither() -> None:
+    """The check as a flow is defined loads entry points only, never a runner's module."""
+    script = (
+        "import sys\n"
+        "from baton import UnknownRunnerError, flow\n"
+        "for spec in ('dask', 'ray', 'dask://127.0.0.1:8786', 'ray://127.0.0.1:10001'):\n"
+        "    try:\n"
+        "        flow(task_runner=spec)(lambda: None)\n"
+        "    except UnknownRunnerError:\n"
+        "        pass  # the plugin is not installed here\n"
+        "print(sorted(m for m in ('dask', 'distributed', 'ray') if m in sys.modules))\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=True
+    )
+    assert done.stdout.strip() == "[]"
 
 
 def test_unknown_url_scheme(builtins_only: None) -> None:

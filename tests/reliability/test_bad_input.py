@@ -40,17 +40,19 @@ def _installed() -> str:
 
 
 def test_an_unknown_runner_name_lists_the_installed_runners() -> None:
-    expected = f"Unknown task runner 'thraed'. Installed runners: {_installed()}."
+    expected = (
+        f"Unknown task runner 'thraed'. Did you mean 'thread'? Installed runners: {_installed()}."
+    )
     with pytest.raises(UnknownRunnerError) as info:
         get_runner("thraed")
     assert str(info.value) == expected
 
-    @flow(task_runner="thraed")
-    def misspelt() -> None:
-        pass
+    with pytest.raises(UnknownRunnerError) as info:  # as the flow is defined, not when it runs
 
-    with pytest.raises(UnknownRunnerError) as info:
-        misspelt()
+        @flow(task_runner="thraed")
+        def misspelt() -> None:
+            pass
+
     assert str(info.value) == expected
 
 

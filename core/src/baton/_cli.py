@@ -137,9 +137,21 @@ def runners(as_json: bool) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True, help="Print JSON, with tracebacks.")
 def plugins(as_json: bool) -> None:
-    """List the discovered plugins, their runners, and why any failed to load."""
-    _quiet_discovery()
-    infos = _plugins.list_plugins()
+    """List the discovered plugins, their runners, and why any failed to load.
+
+    With BATON_STRICT_PLUGINS set, a plugin problem still makes the exit code 1, after
+    the listing that shows it.
+    """
+    strict_error: str | None = None
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", _plugins.BatonPluginWarning)
+        try:
+            _plugins.list_plugins()
+        except BatonError as exc:
+            strict_error = str(exc)
+        # Strict discovery stops at the first problem; list everything, then fail.
+        found = _plugins.registry(strict=False)
+    infos = list(found.plugins)
     conflicts: list[dict[str, Any]] = [
         {
             "name": key,
@@ -148,11 +160,21 @@ def plugins(as_json: bool) -> None:
                 for i in claims
             ],
         }
-        for key, claims in _plugins.list_conflicts().items()
+        for key, claims in sorted(found.conflicts.items())
+    ]
+    ignored = [
+        {"name": key, "plugin": i.plugin, "distribution": i.distribution, "version": i.version}
+        for key, _, i in found.shadowed
     ]
     if as_json:
-        document = {"plugins": [p.to_dict() for p in infos], "conflicts": conflicts}
+        document = {
+            "plugins": [p.to_dict() for p in infos],
+            "conflicts": conflicts,
+            "ignored": ignored,
+        }
         click.echo(json.dumps(document, indent=2))
+        if strict_error is not None:
+            _fail(strict_error)
         return
     rows = [
         [p.name, p.distribution, p.version, p.status, ", ".join(p.runners) or "-"] for p in infos
@@ -165,8 +187,15 @@ def plugins(as_json: bool) -> None:
     for conflict in conflicts:
         who = " and ".join(f"{c['plugin']} ({c['distribution']})" for c in conflict["claimed_by"])
         click.echo(f"\nConflict: {conflict['name']!r} is registered by {who}.")
+    for claim in ignored:
+        click.echo(
+            f"\nIgnored: {claim['plugin']} ({claim['distribution']}) registers "
+            f"{claim['name']!r}, the name of a built-in runner; the built-in keeps it."
+        )
     if any(p.skipped for p in infos):
         click.echo("\nSkipped plugins are not listed in BATON_LOAD_PLUGINS.")
+    if strict_error is not None:
+        _fail(strict_error)
 
 
 def _split_target(target: str) -> tuple[Path, str | None]:

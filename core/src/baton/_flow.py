@@ -65,6 +65,10 @@ class Flow(Generic[P, R]):
     def __init__(self, fn: Callable[P, R], options: FlowOptions) -> None:
         if not callable(fn):
             raise TypeError(f"@flow needs a function, got {fn!r}")
+        if isinstance(options.task_runner, str):
+            from baton._plugins import check_task_runner
+
+            check_task_runner(options.task_runner)  # a misspelled name fails here, not at run
         self.fn = fn
         self.options = options
         self.name: str = options.name or getattr(fn, "__name__", "flow").replace("_", "-")

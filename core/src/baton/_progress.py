@@ -43,6 +43,10 @@ INTERVAL = 0.1
 """Seconds between redraws on a terminal."""
 FILE_INTERVAL = 1.0
 """Seconds between redraws off a terminal (each one stays in the output)."""
+MIN_COLUMNS = 10
+"""A reported terminal width below this is taken as unknown..."""
+FALLBACK_COLUMNS = 80
+"""...and this width is used instead."""
 _BAR_WIDTH = 24
 
 
@@ -158,10 +162,13 @@ class _Bar:
 
     @property
     def columns(self) -> int:
+        """The terminal's width; 80 when it reports none (0) or an unusable one."""
         try:
-            return os.get_terminal_size(self.stream.fileno()).columns
+            columns = os.get_terminal_size(self.stream.fileno()).columns
         except (AttributeError, ValueError, OSError):
-            return shutil.get_terminal_size().columns
+            columns = shutil.get_terminal_size().columns
+        # Serial consoles and some CI log viewers report 0 columns.
+        return columns if columns >= MIN_COLUMNS else FALLBACK_COLUMNS
 
     def _tick(self, stop: threading.Event) -> None:
         interval = INTERVAL if _is_terminal(self.stream) else FILE_INTERVAL

@@ -56,10 +56,14 @@ class Settings(BaseSettings):
     load_plugins: str | None = Field(
         default=None,
         description="Comma-separated distributions whose plugins may load. Unset: all; "
-        "empty: none but the built-in runners.",
+        "empty: none but the built-in runners. A name that matches no installed "
+        "distribution is reported with a warning.",
     )
     strict_plugins: bool = Field(
-        default=False, description="Raise instead of warning when a plugin fails to load."
+        default=False,
+        description="Raise instead of warning when a plugin fails to load, claims a "
+        "runner name that another plugin or a built-in runner has, or "
+        "`BATON_LOAD_PLUGINS` names a distribution that is not installed.",
     )
     progress: bool | None = Field(
         default=None,

@@ -30,6 +30,12 @@ Loading is guarded, entry point by entry point:
 - Two plugins registering the same runner name (or URL scheme) is an error that
   names both: selecting that name raises it, ``baton runners`` shows it, and with
   ``BATON_STRICT_PLUGINS=1`` loading raises it.
+- A plugin registering a built-in runner's name (``thread``, ``process``,
+  ``sync``) does not take it: the built-in keeps the name and the plugin's runner
+  is ignored, with a ``baton.BatonPluginWarning`` naming both (a
+  ``baton.PluginLoadError`` with ``BATON_STRICT_PLUGINS=1``).
+- A name in ``BATON_LOAD_PLUGINS`` that matches no installed distribution is
+  reported the same way, with the installed plugins listed.
 
 Observer hooks cost nothing per task when no plugin implements them: they are
 looked up once per flow run, and the per-task call is skipped entirely when

@@ -1,17 +1,18 @@
-"""Plugin discovery (entry points, guarded one by one) and the runner registry."""
+"""Plugin discovery: entry points loaded one by one in a guard, the allow-list, strict
+mode, and the registry of runner names and URL schemes that the plugins claim."""
 
 from __future__ import annotations
 
 import dataclasses
 import importlib
-import inspect
-import logging
+import os
+import sys
 import threading
 import traceback
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pluggy
 
@@ -19,39 +20,44 @@ from baton import hookspecs
 from baton._errors import BatonError, PluginLoadError, UnknownRunnerError
 from baton._runner import TaskRunner
 
-if TYPE_CHECKING:
-    from baton._states import State
-    from baton._taskrun import TaskRun
-
 __all__ = [
+    "CORE_DISTRIBUTION",
     "BatonPluginWarning",
     "PluginInfo",
     "RunnerInfo",
-    "create_runner",
-    "get_runner",
     "list_conflicts",
     "list_plugins",
     "list_runners",
-    "lookup_runner",
-    "make_observer",
+    "loading",
     "plugin_manager",
+    "registry",
     "reset",
-    "resolve_task_runner",
+    "warn",
 ]
 
 ENTRY_POINT_GROUP = "baton.plugins"
 CORE_DISTRIBUTION = "baton-core"
-logger = logging.getLogger("baton")
 
-# First-party runners that live in their own distributions: the line that installs each.
-KNOWN_PLUGINS = {
-    "dask": 'pip install "baton-core[dask]"',
-    "ray": 'pip install "baton-core[ray]"',
-}
+# Warnings are attributed to the first frame outside this directory: the user's code.
+_PACKAGE_PREFIX = os.path.dirname(os.path.dirname(__file__)) + os.sep
 
 
 class BatonPluginWarning(UserWarning):
-    """A plugin failed to load and was skipped, or two plugins claim the same runner name."""
+    """A plugin failed to load and was skipped, a plugin claims a runner name that is
+    taken, or ``BATON_LOAD_PLUGINS`` names a plugin that is not installed."""
+
+
+def warn(message: str) -> None:
+    """Warn with `BatonPluginWarning`, attributed to the first caller outside Baton."""
+    if sys.version_info >= (3, 12):
+        warnings.warn(message, BatonPluginWarning, skip_file_prefixes=(_PACKAGE_PREFIX,))
+        return
+    level = 2  # the caller of this function
+    frame = sys._getframe(1)
+    while frame.f_back is not None and frame.f_code.co_filename.startswith(_PACKAGE_PREFIX):
+        frame = frame.f_back
+        level += 1
+    warnings.warn(message, BatonPluginWarning, stacklevel=level)
 
 
 @dataclass(frozen=True)
@@ -149,7 +155,8 @@ class RunnerInfo:
         return f"plugin {self.plugin!r} ({self.distribution} {self.version})"
 
 
-def _conflict_message(what: str, claims: Sequence[RunnerInfo]) -> str:
+def conflict_message(what: str, claims: Sequence[RunnerInfo]) -> str:
+    """The error for `what` (a runner name or URL scheme) claimed by every one of `claims`."""
     who = " and ".join(info.origin for info in claims)
     return (
         f"Two plugins register {what}: {who}. Uninstall one of them, or leave its "
@@ -157,7 +164,10 @@ def _conflict_message(what: str, claims: Sequence[RunnerInfo]) -> str:
     )
 
 
-class _Registry:
+class Registry:
+    """What discovery found for one allow-list and strictness: the loaded plugins, the
+    runner names and URL schemes they claim, and the claims in conflict."""
+
     def __init__(self, allow: frozenset[str] | None, strict: bool) -> None:
         self.pm = pluggy.PluginManager(hookspecs.PROJECT)
         self.pm.add_hookspecs(hookspecs)
@@ -167,6 +177,8 @@ class _Registry:
         self.schemes: dict[str, RunnerInfo] = {}
         # name (or "scheme://") -> every claim on it, when more than one plugin claims it
         self.conflicts: dict[str, list[RunnerInfo]] = {}
+        # (name, the built-in's claim, the plugin's) for each built-in name a plugin claims too
+        self.shadowed: list[tuple[str, RunnerInfo, RunnerInfo]] = []
         self.plugins: list[PluginInfo] = []
         self._load()
 
@@ -179,8 +191,8 @@ class _Registry:
         seen: set[tuple[str, str]] = set()
         entry_points = metadata.entry_points(group=ENTRY_POINT_GROUP)
         # The core's own entry points first, so its runners keep their names' first claim.
-        for ep in sorted(entry_points, key=lambda e: (_dist_name(e) != CORE_DISTRIBUTION, e.name)):
-            dist = _dist_name(ep)
+        for ep in sorted(entry_points, key=lambda e: (dist_name(e) != CORE_DISTRIBUTION, e.name)):
+            dist = dist_name(ep)
             if (dist, ep.name) in seen:
                 continue  # the same distribution found twice on sys.path
             seen.add((dist, ep.name))
@@ -207,12 +219,30 @@ class _Registry:
             loaded.append((key, PluginInfo(ep.name, dist, version, ep.value)))
         for key, info in loaded:
             self._register_runners_of(key, info)
+        self._check_allow_list({_norm(dist) for dist, _ in seen})
+
+    def _check_allow_list(self, installed: set[str]) -> None:
+        """A name in the allow-list that matches no distribution is most likely a typo,
+        which would otherwise leave the plugin out without a word."""
+        unmatched = sorted((self.allow or frozenset()) - installed)
+        if not unmatched:
+            return
+        plugins = sorted({p.distribution for p in self.plugins} - {CORE_DISTRIBUTION})
+        message = (
+            f"BATON_LOAD_PLUGINS names {', '.join(map(repr, unmatched))}, which matches no "
+            f"installed plugin distribution. Installed plugins: {', '.join(plugins) or 'none'}."
+        )
+        if self.strict:
+            raise PluginLoadError(message)
+        warn(message)
 
     def _check_hooks(self, plugin: object, key: str) -> None:
         """A hook name with a typo would otherwise be silently never called."""
         unknown = [c.name for c in self.pm.get_hookcallers(plugin) or () if not c.has_spec()]
         if unknown:
-            known = ", ".join(sorted(n for n in dir(self.pm.hook) if not n.startswith("_")))
+            # pm.hook also holds a caller for each misspelled name: list the specified only.
+            specified = (n for n in dir(self.pm.hook) if not n.startswith("_"))
+            known = ", ".join(sorted(n for n in specified if getattr(self.pm.hook, n).has_spec()))
             raise PluginLoadError(
                 f"it implements {', '.join(map(repr, sorted(unknown)))}, which is not a Baton "
                 f"hook (the hooks are: {known})"
@@ -276,25 +306,41 @@ class _Registry:
         return register
 
     def _add(self, info: RunnerInfo) -> None:
-        self._claim(self.runners, info.name, info, f"a task runner named {info.name!r}")
+        if not self._claim(self.runners, info.name, info, f"a task runner named {info.name!r}"):
+            return  # a built-in's name: the runner is ignored, its URL schemes too
         for scheme in info.url_schemes:
             self._claim(self.schemes, f"{scheme}://", info, f"the URL scheme '{scheme}://'")
 
-    def _claim(self, table: dict[str, RunnerInfo], key: str, info: RunnerInfo, what: str) -> None:
+    def _claim(self, table: dict[str, RunnerInfo], key: str, info: RunnerInfo, what: str) -> bool:
+        """Record `info`'s claim on `key`; False when a built-in holds `key` already."""
         existing = self.conflicts.get(key)
+        taken = table.get(key)
+        if taken is not None and taken.distribution == CORE_DISTRIBUTION:
+            # A plugin must not take a built-in's name: every flow on the default runner
+            # would fail. The built-in keeps it.
+            self.shadowed.append((key, taken, info))
+            message = (
+                f"{info.origin.capitalize()} registers {what}, which is the name of a built-in "
+                f"runner ({taken.origin}). The built-in keeps the name and the plugin's claim "
+                "is ignored; rename the plugin's runner, uninstall the plugin, or leave its "
+                "distribution out of BATON_LOAD_PLUGINS."
+            )
+            if self.strict:
+                raise PluginLoadError(message)
+            warn(message)
+            return False
         if existing is not None:
             existing.append(info)
-        elif key in table:
+        elif taken is not None:
             self.conflicts[key] = [table.pop(key), info]
         else:
             table[key] = info
-            return
-        message = _conflict_message(what, self.conflicts[key])
+            return True
+        message = conflict_message(what, self.conflicts[key])
         if self.strict:
             raise PluginLoadError(message)
-        warnings.warn(
-            f"{message} Selecting it raises an error until then.", BatonPluginWarning, stacklevel=6
-        )
+        warn(f"{message} Selecting it raises an error until then.")
+        return True
 
     def _failed(self, info: PluginInfo, exc: Exception) -> None:
         detail = f"{type(exc).__name__}: {exc}"
@@ -308,61 +354,15 @@ class _Registry:
                 "error; fix or uninstall the plugin, or leave its distribution out of "
                 "BATON_LOAD_PLUGINS."
             ) from exc
-        warnings.warn(
+        warn(
             f"{what} failed to load and was skipped: {detail}. Other runners keep working; "
             "`baton plugins` shows the traceback. Set BATON_STRICT_PLUGINS=1 to make this an "
-            "error, or leave the distribution out of BATON_LOAD_PLUGINS.",
-            BatonPluginWarning,
-            stacklevel=5,
+            "error, or leave the distribution out of BATON_LOAD_PLUGINS."
         )
-
-    # -- lookup -------------------------------------------------------------------
-
-    def runner_info(self, name: str) -> RunnerInfo:
-        info = self.runners.get(name)
-        if info is not None:
-            return info
-        if name in self.conflicts:
-            raise PluginLoadError(
-                _conflict_message(f"a task runner named {name!r}", self.conflicts[name])
-            )
-        raise UnknownRunnerError(self._unknown(f"Unknown task runner {name!r}.", name))
-
-    def scheme_info(self, scheme: str, url: str) -> RunnerInfo:
-        key = f"{scheme}://"
-        info = self.schemes.get(key)
-        if info is not None:
-            return info
-        if key in self.conflicts:
-            raise PluginLoadError(_conflict_message(f"the URL scheme {key!r}", self.conflicts[key]))
-        # The keys of `schemes` already end in "://".
-        accepted = ", ".join(f"{s} ({i.name})" for s, i in sorted(self.schemes.items()))
-        head = f"No installed task runner accepts {url!r}: none claims the URL scheme {key!r}."
-        if accepted:
-            head += f" Installed runners accept: {accepted}."
-        raise UnknownRunnerError(self._unknown(head, scheme))
-
-    def _unknown(self, head: str, name: str) -> str:
-        installed = ", ".join(sorted(self.runners)) or "none"
-        text = f"{head} Installed runners: {installed}."
-        skipped = [p for p in self.plugins if p.skipped]
-        broken = [p for p in self.plugins if p.error]
-        if broken:
-            names = ", ".join(f"{p.name} ({p.distribution})" for p in broken)
-            text += f" Plugins that failed to load: {names}; `baton plugins` shows why."
-        if skipped:
-            names = ", ".join(sorted({p.distribution for p in skipped}))
-            text += f" Installed but not in BATON_LOAD_PLUGINS, so not loaded: {names}."
-        hint = KNOWN_PLUGINS.get(name)
-        present = {p.distribution for p in skipped + broken}
-        if hint is not None and f"baton-{name}" not in present:
-            # Last, so that the command ends the message and copies cleanly.
-            text += f" The {name!r} runner is a plugin; install it with: {hint}"
-        return text
 
 
 _registry_lock = threading.RLock()
-_registries: dict[tuple[frozenset[str] | None, bool], _Registry] = {}
+_registries: dict[tuple[frozenset[str] | None, bool], Registry] = {}
 _loading = threading.local()
 
 
@@ -370,25 +370,38 @@ def _norm(name: str) -> str:
     return name.strip().lower().replace("_", "-").replace(".", "-")
 
 
-def _dist_name(ep: Any) -> str:
+def dist_name(ep: Any) -> str:
+    """The name of the distribution that publishes entry point `ep`."""
     dist = ep.dist
     return str(dist.metadata["Name"]) if dist is not None else "?"
 
 
-def _registry() -> _Registry:
+def loading() -> bool:
+    """True while this thread discovers plugins (a plugin's import, its register_runners)."""
+    return bool(getattr(_loading, "active", False))
+
+
+def registry(*, strict: bool | None = None) -> Registry:
+    """The registry for the current settings, discovering plugins on first use.
+
+    `strict` overrides ``BATON_STRICT_PLUGINS``: ``baton plugins`` discovers without it
+    to list what strict mode refuses.
+    """
     from baton._settings import get_settings
 
     settings = get_settings()
     allow: frozenset[str] | None = None
     if settings.load_plugins is not None:
         allow = frozenset(_norm(n) for n in settings.load_plugins.split(",") if n.strip())
-    key = (allow, settings.strict_plugins)
-    registry = _registries.get(key)
-    if registry is None:
+    if strict is None:
+        strict = settings.strict_plugins
+    key = (allow, strict)
+    found = _registries.get(key)
+    if found is None:
         with _registry_lock:
-            registry = _registries.get(key)
-            if registry is None:
-                if getattr(_loading, "active", False):
+            found = _registries.get(key)
+            if found is None:
+                if loading():
                     raise PluginLoadError(
                         "A plugin looked up task runners or plugins while plugins were still "
                         "loading (at import, or in register_runners). Do that later, for "
@@ -396,10 +409,10 @@ def _registry() -> _Registry:
                     )
                 _loading.active = True
                 try:
-                    registry = _registries[key] = _Registry(allow, settings.strict_plugins)
+                    found = _registries[key] = Registry(allow, strict)
                 finally:
                     _loading.active = False
-    return registry
+    return found
 
 
 def reset() -> None:
@@ -411,7 +424,7 @@ def reset() -> None:
 
 def plugin_manager() -> pluggy.PluginManager:
     """The pluggy plugin manager holding every loaded plugin."""
-    return _registry().pm
+    return registry().pm
 
 
 def list_runners() -> list[RunnerInfo]:
@@ -421,169 +434,15 @@ def list_runners() -> list[RunnerInfo]:
     >>> "thread" in [r.name for r in list_runners()]
     True
     """
-    return sorted(_registry().runners.values(), key=lambda r: r.name)
+    return sorted(registry().runners.values(), key=lambda r: r.name)
 
 
 def list_conflicts() -> dict[str, list[RunnerInfo]]:
     """Runner names (and ``"scheme://"`` URL schemes) that more than one plugin claims,
     with every claim. Selecting one of them raises an error naming the plugins."""
-    return {k: list(v) for k, v in sorted(_registry().conflicts.items())}
+    return {k: list(v) for k, v in sorted(registry().conflicts.items())}
 
 
 def list_plugins() -> list[PluginInfo]:
     """Every discovered plugin entry point, with its status and load error."""
-    return list(_registry().plugins)
-
-
-def lookup_runner(spec: str) -> RunnerInfo:
-    """The registration behind a runner name or URL, without building the runner.
-
-    Raises `UnknownRunnerError` (listing the installed runners) when nothing claims it.
-    """
-    if not isinstance(spec, str) or not spec.strip():
-        raise UnknownRunnerError(
-            f"A task runner name must be a non-empty string such as 'thread', got {spec!r}."
-        )
-    spec = spec.strip()
-    registry = _registry()
-    if "://" in spec:
-        return registry.scheme_info(spec.split("://", 1)[0].lower(), spec)
-    return registry.runner_info(spec)
-
-
-def get_runner(name: str, **options: Any) -> TaskRunner:
-    """A new, unstarted runner chosen by name (or URL), built with `options`.
-
-    Pass it to ``@flow(task_runner=...)``; each flow run works on its own copy.
-
-    >>> from baton import get_runner
-    >>> get_runner("thread", max_workers=2)
-    <ThreadRunner max_workers=2 new>
-    """
-    return create_runner(name, **options)
-
-
-def create_runner(spec: str, **options: Any) -> TaskRunner:
-    info = lookup_runner(spec)
-    spec = spec.strip()
-    cls = info.load()
-    if "://" in spec:
-        if options:
-            raise TypeError(
-                f"Options cannot be combined with a URL ({spec!r}); pass them in the URL, "
-                f"or select the runner by name: get_runner({info.name!r}, ...)."
-            )
-        return cls.from_url(spec)
-    try:
-        inspect.signature(cls).bind(**options)
-    except TypeError as exc:
-        accepted = [
-            p.name
-            for p in inspect.signature(cls).parameters.values()
-            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
-        ]
-        raise TypeError(
-            f"Task runner {spec!r} ({cls.__name__}) does not accept these options: {exc}. "
-            f"Its options: {', '.join(accepted) or 'none'}."
-        ) from None
-    except ValueError:
-        pass  # no signature to check against; let the call decide
-    return cls(**options)
-
-
-def resolve_task_runner(spec: Any) -> tuple[TaskRunner, bool]:
-    """The runner a flow run uses for `spec`, and whether the flow run owns it
-    (starts and shuts it down)."""
-    if spec is None:
-        from baton._settings import get_settings
-
-        return create_runner(get_settings().task_runner), True
-    if isinstance(spec, str):
-        return create_runner(spec), True
-    if isinstance(spec, TaskRunner):
-        if spec.started:
-            return spec, False
-        return spec.duplicate(), True
-    if isinstance(spec, type) and issubclass(spec, TaskRunner):
-        return spec(), True
-    raise TypeError(
-        "task_runner must be a runner name such as 'thread', a URL such as "
-        f"'dask://127.0.0.1:8786', or a TaskRunner instance; got {spec!r}."
-    )
-
-
-def _observes_task_runs(plugin: object) -> bool:
-    from baton import _logging
-
-    if plugin is _logging:
-        return _logging.enabled()
-    check = getattr(plugin, "observes_task_runs", None)
-    if check is None:
-        return True
-    try:
-        return bool(check())
-    except Exception:
-        logger.exception("observes_task_runs() of plugin %r raised; leaving it out", plugin)
-        return False
-
-
-def make_observer(registry_pm: pluggy.PluginManager) -> Callable[[TaskRun, State], None] | None:
-    """The per-task observer callable for a flow run, or None when nothing listens.
-
-    A plugin whose ``observes_task_runs()`` returns False as the flow run starts
-    (the built-in logging below INFO, the progress bar off a terminal) is left out
-    of the caller, so it costs nothing per task.
-    """
-    impls = registry_pm.hook.task_run_state_changed.get_hookimpls()
-    active = [impl for impl in impls if _observes_task_runs(impl.plugin)]
-    if not active:
-        return None
-    if any(impl.hookwrapper or impl.wrapper for impl in active):
-        idle = [impl.plugin for impl in impls if impl not in active]
-        hook: Any = registry_pm.subset_hook_caller("task_run_state_changed", remove_plugins=idle)
-
-        def observe_all(task_run: TaskRun, state: State) -> None:
-            try:
-                hook(task_run=task_run, state=state)
-            except Exception:
-                logger.exception("A task_run_state_changed hook raised for %r", task_run)
-
-        return observe_all
-    # Plain implementations are called directly, in pluggy's order (the last registered
-    # first): this is the per-task path, and one raising must not silence the others.
-    calls = [_positional(impl.function, impl.argnames) for impl in reversed(active)]
-    if len(calls) == 1:
-        [call] = calls
-
-        def observe_one(task_run: TaskRun, state: State) -> None:
-            try:
-                call(task_run, state)
-            except Exception:
-                logger.exception("A task_run_state_changed hook raised for %r", task_run)
-
-        return observe_one
-
-    def observe(task_run: TaskRun, state: State) -> None:
-        for call in calls:
-            try:
-                call(task_run, state)
-            except Exception:
-                logger.exception("A task_run_state_changed hook raised for %r", task_run)
-
-    return observe
-
-
-def _positional(
-    function: Callable[..., object], argnames: Sequence[str]
-) -> Callable[[TaskRun, State], object]:
-    """`function` called with the hook arguments it asks for (a subset, in any order)."""
-    names = tuple(argnames)
-    if names == ("task_run", "state"):
-        return function
-    if names == ("state", "task_run"):
-        return lambda task_run, state: function(state, task_run)
-    if names == ("task_run",):
-        return lambda task_run, state: function(task_run)
-    if names == ("state",):
-        return lambda task_run, state: function(state)
-    return lambda task_run, state: function()
+    return list(registry().plugins)
