@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import pickle
 import threading
 from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
@@ -20,11 +21,13 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, final
 
 from baton._attempts import Attempts, Retry, failure_state
 from baton._states import State, StateType
+from baton._travel import dumps, portable_state
 
 if TYPE_CHECKING:
     from baton._runner import TaskRunner
     from baton._scope import RunScope
     from baton._task import Task
+    from baton._taskrun import TaskRun
 
 __all__ = [
     "NestedFailure",
@@ -32,6 +35,8 @@ __all__ = [
     "RunCall",
     "SlotLender",
     "current_runner",
+    "decode_result",
+    "encode_result",
     "lend_slot",
     "run_call",
 ]
@@ -126,8 +131,6 @@ class RemoteResult:
     def portable(self) -> RemoteResult:
         """This result with every error that cannot be pickled replaced by a
         `RemoteTaskError` that keeps its type name, message and traceback text."""
-        from baton._travel import portable_state
-
         state = portable_state(self.state)
         unhandled = tuple(NestedFailure(f.name, portable_state(f.state)) for f in self.unhandled)
         if state is self.state and all(
@@ -368,3 +371,43 @@ def _finish_scope(scope: RunScope) -> tuple[NestedFailure, ...]:
     _wait_until(lambda: scope.pending_count() == 0, None, scope.wait_all)
     scope.wait_all()
     return tuple(NestedFailure(f.name, f._state) for f in scope.unobserved_failures())
+
+
+# -- results ------------------------------------------------------------------------------
+
+
+def encode_result(result: RemoteResult, task_name: str, run_name: str) -> bytes:
+    """`result` pickled to travel to the flow's process. A result value that cannot be
+    pickled fails the run with an error that says so; errors that cannot travel are
+    replaced (see `portable_state`)."""
+    result = result.portable()
+    try:
+        return dumps(result)
+    except Exception as exc:
+        if result.state.type is not StateType.COMPLETED:
+            raise
+        problem = f"{type(exc).__name__}: {exc}"
+    error = pickle.PicklingError(
+        f"Task run {run_name!r} (task {task_name!r}) returned a value that cannot be "
+        f"pickled ({problem}), so it cannot travel back from its worker. Return something "
+        "picklable (plain data, or a path to where the value was written), or run this "
+        "task on the 'thread' runner."
+    )
+    failed = RemoteResult(State.failed(error), None, result.unhandled, result.attempt)
+    return dumps(failed.portable())
+
+
+def decode_result(blob: bytes | bytearray | memoryview, run: TaskRun) -> RemoteResult:
+    """A `RemoteResult` from `encode_result`, rebuilt here. A result that cannot be
+    unpickled here (its type is not importable in this process) fails the run with an
+    error that says so."""
+    try:
+        result: RemoteResult = pickle.loads(blob)
+        return result
+    except Exception as exc:
+        error = pickle.UnpicklingError(
+            f"The result of task run {run.name!r} (task {run.task.name!r}) came back from "
+            f"its worker but cannot be unpickled here ({type(exc).__name__}: {exc}). Return "
+            "plain data, or types importable in both places."
+        )
+        return RemoteResult(State.failed(error))

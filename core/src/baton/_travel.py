@@ -12,15 +12,13 @@ from baton._errors import RemoteTaskError
 from baton._states import State, StateType
 
 if TYPE_CHECKING:
-    from baton._remote import RemoteResult
     from baton._task import Task
     from baton._taskrun import TaskRun
 
 __all__ = [
+    "PROTOCOL",
     "cloudpickle_dumps",
-    "decode_result",
     "dumps",
-    "encode_result",
     "portable_state",
     "unpicklable_arguments",
 ]
@@ -110,50 +108,6 @@ def portable_state(state: State) -> State:
     stand_in = RemoteTaskError(type(error).__qualname__, _text_of(error), trace)
     message = state.message
     return State(state.type, state.name, message, data=stand_in)
-
-
-# -- results ------------------------------------------------------------------------------
-
-
-def encode_result(result: RemoteResult, task_name: str, run_name: str) -> bytes:
-    """`result` pickled to travel to the flow's process. A result value that cannot be
-    pickled fails the run with an error that says so; errors that cannot travel are
-    replaced (see `portable_state`)."""
-    result = result.portable()
-    try:
-        return dumps(result)
-    except Exception as exc:
-        if result.state.type is not StateType.COMPLETED:
-            raise
-        problem = f"{type(exc).__name__}: {exc}"
-    from baton._remote import RemoteResult
-
-    error = pickle.PicklingError(
-        f"Task run {run_name!r} (task {task_name!r}) returned a value that cannot be "
-        f"pickled ({problem}), so it cannot travel back from its worker. Return something "
-        "picklable (plain data, or a path to where the value was written), or run this "
-        "task on the 'thread' runner."
-    )
-    failed = RemoteResult(State.failed(error), None, result.unhandled, result.attempt)
-    return dumps(failed.portable())
-
-
-def decode_result(blob: bytes | bytearray | memoryview, run: TaskRun) -> RemoteResult:
-    """A `RemoteResult` from `encode_result`, rebuilt here. A result that cannot be
-    unpickled here (its type is not importable in this process) fails the run with an
-    error that says so."""
-    try:
-        result: RemoteResult = pickle.loads(blob)
-        return result
-    except Exception as exc:
-        from baton._remote import RemoteResult
-
-        error = pickle.UnpicklingError(
-            f"The result of task run {run.name!r} (task {run.task.name!r}) came back from "
-            f"its worker but cannot be unpickled here ({type(exc).__name__}: {exc}). Return "
-            "plain data, or types importable in both places."
-        )
-        return RemoteResult(State.failed(error))
 
 
 # -- arguments ----------------------------------------------------------------------------

@@ -67,6 +67,8 @@ from baton._remote import (
     RunCall,
     SlotLender,
     current_runner,
+    decode_result,
+    encode_result,
     lend_slot,
     run_call,
 )
@@ -76,9 +78,7 @@ from baton._states import upstream_failed
 from baton._taskrun import TaskRun, current_task_run
 from baton._travel import (
     cloudpickle_dumps,
-    decode_result,
     dumps,
-    encode_result,
     portable_state,
     unpicklable_arguments,
 )
