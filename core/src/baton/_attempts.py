@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, final
 
 from baton._errors import CrashedRun, TaskTimeoutError
@@ -150,12 +151,17 @@ class Attempts:
     so that a crash after a retry continues the count.
     """
 
-    __slots__ = ("_instead", "number", "run")
+    __slots__ = ("_instead", "number", "report", "run")
 
-    def __init__(self, run: RunInfo, first: int = 1) -> None:
+    def __init__(
+        self, run: RunInfo, first: int = 1, report: Callable[[State], object] | None = None
+    ) -> None:
         self.run = run
         self.number = first
         """The number of the attempt being made (the first is 1)."""
+        self.report = report
+        """Hears the Retrying state of each retry and RUNNING as it starts (`retry_in`,
+        `resume`)."""
         self._instead: State | None = None
 
     def after(self, state: State) -> Retry | None:
@@ -170,6 +176,22 @@ class Attempts:
         self.number += 1
         retrying = State.pending("Retrying", f"Attempt {self.number} after: {state.message}")
         return Retry(self.number, delay, retrying)
+
+    def retry_in(self, state: State) -> float | None:
+        """Like `after`, for a caller that makes the next attempt itself: the seconds to
+        wait before it (the Retrying state is reported), or None when `state` is final.
+        Call `resume()` as the next attempt starts."""
+        retry = self.after(state)
+        if retry is None:
+            return None
+        if self.report is not None:
+            self.report(retry.state)
+        return retry.delay
+
+    def resume(self) -> None:
+        """The next attempt starts: RUNNING is reported."""
+        if self.report is not None:
+            self.report(State.running())
 
     def note(self, state: State) -> None:
         """A worker that retries by itself reported `state`: count its Retrying states."""

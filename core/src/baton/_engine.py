@@ -117,31 +117,30 @@ def run_sync(
     function is called directly and the caller enforces `timeout_seconds` (a
     process runner kills the worker instead).
     """
-    fn = run.task.fn
     timeout = run.task.options.timeout_seconds if enforce_timeout else None
-    attempts = Attempts(run, first_attempt)
-    while True:
-        try:
-            if timeout is None:
-                state = State.completed(fn(*args, **kwargs))
-            else:
-                state = State.completed(_call_with_timeout(fn, args, kwargs, timeout, run))
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is _MAIN:
-                # Ctrl-C reaching a task that runs in the main thread (sync runner, a
-                # direct call) interrupts the flow; the caller records the crash.
-                raise
-            state = failure_state(exc, run)
-            retry = attempts.after(state)
-            if retry is not None:
-                if on_state is not None:
-                    on_state(retry.state)
-                if retry.delay:
-                    time.sleep(retry.delay)
-                if on_state is not None:
-                    on_state(State.running())
-                continue
-        return attempts.finish(state)
+    attempts = Attempts(run, first_attempt, on_state)
+    state = _attempt_sync(run, args, kwargs, timeout)
+    while (delay := attempts.retry_in(state)) is not None:
+        if delay:
+            time.sleep(delay)
+        attempts.resume()
+        state = _attempt_sync(run, args, kwargs, timeout)
+    return attempts.finish(state)
+
+
+def _attempt_sync(
+    run: RunInfo, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+) -> State:
+    try:
+        if timeout is None:
+            return State.completed(run.task.fn(*args, **kwargs))
+        return State.completed(_call_with_timeout(run.task.fn, args, kwargs, timeout, run))
+    except BaseException as exc:
+        if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is _MAIN:
+            # Ctrl-C reaching a task that runs in the main thread (sync runner, a direct
+            # call) interrupts the flow; the caller records the crash.
+            raise
+        return failure_state(exc, run)
 
 
 async def run_async(
@@ -160,35 +159,37 @@ async def run_async(
     """
     import asyncio
 
-    fn = run.task.fn
     timeout = run.task.options.timeout_seconds if enforce_timeout else None
-    attempts = Attempts(run, first_attempt)
-    while True:
-        try:
-            if timeout is None:
-                value = await fn(*args, **kwargs)
-            else:
-                try:
-                    value = await asyncio.wait_for(fn(*args, **kwargs), timeout)
-                except asyncio.TimeoutError:
-                    raise _timeout_error(run, timeout) from None
-            state = State.completed(value)
-        except asyncio.CancelledError as exc:
-            state = State.cancelled(f"Task run {run.name!r} was cancelled while running.")
-            if asyncio.current_task() is not None and _being_cancelled():
-                raise exc
-        except BaseException as exc:
-            state = failure_state(exc, run)
-            retry = attempts.after(state)
-            if retry is not None:
-                if on_state is not None:
-                    on_state(retry.state)
-                if retry.delay:
-                    await asyncio.sleep(retry.delay)
-                if on_state is not None:
-                    on_state(State.running())
-                continue
-        return attempts.finish(state)
+    attempts = Attempts(run, first_attempt, on_state)
+    state = await _attempt_async(run, args, kwargs, timeout)
+    while (delay := attempts.retry_in(state)) is not None:
+        if delay:
+            await asyncio.sleep(delay)
+        attempts.resume()
+        state = await _attempt_async(run, args, kwargs, timeout)
+    return attempts.finish(state)
+
+
+async def _attempt_async(
+    run: RunInfo, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+) -> State:
+    import asyncio
+
+    try:
+        if timeout is None:
+            value = await run.task.fn(*args, **kwargs)
+        else:
+            try:
+                value = await asyncio.wait_for(run.task.fn(*args, **kwargs), timeout)
+            except asyncio.TimeoutError:
+                raise _timeout_error(run, timeout) from None
+        return State.completed(value)
+    except asyncio.CancelledError:
+        if asyncio.current_task() is not None and _being_cancelled():
+            raise
+        return State.cancelled(f"Task run {run.name!r} was cancelled while running.")
+    except BaseException as exc:
+        return failure_state(exc, run)
 
 
 def _being_cancelled() -> bool:
