@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
@@ -28,7 +29,7 @@ class TaskOptions(BaseModel):
     retry_delay_seconds: Number | list[Number] | Callable[[int], Any] = 0
     retry_jitter_factor: float | None = Field(default=None, ge=0)
     retry_condition_fn: Callable[..., bool] | None = None
-    timeout_seconds: float | None = Field(default=None, gt=0)
+    timeout_seconds: float | None = None
     tags: frozenset[str] = frozenset()
     on_completion: tuple[Hook, ...] = ()
     on_failure: tuple[Hook, ...] = ()
@@ -40,6 +41,19 @@ class TaskOptions(BaseModel):
         for delay in delays:
             if isinstance(delay, (int, float)) and delay < 0:
                 raise ValueError(f"delays must be >= 0 seconds, got {delay}")
+        return value
+
+    @field_validator("timeout_seconds")
+    @classmethod
+    def _positive_timeout(cls, value: float | None) -> float | None:
+        if value is None:
+            return None
+        if math.isinf(value) and value > 0:
+            return None  # as with anyio.fail_after(inf): it never times out
+        if not value > 0:  # also nan and -inf
+            raise ValueError(
+                "must be a number of seconds > 0 (a float('inf') or None for no timeout)"
+            )
         return value
 
     @field_validator("tags", mode="before")
