@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -330,3 +331,50 @@ def test_a_timeout_that_is_not_a_positive_number_is_refused_at_decoration(
     assert "timeout_seconds: must be a number of seconds > 0" in message
     assert "None for no timeout" in message
     assert repr(seconds) in message
+
+
+# -- async tasks that block the event loop ----------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs run_async to guard its timed call with baton._watchdog.watching "
+    "(see the watchdog module): today the run ends when its coroutine returns",
+)
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_an_async_task_blocking_the_loop_ends_timed_out_before_it_returns(
+    runner: str, release: threading.Event, caplog: pytest.LogCaptureFixture
+) -> None:
+    from baton import current_task_run
+
+    final_before_return: list[bool] = []
+
+    @task(timeout_seconds=0.1)
+    async def blocks_the_loop() -> str:
+        # Blocks the event loop as time.sleep would; on `sync`, .submit() itself waits
+        # for the coroutine, so it lets go after a while there.
+        release.wait(3.0 if runner == "sync" else FUNCTION_WAITS)
+        run = current_task_run()
+        assert run is not None
+        final_before_return.append(run.state.type not in (StateType.RUNNING,))
+        return "finished"
+
+    def body() -> list[Any]:
+        future = blocks_the_loop.submit()
+        ended = future.wait(FUNCTION_WAITS / 3)
+        release.set()
+        return [ended, future.state, future.name]
+
+    with caplog.at_level(logging.WARNING, logger="baton"):
+        ended, state, name = run_in_flow(runner, body)
+    assert ended
+    assert state.type is StateType.FAILED
+    assert state.name == "TimedOut"
+    assert isinstance(state.error, TaskTimeoutError)
+    assert final_before_return == [True]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        f"Async task run {name!r} blocked the event loop past its timeout" in w
+        and "await asyncio.sleep" in w
+        for w in warnings
+    )
