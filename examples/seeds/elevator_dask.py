@@ -2,7 +2,7 @@
 
 import time
 
-from baton import flow, task, wait
+from baton import flow, get_runner, task, wait
 
 
 @task
@@ -13,7 +13,9 @@ def stop_at_floor(floor: int):
     print(f"elevator stops on floor {floor}")
 
 
-@flow(task_runner="dask")
+# `task_runner="dask"` alone starts a LocalCluster with its dashboard on port 8787;
+# ":0" puts it on a free port, so that the example runs beside any other Dask cluster.
+@flow(task_runner=get_runner("dask", cluster_kwargs={"dashboard_address": ":0"}))
 def elevator():
     floors = []
     for floor in range(10, 0, -1):

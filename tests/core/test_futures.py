@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
 import threading
 import typing
+from pathlib import Path
 
 import pytest
 from baton import (
@@ -310,6 +312,78 @@ def test_done_callback_sees_failures() -> None:
     assert len(got) == 1
     assert isinstance(got[0], ValueError)
     assert str(got[0]) == "in callback"
+
+
+@task
+def wait_for_path(path: str) -> str:
+    """Stay RUNNING until `path` exists (a gate that also works across processes)."""
+    import os
+    import time
+
+    give_up = time.monotonic() + GATE_SECONDS
+    while not os.path.exists(path):
+        if time.monotonic() > give_up:
+            raise TimeoutError(f"the test never created {path}")
+        time.sleep(0.005)
+    return path
+
+
+@pytest.mark.parametrize("runner", ["thread", "sync", "process"])
+@pytest.mark.parametrize("error", [SystemExit(3), KeyboardInterrupt(), GeneratorExit()])
+def test_a_done_callback_raising_a_base_exception_is_logged_and_changes_nothing(
+    runner: str, error: BaseException, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    gate = tmp_path / "gate"
+    others: list[str] = []
+
+    def broken(_: Future[str]) -> None:
+        raise error
+
+    @flow(task_runner=runner)
+    def pipeline() -> str:
+        future = wait_for_path.submit(str(gate))
+        future.add_done_callback(broken)
+        future.add_done_callback(lambda f: others.append(f.result()))
+        gate.touch()
+        return future.result()
+
+    if runner == "sync":
+        gate.touch()  # the sync runner runs the task inside .submit()
+    with caplog.at_level(logging.ERROR, logger="baton"):
+        state = pipeline(return_state=True)
+    assert state.is_completed(), state
+    assert state.result() == str(gate)
+    assert others == [str(gate)]
+    logged = [r for r in caplog.records if "Done callback" in r.getMessage()]
+    assert len(logged) == 1
+    assert logged[0].exc_info is not None and logged[0].exc_info[1] is error
+
+
+@pytest.mark.parametrize("runner", ["thread", "sync", "process"])
+def test_a_done_callback_submits_to_the_flow_of_the_future(runner: str, tmp_path: Path) -> None:
+    from baton._scope import current_scope
+
+    gate = tmp_path / "gate"
+    submitted = threading.Event()
+    inner: list[Future[int]] = []
+
+    def then_inc(future: Future[str]) -> None:
+        inner.append(inc.submit(len(future.result())))
+        submitted.set()
+
+    @flow(task_runner=runner)
+    def pipeline() -> tuple[bool, int]:
+        future = wait_for_path.submit(str(gate))
+        future.add_done_callback(then_inc)
+        gate.touch()
+        assert submitted.wait(GATE_SECONDS)
+        return inner[0]._run.scope is current_scope(), inner[0].result()
+
+    if runner == "sync":
+        gate.touch()
+    same_scope, value = pipeline()
+    assert same_scope, "the callback's run went to another runner than the flow's"
+    assert value == len(str(gate)) + 1
 
 
 # -- ids, names, repr ------------------------------------------------------------------

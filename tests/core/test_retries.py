@@ -487,3 +487,137 @@ def test_a_crash_is_not_retried(runner: str) -> None:
     [state] = run_in_flow(runner, body)
     assert state.is_crashed()
     assert calls == [1]
+
+
+# -- bad delays -----------------------------------------------------------------------
+
+
+def never_called(retries: int) -> list[float]:
+    raise AssertionError("not to be called")
+
+
+@pytest.mark.parametrize(
+    ("option", "details"),
+    [
+        (
+            exponential_backoff,
+            [
+                "exponential_backoff must be called with a backoff factor",
+                "exponential_backoff(backoff_factor=10)",
+            ],
+        ),
+        (float("inf"), ["finite numbers of seconds >= 0", "(got inf)"]),
+        (float("nan"), ["finite numbers of seconds >= 0", "(got nan)"]),
+        ([1, float("inf")], ["finite numbers", "got inf in the list"]),
+        ([float("nan"), 2], ["finite numbers", "got nan in the list"]),
+        (
+            "soon",
+            ["a delay must be a number of seconds >= 0", "exponential_backoff(10)", "(got 'soon')"],
+        ),
+        ([1, "2"], ["got '2' in the list"]),
+        (True, ["a delay must be a number of seconds >= 0"]),
+        (lambda: [1.0], ["cannot be called with one argument", "take the number of retries"]),
+        (
+            lambda retries: "soon",
+            ["'<lambda>' returned 'soon' when called with retries=3", "take the number of retries"],
+        ),
+        (lambda retries: -1, ["returned -1 when called with retries=3"]),
+        (lambda retries: float("nan"), ["returned nan when called with retries=3"]),
+        (lambda retries: [1, float("inf")], ["returned [1, inf] when called with retries=3"]),
+        (lambda retries: exponential_backoff, ["returned <function exponential_backoff"]),
+        (
+            lambda retries: 1 / 0,
+            ["raised ZeroDivisionError: division by zero when called with retries=3"],
+        ),
+    ],
+    ids=[
+        "exponential_backoff uncalled",
+        "inf",
+        "nan",
+        "inf in a list",
+        "nan in a list",
+        "a string",
+        "a string in a list",
+        "a bool",
+        "a callable taking nothing",
+        "a callable returning a string",
+        "a callable returning a negative number",
+        "a callable returning nan",
+        "a callable returning inf in a list",
+        "a callable returning a function",
+        "a callable raising",
+    ],
+)
+def test_a_bad_delay_is_refused_at_decoration(option: Any, details: list[str]) -> None:
+    with pytest.raises(InvalidOptionsError) as caught:
+        task(retries=3, retry_delay_seconds=option)(fails_until(100, []))
+    message = str(caught.value)
+    assert message.startswith("Invalid options for a task:\n  retry_delay_seconds: ")
+    for detail in details:
+        assert detail in message
+
+
+class TurnsToJunk:
+    """Gives good delays when the task is defined, then `junk` (a callable that
+    depends on something outside, such as a setting read at each retry)."""
+
+    def __init__(self, junk: Any) -> None:
+        self.junk = junk
+        self.broken = False
+
+    def __call__(self, retries: int) -> Any:
+        if not self.broken:
+            return [0.0] * retries
+        if isinstance(self.junk, BaseException):
+            raise self.junk
+        return self.junk
+
+
+@pytest.mark.parametrize(
+    ("junk", "detail"),
+    [
+        ("soon", "returned 'soon' when called with retries=2"),
+        (-1, "returned -1 when called with retries=2"),
+        (float("nan"), "returned nan when called with retries=2"),
+        ([0.1, float("inf")], "returned [0.1, inf] when called with retries=2"),
+        (
+            RuntimeError("no settings"),
+            "raised RuntimeError: no settings when called with retries=2",
+        ),
+    ],
+)
+def test_a_delay_callable_returning_junk_later_raises_a_clear_error(junk: Any, detail: str) -> None:
+    delays = TurnsToJunk(junk)
+    flaky = task(retries=2, retry_delay_seconds=delays)(fails_until(100, []))
+    delays.broken = True
+    with pytest.raises(InvalidOptionsError) as caught:
+        flaky.options.delay_for(1)
+    message = str(caught.value)
+    assert message.startswith("retry_delay_seconds: the callable ")
+    assert detail in message
+    assert "return a number of seconds >= 0 or a list of them" in message
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs run_sync/run_async to turn an error of _retry_delay into the run's "
+    "FAILED state (today it escapes the engine: CRASHED on thread, raised by .submit() "
+    "on sync, and a failed dispatcher on process, which is left out here as it hangs)",
+)
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_delay_callable_returning_junk_fails_the_run(runner: str) -> None:
+    delays = TurnsToJunk("soon")
+    calls: list[int] = []
+    flaky = task(retries=2, retry_delay_seconds=delays)(fails_until(100, calls))
+    delays.broken = True
+
+    def body() -> list[State]:  # a State returned alone would be the flow's own
+        future = flaky.submit()
+        future.wait(10)
+        return [future.state]
+
+    [state] = run_in_flow(runner, body)
+    assert state.type is StateType.FAILED
+    assert isinstance(state.error, InvalidOptionsError)
+    assert "returned 'soon' when called with retries=2" in str(state.error)
+    assert calls == [1]

@@ -127,8 +127,8 @@ def test_task_needs_a_callable() -> None:
     [
         ({"retries": -1}, "retries", "greater than or equal to 0"),
         ({"retries": "many"}, "retries", "'many'"),
-        ({"timeout_seconds": 0}, "timeout_seconds", "greater than 0"),
-        ({"timeout_seconds": -5}, "timeout_seconds", "greater than 0"),
+        ({"timeout_seconds": 0}, "timeout_seconds", "> 0"),
+        ({"timeout_seconds": -5}, "timeout_seconds", "> 0"),
         ({"retry_delay_seconds": -1}, "retry_delay_seconds", ">= 0"),
         ({"retry_delay_seconds": [1, -2]}, "retry_delay_seconds", "-2"),
         ({"retry_jitter_factor": -0.1}, "retry_jitter_factor", "greater than or equal to 0"),

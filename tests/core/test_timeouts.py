@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -277,3 +278,103 @@ def test_direct_call_of_an_async_task_times_out() -> None:
     state = asyncio.run(main())
     assert state.name == "TimedOut"
     assert cleaned_up == [True, True]
+
+
+# -- timeouts that never come, and bad ones -------------------------------------------
+
+
+@task
+def add_one(x: int) -> int:
+    return x + 1
+
+
+@task
+async def add_one_async(x: int) -> int:
+    await asyncio.sleep(0)
+    return x + 1
+
+
+@pytest.mark.parametrize("runner", ["thread", "sync", "process"])
+@pytest.mark.parametrize("seconds", [1e10, float("inf"), 2.0**64])
+@pytest.mark.parametrize("fn", [add_one, add_one_async], ids=["sync task", "async task"])
+def test_a_timeout_too_long_to_matter_lets_the_run_complete(
+    runner: str, seconds: float, fn: Any
+) -> None:
+    patient = fn.with_options(timeout_seconds=seconds)
+
+    def body() -> list[Any]:
+        future = patient.submit(1)
+        # called directly, an async task gives a coroutine: only the sync one here
+        direct = patient(2, return_state=True) if fn is add_one else None
+        return [future.result(), future.state, direct]
+
+    value, state, direct = run_in_flow(runner, body)
+    assert state.is_completed()
+    assert value == 2
+    if direct is not None:
+        assert direct.result() == 3
+
+
+def test_an_infinite_timeout_means_no_timeout() -> None:
+    assert add_one.with_options(timeout_seconds=float("inf")).options.timeout_seconds is None
+
+
+@pytest.mark.parametrize("seconds", [float("nan"), 0, -1, -float("inf")])
+def test_a_timeout_that_is_not_a_positive_number_is_refused_at_decoration(
+    seconds: float,
+) -> None:
+    from baton import InvalidOptionsError
+
+    with pytest.raises(InvalidOptionsError) as caught:
+        task(timeout_seconds=seconds)(lambda: None)
+    message = str(caught.value)
+    assert "timeout_seconds: must be a number of seconds > 0" in message
+    assert "None for no timeout" in message
+    assert repr(seconds) in message
+
+
+# -- async tasks that block the event loop ----------------------------------------------
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="needs run_async to guard its timed call with baton._watchdog.watching "
+    "(see the watchdog module): today the run ends when its coroutine returns",
+)
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_an_async_task_blocking_the_loop_ends_timed_out_before_it_returns(
+    runner: str, release: threading.Event, caplog: pytest.LogCaptureFixture
+) -> None:
+    from baton import current_task_run
+
+    final_before_return: list[bool] = []
+
+    @task(timeout_seconds=0.1)
+    async def blocks_the_loop() -> str:
+        # Blocks the event loop as time.sleep would; on `sync`, .submit() itself waits
+        # for the coroutine, so it lets go after a while there.
+        release.wait(3.0 if runner == "sync" else FUNCTION_WAITS)
+        run = current_task_run()
+        assert run is not None
+        final_before_return.append(run.state.type not in (StateType.RUNNING,))
+        return "finished"
+
+    def body() -> list[Any]:
+        future = blocks_the_loop.submit()
+        ended = future.wait(FUNCTION_WAITS / 3)
+        release.set()
+        return [ended, future.state, future.name]
+
+    with caplog.at_level(logging.WARNING, logger="baton"):
+        ended, state, name = run_in_flow(runner, body)
+    assert ended
+    assert state.type is StateType.FAILED
+    assert state.name == "TimedOut"
+    assert isinstance(state.error, TaskTimeoutError)
+    assert final_before_return == [True]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any(
+        f"Async task run {name!r} blocked the event loop past its timeout" in w
+        and "await asyncio.sleep" in w
+        for w in warnings
+    )

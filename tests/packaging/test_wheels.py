@@ -32,7 +32,7 @@ if UV is None:
 FLOW = """
     import os, sys
 
-    from baton import flow, task
+    from baton import flow, get_runner, task
 
     @task
     def square(x):
@@ -44,7 +44,10 @@ FLOW = """
         return [v for v, _ in pairs], len({pid for _, pid in pairs} - {os.getpid()})
 
     if __name__ == "__main__":
-        values, worker_pids = squares([1, 2, 3, 4])
+        runner = sys.argv[1]
+        if runner == "dask":  # its dashboard on a free port rather than on 8787
+            runner = get_runner("dask", cluster_kwargs={"dashboard_address": ":0"})
+        values, worker_pids = squares.with_options(task_runner=runner)([1, 2, 3, 4])
         print(values, "elsewhere" if worker_pids else "here")
 """
 

@@ -75,7 +75,8 @@ TASK_OPTIONS = (
         (
             {"timeout_seconds": 0},
             "Invalid options for a task:\n"
-            "  timeout_seconds: Input should be greater than 0 (got 0)",
+            "  timeout_seconds: must be a number of seconds > 0 (a float('inf') or None for "
+            "no timeout) (got 0)",
         ),
         (
             {"tags": "etl"},

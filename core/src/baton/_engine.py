@@ -85,7 +85,15 @@ def _call_with_timeout(
     helper = threading.Thread(target=target, name=f"baton-timeout-{run.name}", daemon=True)
     helper.start()
     with blocking_section():
-        helper.join(seconds)
+        # A wait longer than threading.TIMEOUT_MAX (some 292 years) overflows: wait in
+        # pieces, so that any finite timeout the options accept works.
+        deadline = time.monotonic() + seconds
+        remaining = seconds
+        while remaining > 0:
+            helper.join(min(remaining, threading.TIMEOUT_MAX))
+            if not helper.is_alive():
+                break
+            remaining = deadline - time.monotonic()
     if helper.is_alive():
         import ctypes
 

@@ -262,10 +262,18 @@ def _resolve_waiter(waiter: asyncio.Future[None]) -> None:
 
 
 def _call_back(fn: Callable[[Future[Any]], None], future: Future[Any]) -> None:
+    """Call a done callback with the run's scope current, so that what it submits goes
+    to the runner of the run's flow. Whatever it raises, a BaseException included, is
+    logged and changes nothing: the run is final, and the thread that made it final (a
+    runner's worker or dispatcher) must go on."""
+    scope = future._run.scope
+    token = scope.enter()
     try:
         fn(future)
-    except Exception:
-        logger.exception("Done callback %r of %r raised", fn, future)
+    except BaseException:
+        logger.exception("Done callback %r of %r raised; it changes nothing", fn, future)
+    finally:
+        scope.exit(token)
 
 
 def _check_not_on_event_loop(future: Future[Any]) -> None:

@@ -49,7 +49,8 @@ class RayTaskRunner(TaskRunner):
     >>> @task
     ... def square(x):
     ...     return x * x
-    >>> @flow(task_runner=RayTaskRunner(init_kwargs={"num_cpus": 2}))
+    >>> local = {"num_cpus": 2, "include_dashboard": False}
+    >>> @flow(task_runner=RayTaskRunner(init_kwargs=local))
     ... def squares(n):
     ...     return square.map(range(n)).result()
     >>> squares(4)
