@@ -598,12 +598,6 @@ def test_a_delay_callable_returning_junk_later_raises_a_clear_error(junk: Any, d
     assert "return a number of seconds >= 0 or a list of them" in message
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs run_sync/run_async to turn an error of _retry_delay into the run's "
-    "FAILED state (today it escapes the engine: CRASHED on thread, raised by .submit() "
-    "on sync, and a failed dispatcher on process, which is left out here as it hangs)",
-)
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_a_delay_callable_returning_junk_fails_the_run(runner: str) -> None:
     delays = TurnsToJunk("soon")

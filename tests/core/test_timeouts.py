@@ -336,11 +336,6 @@ def test_a_timeout_that_is_not_a_positive_number_is_refused_at_decoration(
 # -- async tasks that block the event loop ----------------------------------------------
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="needs run_async to guard its timed call with baton._watchdog.watching "
-    "(see the watchdog module): today the run ends when its coroutine returns",
-)
 @pytest.mark.parametrize("runner", RUNNERS)
 def test_an_async_task_blocking_the_loop_ends_timed_out_before_it_returns(
     runner: str, release: threading.Event, caplog: pytest.LogCaptureFixture

@@ -193,6 +193,10 @@ class Attempts:
         if self.report is not None:
             self.report(State.running())
 
+    def stop(self) -> None:
+        """Make no more attempts: the run already ended (a watchdog ended it on time)."""
+        self.number = max(self.number, self.run.task.options.retries + 1)
+
     def note(self, state: State) -> None:
         """A worker that retries by itself reported `state`: count its Retrying states."""
         if state.type is StateType.PENDING and state.name == "Retrying":

@@ -169,35 +169,68 @@ async def run_async(
 
     timeout = run.task.options.timeout_seconds if enforce_timeout else None
     attempts = Attempts(run, first_attempt, on_state)
-    state = await _attempt_async(run, args, kwargs, timeout)
+    state = await _attempt_async(run, args, kwargs, timeout, attempts)
     while (delay := attempts.retry_in(state)) is not None:
         if delay:
             await asyncio.sleep(delay)
         attempts.resume()
-        state = await _attempt_async(run, args, kwargs, timeout)
+        state = await _attempt_async(run, args, kwargs, timeout, attempts)
     return attempts.finish(state)
 
 
 async def _attempt_async(
-    run: RunInfo, args: tuple[Any, ...], kwargs: dict[str, Any], timeout: float | None
+    run: RunInfo,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+    attempts: Attempts,
 ) -> State:
     import asyncio
 
     try:
         if timeout is None:
-            value = await run.task.fn(*args, **kwargs)
-        else:
-            try:
-                value = await asyncio.wait_for(run.task.fn(*args, **kwargs), timeout)
-            except asyncio.TimeoutError:
-                raise _timeout_error(run, timeout) from None
-        return State.completed(value)
+            return State.completed(await run.task.fn(*args, **kwargs))
+        return await _timed_coroutine(run, args, kwargs, timeout, attempts)
     except asyncio.CancelledError:
         if asyncio.current_task() is not None and _being_cancelled():
             raise
         return State.cancelled(f"Task run {run.name!r} was cancelled while running.")
     except BaseException as exc:
         return failure_state(exc, run)
+
+
+async def _timed_coroutine(
+    run: RunInfo,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float,
+    attempts: Attempts,
+) -> State:
+    """One attempt of an async task under its timeout: an anyio cancel scope ends it at
+    its next `await`; a coroutine that blocks the event loop past its deadline (so that
+    no timer can fire) is ended by the watchdog, from its own thread, on time."""
+    import anyio
+
+    from baton._watchdog import watching
+
+    report = attempts.report
+
+    def overran() -> None:
+        if report is not None:
+            report(State.failed(_timeout_error(run, timeout), name="TimedOut"))
+
+    work = run.task.fn(*args, **kwargs)
+    with watching(timeout, overran, run.name, work) as guard:
+        try:
+            with anyio.fail_after(timeout):
+                value = await work
+        except TimeoutError:
+            raise _timeout_error(run, timeout) from None
+    if guard.overran:
+        # Already ended TimedOut by the watchdog: this attempt is the last.
+        attempts.stop()
+        raise _timeout_error(run, timeout)
+    return State.completed(value)
 
 
 def _being_cancelled() -> bool:

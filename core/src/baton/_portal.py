@@ -1,47 +1,52 @@
-"""One background event loop per process for async task runs started from sync code.
+"""One event loop per process for async task runs started from sync code: an anyio
+blocking portal, whose loop runs in a daemon thread.
 
 Many concurrent async runs share this loop instead of taking a thread each.
 """
 
 from __future__ import annotations
 
-import asyncio
 import atexit
-import concurrent.futures
 import threading
 from collections.abc import Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
-__all__ = ["get_loop", "on_portal_thread", "run_blocking"]
+if TYPE_CHECKING:
+    import concurrent.futures
+    from contextlib import AbstractContextManager
+
+    from anyio.from_thread import BlockingPortal
+
+__all__ = ["get_portal", "on_portal_thread", "run_blocking", "submit"]
 
 T = TypeVar("T")
 
 _lock = threading.Lock()
-_loop: asyncio.AbstractEventLoop | None = None
+_portal: BlockingPortal | None = None
+_context: AbstractContextManager[BlockingPortal] | None = None
 _thread: threading.Thread | None = None
 
 
-def get_loop() -> asyncio.AbstractEventLoop:
-    """The shared loop, started on first use in a daemon thread."""
-    global _loop, _thread
-    loop = _loop
-    if loop is not None and _thread is not None and _thread.is_alive():
-        return loop
+def get_portal() -> BlockingPortal:
+    """The shared portal, started on first use."""
+    portal = _portal
+    if portal is not None and _thread is not None and _thread.is_alive():
+        return portal
+    global _context
     with _lock:
-        if _loop is None or _thread is None or not _thread.is_alive():
-            ready = threading.Event()
-            new_loop = asyncio.new_event_loop()
+        if _portal is None or _thread is None or not _thread.is_alive():
+            from anyio.from_thread import start_blocking_portal
 
-            def serve() -> None:
-                asyncio.set_event_loop(new_loop)
-                new_loop.call_soon(ready.set)
-                new_loop.run_forever()
+            _context = start_blocking_portal(backend="asyncio")
+            _set(_context.__enter__())
+        assert _portal is not None
+        return _portal
 
-            _thread = threading.Thread(target=serve, name="baton-event-loop", daemon=True)
-            _thread.start()
-            ready.wait()
-            _loop = new_loop
-        return _loop
+
+def _set(portal: BlockingPortal) -> None:
+    global _portal, _thread
+    _thread = portal.call(threading.current_thread)
+    _portal = portal
 
 
 def on_portal_thread() -> bool:
@@ -51,7 +56,16 @@ def on_portal_thread() -> bool:
 
 def submit(coro: Coroutine[Any, Any, T]) -> concurrent.futures.Future[T]:
     """Schedule `coro` on the shared loop; returns a concurrent future of its result."""
-    return asyncio.run_coroutine_threadsafe(coro, get_loop())
+    if on_portal_thread():
+        # An async run submitting another: the portal takes work from other threads only.
+        import asyncio
+
+        return asyncio.run_coroutine_threadsafe(coro, asyncio.get_running_loop())
+    return get_portal().start_task_soon(_awaiting, coro)
+
+
+async def _awaiting(coro: Coroutine[Any, Any, T]) -> T:
+    return await coro
 
 
 def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
@@ -62,11 +76,18 @@ def run_blocking(coro: Coroutine[Any, Any, T]) -> T:
             "An async task was run synchronously from inside the event loop that runs async "
             "tasks; await it instead."
         )
-    return asyncio.run_coroutine_threadsafe(coro, get_loop()).result()
+    result: T = get_portal().call(_awaiting, coro)
+    return result
 
 
 @atexit.register
 def _stop() -> None:
-    loop = _loop
-    if loop is not None and loop.is_running():
-        loop.call_soon_threadsafe(loop.stop)
+    context, portal = _context, _portal
+    if context is None or portal is None or _thread is None or not _thread.is_alive():
+        return
+    try:
+        # Runs still on the loop at exit are cancelled, as they were by stopping the loop.
+        portal.call(portal.stop, True)
+        context.__exit__(None, None, None)
+    except Exception:
+        pass

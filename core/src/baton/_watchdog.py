@@ -60,6 +60,7 @@ class Watch:
         "seconds",
         "settled",
         "task",
+        "thread",
     )
 
     def __init__(
@@ -72,6 +73,7 @@ class Watch:
         coro: Coroutine[Any, Any, Any] | None = None,
     ) -> None:
         self.loop = loop
+        self.thread = threading.get_ident()  # the loop's: a watch starts on it
         self.task = task
         self.coro = coro
         self.seconds = seconds
@@ -225,8 +227,23 @@ def _blocking_task(loop: asyncio.AbstractEventLoop, watches: list[Watch]) -> Wat
     for watch in [*watches, *_watchdog.active_on(loop)]:
         if watch.task is current or (watch.coro is not None and watch.coro is coro):
             return watch
-    label = getattr(coro, "__qualname__", None) or repr(coro)
+    label = _running_coroutine(watches) or getattr(coro, "__qualname__", None) or repr(coro)
     return f"task {current.get_name()!r} (running {label})"
+
+
+def _running_coroutine(watches: list[Watch]) -> str | None:
+    """The qualified name of the innermost coroutine function executing on the loop's
+    thread: a task's own coroutine may be a wrapper (the portal's) around it."""
+    import inspect
+    import sys
+
+    thread = watches[0].thread if watches else None
+    frame = sys._current_frames().get(thread) if thread is not None else None
+    while frame is not None:
+        if frame.f_code.co_flags & inspect.CO_COROUTINE:
+            return getattr(frame.f_code, "co_qualname", frame.f_code.co_name)
+        frame = frame.f_back
+    return None
 
 
 _watchdog = _Watchdog()
