@@ -144,12 +144,12 @@ class Attempts:
     the task raised is never retried. `run` is the `TaskRun` (or `RunCall`);
     `first` the number of the attempt being made, for a run sent again.
 
+    >>> from types import SimpleNamespace
     >>> from baton import State, task
     >>> @task(retries=1)
     ... def flaky(): ...
-    >>> class Run:
-    ...     id, name, task = 1, "flaky-1", flaky
-    >>> attempts = Attempts(Run())
+    >>> run = SimpleNamespace(id=1, name="flaky-1", task=flaky)  # a TaskRun, say
+    >>> attempts = Attempts(run)
     >>> retry = attempts.after(State.failed(ValueError("boom")))
     >>> retry.attempt, retry.state.name
     (2, 'Retrying')
