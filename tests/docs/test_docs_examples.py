@@ -26,6 +26,7 @@ WITHOUT_EXAMPLES = {
     "reference/dask.md",
     "reference/hooks.md",
     "reference/ray.md",
+    "reference/runners.md",
     "reliability.md",
 }
 

@@ -166,6 +166,20 @@ def test_plugin_reference_pages_document_the_public_api() -> None:
         assert documented == set(module.__all__), (page, documented)
 
 
+def test_runner_api_reference_documents_every_name() -> None:
+    import baton
+    import baton.runners
+
+    text = (DOCS / "reference" / "runners.md").read_text()
+    rendered = set(re.findall(r"^::: baton\.runners\.(\w+)$", text, re.MULTILINE))
+    linked = set(re.findall(r"\(api\.md#baton\.(\w+)\)", text))
+    # Names that `baton` exports too are documented on the API page, and linked here.
+    assert linked <= set(baton.__all__), linked - set(baton.__all__)
+    assert rendered | linked == set(baton.runners.__all__), set(baton.runners.__all__) ^ (
+        rendered | linked
+    )
+
+
 def test_docstrings_get_fenced_blocks() -> None:
     pytest.importorskip("griffe", reason="the API reference needs mkdocstrings: tox -e docs")
     fence = load("griffe_docstrings").fence_docstring

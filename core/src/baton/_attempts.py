@@ -55,8 +55,13 @@ class WorkerLostError(CrashedRun):
 
 
 def worker_lost(message: str, cause: BaseException | None = None) -> State:
-    """The CRASHED state of an attempt whose worker was lost; `message` says how
-    (it names the run and, where known, the process and its exit code or signal)."""
+    """The CRASHED state of an attempt whose worker was lost, with a `WorkerLostError`:
+    `Attempts.after` retries it like a failure.
+
+    `message` says how (it names the run and, where known, the process and its exit
+    code or signal); `cause`, such as the engine's own error, becomes the error's
+    ``__cause__``.
+    """
     error = WorkerLostError(message)
     if cause is not None:
         error.__cause__ = cause
@@ -64,7 +69,9 @@ def worker_lost(message: str, cause: BaseException | None = None) -> State:
 
 
 def timed_out(run_name: str, seconds: float, detail: str = "") -> State:
-    """The final state of an attempt that ran past its `timeout_seconds`.
+    """The state of an attempt that ran past its `timeout_seconds`: FAILED, named
+    TimedOut, with a `TaskTimeoutError`; pass it to `Attempts.after`, which retries
+    it like any failure.
 
     `detail` says what was done about it ("its worker process (pid 12) was killed").
     """
@@ -132,12 +139,18 @@ class Retry:
 class Attempts:
     """The attempts of one run: feed it each attempt's end, it says what comes next.
 
+    It holds the one retry rule: FAILED attempts are
+    retried while the task's `retries` allow and its `retry_condition_fn` agrees;
+    CRASHED ones only when their worker was lost (`worker_lost`); a `BaseException`
+    the task raised is never retried. `run` is the `TaskRun` (or `RunCall`);
+    `first` the number of the attempt being made, for a run sent again.
+
+    >>> from types import SimpleNamespace
     >>> from baton import State, task
     >>> @task(retries=1)
     ... def flaky(): ...
-    >>> class Run:
-    ...     id, name, task = 1, "flaky-1", flaky
-    >>> attempts = Attempts(Run())
+    >>> run = SimpleNamespace(id=1, name="flaky-1", task=flaky)  # a TaskRun, say
+    >>> attempts = Attempts(run)
     >>> retry = attempts.after(State.failed(ValueError("boom")))
     >>> retry.attempt, retry.state.name
     (2, 'Retrying')

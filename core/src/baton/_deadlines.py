@@ -20,7 +20,8 @@ class Deadlines:
     as an attempt starts (when the worker reports RUNNING) and cancels it when the
     attempt ends; `expire` is called if the deadline passes first. It should kill
     the work and end the attempt with `timed_out(...)` through the attempt policy.
-    A callback that raises is logged.
+    A callback that raises is logged. `name` is the timer thread's, started with the
+    first deadline.
 
     >>> import threading
     >>> deadlines = Deadlines()

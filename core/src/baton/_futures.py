@@ -45,13 +45,12 @@ _worker = threading.local()
 def blocking_section() -> Iterator[None]:
     """Mark a stretch of code that blocks waiting for other task runs.
 
-    Inside a bounded pool's worker this lends the worker's slot to another thread
-    until the block ends. Runner plugins with their own pools can take part by
-    setting ``baton._futures._worker.pool`` to an object with ``secede()`` and
-    ``rejoin()`` in their worker threads. A pool whose workers give their slot up
-    only while blocked in a call of its engine (a Ray worker lends its CPU only
-    inside ``ray.wait``) also defines ``wait(ready, timeout)``, which waits for runs
-    call instead: it blocks in the engine until ``ready()`` or `timeout` seconds pass.
+    Inside a worker of a bounded pool, the worker's slot is lent to another run until
+    the block ends, so that the runs waited for can use it. Baton's own waits
+    (`Future.result`, `wait`, `as_completed`) do this already; use it around other
+    code of a task that blocks on runs. A runner with a pool of its own takes part
+    by running its workers' calls inside `lend_slot` (see `SlotLender`); elsewhere
+    the block does nothing.
     """
     pool = getattr(_worker, "pool", None)
     if pool is None:

@@ -59,11 +59,18 @@ class RunCall:
     """
 
     task: Task[..., Any]
+    """The task to run."""
     id: int
+    """The run's id, as `TaskRun.id`."""
     name: str
+    """The run's name, as `TaskRun.name`."""
     args: tuple[Any, ...]
+    """The positional arguments: plain values, or with `Upstream` placeholders."""
     kwargs: dict[str, Any]
+    """The keyword arguments, likewise."""
     wait_for: tuple[Any, ...] = ()
+    """The placeholders of upstreams the run waits for without taking their results
+    (in a native call only)."""
 
     def fill(self, upstream: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | State:
         """The arguments with each placeholder replaced by its upstream's value, or the
@@ -83,7 +90,9 @@ class RunCall:
 
     def allowed_upstreams(self) -> frozenset[int]:
         """The indices of the upstreams this call takes through `allow_failure`: their
-        failure is passed in, not turned into UpstreamFailed."""
+        failure is passed in, not turned into UpstreamFailed. A runner whose engine
+        does not run a task whose dependency failed waits for these upstreams and
+        passes their final `State`."""
         from baton._resolve import Upstream, resolve_placeholders
 
         found: set[int] = set()
@@ -97,6 +106,8 @@ class RunCall:
         return frozenset(found)
 
     def __call__(self, *upstream: Any, first_attempt: int = 1) -> State:
+        """Run the whole run here and return its final state: ``run_call(self,
+        upstream, attempt=first_attempt).state``, with its defaults."""
         return run_call(self, upstream, attempt=first_attempt).state
 
 
@@ -141,24 +152,37 @@ class RemoteResult:
 
 
 class SlotLender(Protocol):
-    """A worker pool whose worker can give its slot up while it waits for other runs.
+    """A worker pool whose worker can give its slot up while it waits for other runs
+    (see `lend_slot`).
 
     `secede()` is called as a task starts to block on other runs (a nested
     `.result()`, `wait`), `rejoin()` as it stops; calls nest, and only the outermost
     pair counts. A pool whose workers lend their slot only inside a call of its
     engine (a Ray worker lends its CPU inside ``ray.wait``) may also define
     ``wait(ready, timeout, event=None) -> bool``, which blocks in the engine until
-    ``ready()`` is true or `timeout` seconds pass; waits for runs then go through it.
+    ``ready()`` is true or `timeout` seconds pass (`event`, when given, is set once
+    `ready()` is true: the pool may wait on it); waits for runs then go through it.
     """
 
-    def secede(self) -> None: ...
-    def rejoin(self) -> None: ...
+    def secede(self) -> None:
+        """The calling worker starts to wait for other runs: give its slot to another."""
+
+    def rejoin(self) -> None:
+        """The calling worker stops waiting: take a slot back (waiting for one if needed)."""
 
 
 @contextlib.contextmanager
 def lend_slot(pool: SlotLender | None) -> Iterator[None]:
-    """Within this block, waits for task runs in the calling thread lend its slot
-    through `pool` (see `SlotLender`); None lends nothing."""
+    """Within this block, a task in the calling thread that waits for other runs
+    gives its worker's slot up through `pool` (see `SlotLender`) while it waits;
+    None lends nothing.
+
+    A runner wraps `run_call` in it on a worker of a bounded pool whose nested runs
+    go back to that same pool, so that a task waiting for them cannot deadlock it::
+
+        with lend_slot(my_pool):
+            result = run_call(call, nested=my_runner)
+    """
     from baton._futures import _worker
 
     previous = getattr(_worker, "pool", None)
@@ -197,13 +221,19 @@ def run_call(
 ) -> RemoteResult:
     """Run `call` here, on a worker, to a `RemoteResult`. Never raises.
 
+    It fills in the upstream values (or ends the run UpstreamFailed), reports
+    RUNNING, makes the attempts with the engine's rules (a `BaseException` raised by
+    the task crashes the run, and is not retried), runs the task's hooks on the
+    final state, and waits for the runs the task submitted.
+
+    - `call`: from `TaskRun.call` or `TaskRun.native_call()`, sent here.
     - `upstream`: one value per upstream placeholder (its result, or its final State).
     - `attempt`: the number of the first attempt made here (a run sent again after a
-      crash continues its count).
+      crash or a retry continues its count).
     - `retries="here"`: make every attempt here, sleeping between them; ``"runner"``:
       make one attempt and put the policy's decision in `RemoteResult.retry`, for a
       runner that retries itself (it can then also retry after a crash, or time each
-      attempt).
+      attempt). The hooks run only on the attempt that ends the run.
     - `timeout="engine"`: the engine enforces `timeout_seconds` (a sync function in a
       helper thread, a coroutine by cancelling it); ``"runner"``: the function is
       called directly and the runner stops it (kills the worker) at the deadline, see

@@ -124,9 +124,13 @@ __all__ = [
 
 
 def validate_options(model: type[BaseModel], owner: str, values: dict[str, Any]) -> Any:
-    """Build a runner's options `model` (pydantic) from `values`, raising
-    `InvalidOptionsError` with one line per problem, each naming the option, what is
-    wrong and the value given. `owner` names the runner: ``"task runner 'dask'"``."""
+    """Build a runner's options `model` (a pydantic model) from `values`.
+
+    Raises `InvalidOptionsError` with one line per problem, each naming the option,
+    what is wrong and the value given; with ``extra="forbid"`` in the model's config,
+    an unknown option is listed with the options there are. `owner` names the runner
+    in the message: ``"task runner 'dask'"``.
+    """
     from baton._options import validate_options as validate
 
     return validate(model, owner, values)
