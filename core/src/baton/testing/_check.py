@@ -137,14 +137,20 @@ class TestConformance(RunnerConformance):
     @pytest.fixture
     def runner(self):
         return _build()
+
+    @pytest.fixture
+    def runner_name(self):
+        return globals().get("_NAME")
 '''
 
 _BY_NAME = """\
 from baton import get_runner
 
+_NAME = {name!r}
+
 
 def _build():
-    return get_runner({name!r})
+    return get_runner(_NAME)
 """
 
 _BY_FACTORY = """\
@@ -276,6 +282,8 @@ def _report(
             others["runs never in flight at once (each runs inside submit())"] += 1
         elif kind == "excluded":
             others[f"does not apply under capability {detail}"] += 1
+        elif kind == "by-name":
+            others["not selectable by name in a new process"] += 1
         else:
             others[str(detail) or "no reason given"] += 1
     return Report(
