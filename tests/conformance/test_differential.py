@@ -22,7 +22,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import pytest
 from baton import Capability, FlowRunFailed, State, TaskRunner, allow_failure, flow, task

@@ -276,11 +276,10 @@ def test_a_thread_runner_declaring_hard_timeouts_fails() -> None:
     # Work that polls in Python stops at an exception raised in its thread...
     assert report.outcomes["test_a_hard_timeout_stops_the_work"] == "passed", report.output
     # ...work blocked in a C call does not: only stopping the worker stops it.
-    assert report.failures.keys() == {"test_a_hard_timeout_stops_work_blocked_in_c"}, (
-        report.output
-    )
-    assert "the socket it held was still open" in (
-        report.failures["test_a_hard_timeout_stops_work_blocked_in_c"]
+    assert report.failures.keys() == {"test_a_hard_timeout_stops_work_blocked_in_c"}, report.output
+    assert (
+        "the socket it held was still open"
+        in (report.failures["test_a_hard_timeout_stops_work_blocked_in_c"])
     )
 
 
@@ -293,8 +292,9 @@ def test_a_runner_that_drops_failed_subtasks_fails() -> None:
         "test_a_failing_subtask_nobody_read_fails_the_flow": "failed",
         "test_map_over_futures": "passed",
     }, report.output
-    assert "rule: a subtask's failure that nobody handled fails the flow" in (
-        report.failures["test_a_failing_subtask_nobody_read_fails_the_flow"]
+    assert (
+        "rule: a subtask's failure that nobody handled fails the flow"
+        in (report.failures["test_a_failing_subtask_nobody_read_fails_the_flow"])
     )
 
 
@@ -307,8 +307,9 @@ def test_a_runner_that_never_reports_running_fails() -> None:
         "test_an_executing_run_reads_running": "failed",
         "test_map_over_futures": "passed",
     }, report.output
-    assert "rule: a run that is executing reads RUNNING in the flow" in (
-        report.failures["test_an_executing_run_reads_running"]
+    assert (
+        "rule: a run that is executing reads RUNNING in the flow"
+        in (report.failures["test_an_executing_run_reads_running"])
     )
 
 
