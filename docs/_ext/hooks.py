@@ -30,6 +30,7 @@ from typing import Any
 __all__ = [
     "cli_reference",
     "conformance_matrix",
+    "merge_conformance",
     "on_page_markdown",
     "record_conformance",
     "render",
@@ -133,25 +134,65 @@ def cli_reference() -> str:
 # -- the conformance matrix -------------------------------------------------------------
 
 
-def record_conformance(names: Sequence[str], results: Path = RESULTS) -> dict[str, Any]:
+def _entry(runner: dict[str, Any], outcomes: dict[str, str], version: str, level: int) -> Any:
+    return {
+        "class": runner.get("class", "?"),
+        "capabilities": sorted(runner.get("capabilities", ())),
+        "kit_version": version,
+        "level": level,
+        "outcomes": dict(sorted(outcomes.items())),
+    }
+
+
+def _save(results: Path, name: str, entry: Any) -> None:
+    recorded: dict[str, Any] = json.loads(results.read_text()) if results.exists() else {}
+    recorded[name] = entry
+    results.write_text(json.dumps(dict(sorted(recorded.items())), indent=2) + "\n")
+
+
+def record_conformance(names: Sequence[str], results: Path = RESULTS) -> None:
     """Run the conformance kit against each named runner and record, per runner, the
     capabilities it declared and each test's outcome, merged into `results`."""
     from baton.testing import check_runner
 
-    recorded: dict[str, Any] = json.loads(results.read_text()) if results.exists() else {}
     for name in names:
         report = check_runner(name, pytest_args=["-q", "-p", "no:randomly"])
         if report.errors or not report.outcomes:
             raise RuntimeError(f"the kit did not run on {name!r}:\n{report.output[-3000:]}")
-        recorded[name] = {
-            "class": report.runner_class,
-            "capabilities": sorted(report.capabilities),
-            "kit_version": report.kit_version,
-            "level": report.level,
-            "outcomes": dict(sorted(report.outcomes.items())),
-        }
-    results.write_text(json.dumps(dict(sorted(recorded.items())), indent=2) + "\n")
-    return recorded
+        runner = {"class": report.runner_class, "capabilities": report.capabilities}
+        _save(results, name, _entry(runner, report.outcomes, report.kit_version, report.level))
+
+
+def merge_conformance(name: str, outcome: Path, results: Path = RESULTS) -> bool:
+    """Record runner `name` from the outcome file of a pytest run of the kit (written with
+    ``-p baton.testing._report --baton-conformance-report=PATH``, as the dask and ray
+    environments of tox do). A run that did not cover every test of the kit at its
+    latest level is not recorded (returns False)."""
+    import baton
+    from baton.testing import LATEST_LEVEL
+    from baton.testing._kit import conformance_tests
+
+    if not outcome.exists():
+        print(f"{outcome} does not exist: nothing recorded for {name!r}")
+        return False
+    document = json.loads(outcome.read_text())
+    runner = document.get("runner") or {}
+    tests = set(conformance_tests())
+    outcomes = {
+        test: str(entry["outcome"])
+        for test, entry in document.get("tests", {}).items()
+        if test in tests and entry.get("outcome")
+    }
+    missing = tests - set(outcomes)
+    if runner.get("name") != name or runner.get("level") != LATEST_LEVEL or missing:
+        print(
+            f"not recorded: the run in {outcome} was not the whole kit at level "
+            f"{LATEST_LEVEL} on {name!r} (runner {runner.get('name')!r}, level "
+            f"{runner.get('level')!r}, {len(missing)} tests of the kit missing)"
+        )
+        return False
+    _save(results, name, _entry(runner, outcomes, baton.__version__, LATEST_LEVEL))
+    return True
 
 
 def _declared() -> dict[str, set[str] | None]:
@@ -239,7 +280,8 @@ def conformance_matrix(results: Path = RESULTS) -> str:
             else:
                 cells.append(_matrix_cell(outcomes, is_declared, entry is not None))
         shown = label if capability is None else f"`{label}`"
-        lines.append(f"| {shown} ({len(selected)} tests) | " + " | ".join(cells) + " |")
+        count = f"{len(selected)} test{'s' if len(selected) != 1 else ''}"
+        lines.append(f"| {shown} ({count}) | " + " | ".join(cells) + " |")
     versions = sorted(
         {f"baton-core {e['kit_version']}, level {e['level']}" for e in recorded.values()}
     )
@@ -273,7 +315,14 @@ def on_page_markdown(markdown: str, **kwargs: Any) -> str:
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3 or sys.argv[1] != "record":
-        sys.exit("usage: python docs/_ext/hooks.py record RUNNER...")
-    record_conformance(sys.argv[2:])
+    usage = (
+        "usage: python docs/_ext/hooks.py record RUNNER...\n"
+        "       python docs/_ext/hooks.py merge RUNNER OUTCOME_JSON"
+    )
+    if len(sys.argv) >= 3 and sys.argv[1] == "record":
+        record_conformance(sys.argv[2:])
+    elif len(sys.argv) == 4 and sys.argv[1] == "merge":
+        merge_conformance(sys.argv[2], Path(sys.argv[3]))
+    else:
+        sys.exit(usage)
     print(conformance_matrix())

@@ -249,7 +249,7 @@ def test_conformance_matrix_cells(tmp_path: Path) -> None:
             }
         )
     )
-    table = hooks.conformance_matrix(results)
+    table = hooks.conformance_matrix(results).split("\n\n")[0]
     header = [c.strip().strip("`") for c in table.splitlines()[0].strip("|").split("|")]
     column = header.index("liar")
     rows = {name.split(" (")[0].strip("`"): row for name, row in table_rows(table).items()}
@@ -262,3 +262,26 @@ def test_conformance_matrix_cells(tmp_path: Path) -> None:
     )
     with pytest.raises(ValueError, match=r"recorded conformance runs of liar are out of date"):
         hooks.conformance_matrix(results)
+
+
+def test_only_a_whole_run_of_the_kit_is_merged(tmp_path: Path) -> None:
+    import json
+
+    from baton.testing import LATEST_LEVEL
+    from baton.testing._kit import conformance_tests
+
+    runner = {"name": "remote", "class": "x.Remote", "capabilities": ["async"]}
+    tests = {name: {"outcome": "passed"} for name in conformance_tests()}
+    outcome, results = tmp_path / "outcome.json", tmp_path / "results.json"
+    partial = dict(list(tests.items())[1:])
+    outcome.write_text(json.dumps({"runner": {**runner, "level": LATEST_LEVEL}, "tests": partial}))
+    assert not hooks.merge_conformance("remote", outcome, results)
+    assert not results.exists()
+    other_tests = {**tests, "test_of_the_plugin_itself": {"outcome": "failed"}}
+    outcome.write_text(
+        json.dumps({"runner": {**runner, "level": LATEST_LEVEL}, "tests": other_tests})
+    )
+    assert hooks.merge_conformance("remote", outcome, results)
+    entry = json.loads(results.read_text())["remote"]
+    assert entry["capabilities"] == ["async"] and entry["level"] == LATEST_LEVEL
+    assert set(entry["outcomes"]) == set(conformance_tests())
