@@ -36,8 +36,9 @@ if TYPE_CHECKING:
 __all__ = ["WorkerTests"]
 
 MARGIN_SECONDS = 10.0
-"""How much later than its timeout a hard-timed-out run may end, and its work be gone: a
-safety net for a loaded machine, far above what stopping a worker takes."""
+"""How much later than its timeout a hard-timed-out run may end, and its work be gone, and
+how long after a run started executing the flow may take to read RUNNING: a safety net
+for a loaded machine, far above what stopping a worker or reporting a state takes."""
 
 _SCRIPT = '''\
 """A flow whose tasks are defined in the script itself, as users write them."""
@@ -234,7 +235,7 @@ class WorkerTests:
             seen: list[str] = []
             try:
                 rv.wait("started-watched")
-                deadline = time.monotonic() + WAIT_SECONDS
+                deadline = time.monotonic() + MARGIN_SECONDS
                 while time.monotonic() < deadline:
                     state = future.state
                     if not seen or seen[-1] != state.type.value:
@@ -249,8 +250,8 @@ class WorkerTests:
         seen, final = kit.run(body)
         assert "RUNNING" in seen, (
             "rule: a run that is executing reads RUNNING in the flow, wherever it runs "
-            "(report it when the worker starts it: TaskRun.set_running()); while the run "
-            f"was executing, the flow read only {seen}"
+            "(report it when the worker starts it: TaskRun.set_running()); in the "
+            f"{MARGIN_SECONDS:g} s after the run started executing, the flow read only {seen}"
         )
         assert final.is_completed() and final.result() == "done", final
 
