@@ -190,7 +190,14 @@ class WorkerTests:
 
             def body() -> tuple[bool, bool, State, bool]:
                 stuck = hold_connection.with_options(timeout_seconds=timeout).submit(port)
-                connection, _ = listener.accept()  # the run is executing, blocked in recv()
+                try:
+                    connection, _ = listener.accept()  # the run executes, blocked in recv()
+                except TimeoutError:
+                    raise AssertionError(
+                        f"the run {stuck.name!r} never connected to the test's listener in "
+                        f"{WAIT_SECONDS:g} s (it is {stuck.state!r}): it did not start, so the "
+                        "kit cannot check that a hard timeout stops it"
+                    ) from None
                 held.append(connection)
                 quick = inc.submit(1)
                 quick_in_time = quick.wait(timeout + MARGIN_SECONDS)
