@@ -177,7 +177,9 @@ def check_runner(
 
     `runner` is the name (or URL) of an installed runner, or a callable that returns
     a new, unstarted runner: a runner class, or a function (it travels to the pytest
-    process with cloudpickle). `pytest_args` go to pytest (``["-x"]``, ``["-k",
+    process with cloudpickle). A runner given by name is also selected by that name in
+    the new Python processes of the tests that run a script; one given by a callable
+    skips those tests. `pytest_args` go to pytest (``["-x"]``, ``["-k",
     "retries"]``). With `echo`, pytest's output goes to this process's stdout as it
     comes; otherwise it is kept in `Report.output`.
 
