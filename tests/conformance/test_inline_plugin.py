@@ -42,7 +42,7 @@ def inline_runner() -> TaskRunner:
 
 
 class TestInlinePluginRunner(RunnerConformance):
-    conformance_level = 1
+    conformance_level = 2
 
     @pytest.fixture
     def runner(self) -> TaskRunner:

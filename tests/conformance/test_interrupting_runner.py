@@ -9,7 +9,7 @@ from interrupting_runner import InterruptingRunner
 
 
 class TestInterruptingRunner(RunnerConformance):
-    conformance_level = 1
+    conformance_level = 2
 
     @pytest.fixture
     def runner(self) -> TaskRunner:

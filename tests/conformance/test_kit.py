@@ -19,7 +19,14 @@ from baton import Capability, UnknownRunnerError, get_runner
 from baton.testing import LATEST_LEVEL, RunnerConformance, check_runner
 from baton.testing._kit import conformance_tests
 from baton.testing._rendezvous import Rendezvous, RendezvousTimeout
-from broken_runners import LyingRunner, RandomChurningRunner, SwallowingRunner
+from broken_runners import (
+    ForgetfulRunner,
+    LyingRunner,
+    RandomChurningRunner,
+    SilentRunner,
+    SoftTimeoutRunner,
+    SwallowingRunner,
+)
 
 HERE = Path(__file__).resolve().parent
 
@@ -259,6 +266,70 @@ def test_a_runner_declaring_capabilities_it_lacks_fails() -> None:
         "runs tasks outside the calling process"
         in (report.failures["test_runs_execute_in_another_process"])
     )
+
+
+def test_a_thread_runner_declaring_hard_timeouts_fails() -> None:
+    report = check_runner(
+        SoftTimeoutRunner,
+        pytest_args=["-k", "test_a_hard_timeout_stops_the_work or stops_work_blocked_in_c"],
+    )
+    # Work that polls in Python stops at an exception raised in its thread...
+    assert report.outcomes["test_a_hard_timeout_stops_the_work"] == "passed", report.output
+    # ...work blocked in a C call does not: only stopping the worker stops it.
+    assert report.failures.keys() == {"test_a_hard_timeout_stops_work_blocked_in_c"}, report.output
+    assert (
+        "the socket it held was still open"
+        in (report.failures["test_a_hard_timeout_stops_work_blocked_in_c"])
+    )
+
+
+def test_a_runner_that_drops_failed_subtasks_fails() -> None:
+    report = check_runner(
+        ForgetfulRunner,
+        pytest_args=["-k", "test_a_failing_subtask_nobody_read or test_map_over_futures"],
+    )
+    assert report.outcomes == {
+        "test_a_failing_subtask_nobody_read_fails_the_flow": "failed",
+        "test_map_over_futures": "passed",
+    }, report.output
+    assert (
+        "rule: a subtask's failure that nobody handled fails the flow"
+        in (report.failures["test_a_failing_subtask_nobody_read_fails_the_flow"])
+    )
+
+
+def test_a_runner_that_never_reports_running_fails() -> None:
+    report = check_runner(
+        SilentRunner,
+        pytest_args=["-k", "test_an_executing_run_reads_running or test_map_over_futures"],
+    )
+    assert report.outcomes == {
+        "test_an_executing_run_reads_running": "failed",
+        "test_map_over_futures": "passed",
+    }, report.output
+    assert (
+        "rule: a run that is executing reads RUNNING in the flow"
+        in (report.failures["test_an_executing_run_reads_running"])
+    )
+
+
+def test_a_runner_not_selectable_by_name_skips_the_script_test() -> None:
+    report = check_runner(
+        lambda: get_runner("sync"),
+        pytest_args=["-k", "test_tasks_defined_in_a_scripts_main_run_on_the_runner"],
+    )
+    assert report.ok, report.output
+    assert report.outcomes == {"test_tasks_defined_in_a_scripts_main_run_on_the_runner": "skipped"}
+    assert report.reasons["test_tasks_defined_in_a_scripts_main_run_on_the_runner"] == (
+        "this test selects the runner by name in a new Python process, and TestConformance "
+        "does not say by which name runner 'sync' is selected there: override its "
+        "`runner_name` fixture to return the name or URL (as BATON_TASK_RUNNER takes it)"
+    )
+    assert report.other_skips == {"not selectable by name in a new process": 1}
+    by_name = check_runner(
+        "sync", pytest_args=["-k", "test_tasks_defined_in_a_scripts_main_run_on_the_runner"]
+    )
+    assert by_name.ok and by_name.passed == 1, by_name.output
 
 
 def test_property_tests_tolerate_runner_threads_that_use_random() -> None:

@@ -17,6 +17,12 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 class TestDaskOnLocalCluster(RunnerConformance):
+    conformance_level = 2
+
     @pytest.fixture
     def runner(self, cluster: LocalCluster) -> DaskTaskRunner:
         return DaskTaskRunner(cluster.scheduler_address)
+
+    @pytest.fixture
+    def runner_name(self, cluster: LocalCluster) -> str:
+        return str(cluster.scheduler_address).replace("tcp://", "dask://")

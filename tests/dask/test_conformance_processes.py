@@ -18,6 +18,12 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 class TestDaskOnSchedulerAndWorkerProcesses(RunnerConformance):
+    conformance_level = 2
+
     @pytest.fixture
-    def runner(self, dask_processes: ProcessCluster) -> TaskRunner:
-        return get_runner(dask_processes.address.replace("tcp://", "dask://"))
+    def runner(self, runner_name: str) -> TaskRunner:
+        return get_runner(runner_name)
+
+    @pytest.fixture
+    def runner_name(self, dask_processes: ProcessCluster) -> str:
+        return dask_processes.address.replace("tcp://", "dask://")

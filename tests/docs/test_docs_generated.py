@@ -200,3 +200,102 @@ def test_empty_log_limit_means_no_limit_as_the_table_says(monkeypatch: pytest.Mo
     assert Settings().task_run_log_limit is None
     monkeypatch.setenv("BATON_TASK_RUN_LOG_LIMIT", "5")
     assert Settings().task_run_log_limit == 5
+
+
+# -- the conformance matrix -------------------------------------------------------------
+
+
+def test_conformance_matrix_page_is_generated() -> None:
+    page = (DOCS / "runners" / "matrix.md").read_text()
+    assert "<!-- generated: conformance-matrix -->" in page
+    rendered = hooks.render(page)
+    assert "<!-- generated:" not in rendered
+    table = rendered[rendered.index("| capability |") :].split("\n\n", 1)[0]
+    header = [c.strip().strip("`") for c in table.splitlines()[0].strip("|").split("|")]
+    assert header[1:4] == ["thread", "process", "sync"]
+    rows = table_rows(table)
+    assert len(rows) == 1 + len(baton_capabilities())
+
+
+def baton_capabilities() -> list[str]:
+    from baton import Capability
+
+    return [c.value for c in Capability]
+
+
+def test_the_builtin_runners_have_current_recorded_runs() -> None:
+    import json
+
+    from baton import get_runner
+    from baton.testing._kit import conformance_tests
+
+    recorded = json.loads(hooks.RESULTS.read_text())
+    for name in ("thread", "process", "sync"):
+        entry = recorded[name]
+        assert set(entry["outcomes"]) == set(conformance_tests()), name
+        assert entry["capabilities"] == sorted(c.value for c in get_runner(name).capabilities)
+        failed = [t for t, o in entry["outcomes"].items() if o in ("failed", "error")]
+        assert not failed, (name, failed)
+
+
+def test_conformance_matrix_cells(tmp_path: Path) -> None:
+    import json
+
+    from baton.testing._kit import conformance_tests
+
+    tests = conformance_tests()
+    hard = [t for t, spec in tests.items() if "hard-timeouts" in {c.value for c in spec.requires}]
+    outcomes = {
+        t: ("skipped" if "hard-timeouts" not in {c.value for c in s.requires} else "failed")
+        for t, s in tests.items()
+    }
+    outcomes.update({t: "passed" for t, s in tests.items() if not s.requires})
+    results = tmp_path / "results.json"
+    results.write_text(
+        json.dumps(
+            {
+                "liar": {
+                    "capabilities": ["hard-timeouts"],
+                    "kit_version": "0",
+                    "level": 2,
+                    "outcomes": outcomes,
+                }
+            }
+        )
+    )
+    table = hooks.conformance_matrix(results).split("\n\n")[0]
+    header = [c.strip().strip("`") for c in table.splitlines()[0].strip("|").split("|")]
+    column = header.index("liar")
+    rows = {name.split(" (")[0].strip("`"): row for name, row in table_rows(table).items()}
+    assert rows["hard-timeouts"][column] == f"✗ {len(hard)} of {len(hard)} failed"
+    assert rows["processes"][column].startswith("not declared (")
+    assert rows["every runner"][column].startswith("✓ ")
+    del outcomes[hard[0]]
+    results.write_text(
+        json.dumps({"liar": {"capabilities": [], "kit_version": "0", "level": 2, "outcomes": {}}})
+    )
+    with pytest.raises(ValueError, match=r"recorded conformance runs of liar are out of date"):
+        hooks.conformance_matrix(results)
+
+
+def test_only_a_whole_run_of_the_kit_is_merged(tmp_path: Path) -> None:
+    import json
+
+    from baton.testing import LATEST_LEVEL
+    from baton.testing._kit import conformance_tests
+
+    runner = {"name": "remote", "class": "x.Remote", "capabilities": ["async"]}
+    tests = {name: {"outcome": "passed"} for name in conformance_tests()}
+    outcome, results = tmp_path / "outcome.json", tmp_path / "results.json"
+    partial = dict(list(tests.items())[1:])
+    outcome.write_text(json.dumps({"runner": {**runner, "level": LATEST_LEVEL}, "tests": partial}))
+    assert not hooks.merge_conformance("remote", outcome, results)
+    assert not results.exists()
+    other_tests = {**tests, "test_of_the_plugin_itself": {"outcome": "failed"}}
+    outcome.write_text(
+        json.dumps({"runner": {**runner, "level": LATEST_LEVEL}, "tests": other_tests})
+    )
+    assert hooks.merge_conformance("remote", outcome, results)
+    entry = json.loads(results.read_text())["remote"]
+    assert entry["capabilities"] == ["async"] and entry["level"] == LATEST_LEVEL
+    assert set(entry["outcomes"]) == set(conformance_tests())

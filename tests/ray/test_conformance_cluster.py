@@ -28,6 +28,8 @@ def connected(cluster: Cluster) -> Iterator[Cluster]:
 
 
 class TestRayOnACluster(RunnerConformance):
+    conformance_level = 2
+
     @pytest.fixture
     def runner(self, connected: Cluster) -> RayTaskRunner:
         return RayTaskRunner(address=connected.address)

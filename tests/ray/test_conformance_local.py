@@ -9,6 +9,8 @@ from baton_ray import RayTaskRunner
 
 @pytest.mark.usefixtures("ray_local")
 class TestRayOnLocalRay(RunnerConformance):
+    conformance_level = 2
+
     @pytest.fixture
     def runner(self) -> RayTaskRunner:
         # Ray is already initialised here: the runner uses that Ray and leaves it running.

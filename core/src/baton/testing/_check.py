@@ -137,14 +137,20 @@ class TestConformance(RunnerConformance):
     @pytest.fixture
     def runner(self):
         return _build()
+
+    @pytest.fixture
+    def runner_name(self):
+        return globals().get("_NAME")
 '''
 
 _BY_NAME = """\
 from baton import get_runner
 
+_NAME = {name!r}
+
 
 def _build():
-    return get_runner({name!r})
+    return get_runner(_NAME)
 """
 
 _BY_FACTORY = """\
@@ -171,7 +177,9 @@ def check_runner(
 
     `runner` is the name (or URL) of an installed runner, or a callable that returns
     a new, unstarted runner: a runner class, or a function (it travels to the pytest
-    process with cloudpickle). `pytest_args` go to pytest (``["-x"]``, ``["-k",
+    process with cloudpickle). A runner given by name is also selected by that name in
+    the new Python processes of the tests that run a script; one given by a callable
+    skips those tests. `pytest_args` go to pytest (``["-x"]``, ``["-k",
     "retries"]``). With `echo`, pytest's output goes to this process's stdout as it
     comes; otherwise it is kept in `Report.output`.
 
@@ -276,6 +284,8 @@ def _report(
             others["runs never in flight at once (each runs inside submit())"] += 1
         elif kind == "excluded":
             others[f"does not apply under capability {detail}"] += 1
+        elif kind == "by-name":
+            others["not selectable by name in a new process"] += 1
         else:
             others[str(detail) or "no reason given"] += 1
     return Report(

@@ -21,6 +21,7 @@ from baton.testing._suite_api import SubmitAndMapTests
 from baton.testing._suite_failures import FailureTests
 from baton.testing._suite_futures import FutureTests
 from baton.testing._suite_runner import RunnerTests
+from baton.testing._suite_workers import WorkerTests
 from baton.testing._tasks import where
 
 __all__ = ["Kit", "RunnerConformance"]
@@ -32,10 +33,18 @@ T = TypeVar("T")
 class Kit:
     """What a conformance test works with: the runner, started, and helpers around it."""
 
-    def __init__(self, runner: TaskRunner, rendezvous: Rendezvous, test: str) -> None:
+    def __init__(
+        self,
+        runner: TaskRunner,
+        rendezvous: Rendezvous,
+        test: str,
+        runner_name: str | None = None,
+    ) -> None:
         self.runner = runner
         self.rv = rendezvous
         self.test = test
+        self.runner_name = runner_name
+        """The name or URL that selects the runner in a new Python process, if known."""
 
     def run(self, body: Callable[[], T]) -> T:
         """Call `body` as a flow on the runner and return what it returns (or raise)."""
@@ -124,7 +133,7 @@ def _alive(pid: int, ident: int) -> bool:
         return True
 
 
-class RunnerConformance(SubmitAndMapTests, FutureTests, FailureTests, RunnerTests):
+class RunnerConformance(SubmitAndMapTests, FutureTests, FailureTests, RunnerTests, WorkerTests):
     """The conformance tests of a task runner: subclass it and supply a `runner` fixture.
 
     The fixture returns a new, unstarted runner, built the way its users build it,
@@ -148,6 +157,10 @@ class RunnerConformance(SubmitAndMapTests, FutureTests, FailureTests, RunnerTest
             def runner(self):
                 return MyRunner(max_workers=4)
 
+            @pytest.fixture
+            def runner_name(self):
+                return "my-runner"  # optional: how a new process selects it
+
     Then ``pytest tests/test_conformance.py``. Class attributes:
 
     - `conformance_level`: the kit level the runner is checked against (default 1).
@@ -158,6 +171,10 @@ class RunnerConformance(SubmitAndMapTests, FutureTests, FailureTests, RunnerTest
       (non-strict xfail): a failure is reported as ``xfailed``, a pass as
       ``xpassed``, and neither fails the suite. A name that is not a test of the kit
       is an error.
+
+    Tests that run a script in a new Python process select the runner there by the
+    name or URL the `runner_name` fixture returns (as ``BATON_TASK_RUNNER`` takes
+    it); it returns None by default, and those tests are then skipped, saying so.
 
     Tests of a capability the runner does not declare (`TaskRunner.capabilities`)
     are skipped with a reason that names the runner and the capability. Tests that
@@ -214,7 +231,16 @@ class RunnerConformance(SubmitAndMapTests, FutureTests, FailureTests, RunnerTest
         )
 
     @pytest.fixture
-    def kit(self, request: pytest.FixtureRequest, runner: TaskRunner) -> Iterator[Kit]:
+    def runner_name(self) -> str | None:
+        """Override: the name or URL that selects the runner under test in a new Python
+        process (``BATON_TASK_RUNNER=NAME``), or None when it cannot be selected that
+        way (the default). ``baton conformance NAME`` sets it to NAME."""
+        return None
+
+    @pytest.fixture
+    def kit(
+        self, request: pytest.FixtureRequest, runner: TaskRunner, runner_name: str | None
+    ) -> Iterator[Kit]:
         """The runner under test, started (unless the test manages it), and helpers."""
         test = request.function
         spec = spec_of(test)
@@ -235,19 +261,24 @@ class RunnerConformance(SubmitAndMapTests, FutureTests, FailureTests, RunnerTest
                 ),
             )
         )
-        _skip_unless_applicable(request, spec, runner, label, type(self))
+        _skip_unless_applicable(request, spec, runner, label, type(self), runner_name)
         directory = tempfile.mkdtemp(prefix="baton-conformance-")
-        kit = Kit(runner, Rendezvous(directory), test.__name__)
+        kit = Kit(runner, Rendezvous(directory), test.__name__, runner_name)
         try:
             if not spec.manages_runner:
                 runner.start()
                 if spec.concurrent and kit.runs_inline():
+                    needs = (
+                        spec.concurrent
+                        if isinstance(spec.concurrent, str)
+                        else "this test needs two at once"
+                    )
                     _skip(
                         request,
                         "inline",
                         f"runner {label!r} ran a submitted run inside submit(), in the "
-                        "submitting thread, so no two of its runs are ever in flight at once; "
-                        "this test needs two at once",
+                        f"submitting thread, so no two of its runs are ever in flight at once; "
+                        f"{needs}",
                     )
             yield kit
         finally:
@@ -283,6 +314,7 @@ def _skip_unless_applicable(
     runner: TaskRunner,
     label: str,
     cls: type[RunnerConformance],
+    runner_name: str | None,
 ) -> None:
     name = request.function.__name__
     if spec.level > cls.conformance_level:
@@ -309,6 +341,14 @@ def _skip_unless_applicable(
                 f"runner {label!r} declares capability {str(capability)!r}: {why}",
                 str(capability),
             )
+    if spec.by_name and not runner_name:
+        _skip(
+            request,
+            "by-name",
+            f"this test selects the runner by name in a new Python process, and {cls.__name__} "
+            f"does not say by which name runner {label!r} is selected there: override its "
+            "`runner_name` fixture to return the name or URL (as BATON_TASK_RUNNER takes it)",
+        )
     reason = cls.known_failures.get(name)
     if reason is not None:
         request.node.add_marker(pytest.mark.xfail(reason=reason, strict=False))

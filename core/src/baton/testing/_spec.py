@@ -10,11 +10,18 @@ from baton._runner import Capability
 
 __all__ = ["LATEST_LEVEL", "Spec", "conformance", "spec_of"]
 
-LATEST_LEVEL = 1
+LATEST_LEVEL = 2
 """The highest conformance level this kit has tests for.
 
 Levels only grow: a test added in a later release of the kit belongs to a new
 level, so a plugin that pins ``conformance_level`` keeps passing until it opts in.
+
+- Level 1: submitting, mapping, futures, failures, retries, timeouts, crashes,
+  cancellation, async and nested runs, pickling, scale, random task graphs.
+- Level 2: the same program ends in the same states on every runner: a failing
+  subtask nobody read fails the flow, crashed runs are retried by the one rule, a
+  hard timeout stops work blocked in C, a run on a worker reads RUNNING, and tasks
+  defined in a script's ``__main__`` run on the runner.
 """
 
 F = TypeVar("F", bound=Callable[..., Any])
@@ -25,8 +32,9 @@ class Spec:
     level: int
     requires: frozenset[Capability]
     excludes: dict[Capability, str]
-    concurrent: bool
+    concurrent: bool | str
     manages_runner: bool
+    by_name: bool = False
 
 
 def conformance(
@@ -34,19 +42,26 @@ def conformance(
     level: int = 1,
     requires: tuple[Capability, ...] = (),
     excludes: dict[Capability, str] | None = None,
-    concurrent: bool = False,
+    concurrent: bool | str = False,
     manages_runner: bool = False,
+    by_name: bool = False,
 ) -> Callable[[F], F]:
     """Attach a test's needs to it.
 
     `requires`: capabilities the runner must declare, else the test is skipped.
     `excludes`: capabilities under which the test does not apply, with why.
-    `concurrent`: the test needs two runs in flight at once.
+    `concurrent`: the test needs two runs in flight at once (or, given as text,
+    what else it needs while a run is in flight, for the reason of its skip on a
+    runner that executes each run inside `submit`).
     `manages_runner`: the test starts and shuts the runner down itself.
+    `by_name`: the test selects the runner by name in a new Python process, so it
+    needs the `runner_name` fixture.
     """
     if not 1 <= level <= LATEST_LEVEL:
         raise ValueError(f"level must be between 1 and {LATEST_LEVEL}, got {level}")
-    spec = Spec(level, frozenset(requires), dict(excludes or {}), concurrent, manages_runner)
+    spec = Spec(
+        level, frozenset(requires), dict(excludes or {}), concurrent, manages_runner, by_name
+    )
 
     def mark(test: F) -> F:
         test.__baton_conformance__ = spec  # type: ignore[attr-defined]

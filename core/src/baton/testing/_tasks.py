@@ -43,10 +43,14 @@ __all__ = [
     "countdown",
     "describe",
     "die",
+    "die_counted",
     "echo",
+    "exit_counted",
     "fail",
     "finish_after",
+    "fire_and_forget",
     "flaky",
+    "hold_connection",
     "inc",
     "is_future",
     "is_tracer",
@@ -190,6 +194,38 @@ def abort(message: str) -> NoReturn:
 @task
 def die(code: int) -> NoReturn:
     os._exit(code)
+
+
+@_loose
+@task
+def die_counted(rv: Rendezvous, tag: str, code: int) -> NoReturn:
+    """Record an attempt, then end the worker's process at once."""
+    rv.record(f"attempt-{tag}")
+    os._exit(code)
+
+
+@_loose
+@task
+def exit_counted(rv: Rendezvous, tag: str, kind: str) -> NoReturn:
+    """Record an attempt, then raise a BaseException that is not an Exception: `SystemExit`
+    when `kind` is ``"SystemExit"``, else `KitAbort`."""
+    rv.record(f"attempt-{tag}")
+    if kind == "SystemExit":
+        raise SystemExit(3)
+    raise KitAbort(f"attempt of {tag!r} ended on purpose")
+
+
+@_loose
+@task
+def hold_connection(port: int) -> bytes:
+    """Connect to 127.0.0.1:`port`, then block in a C call (a socket read) until the other
+    end closes. Only a stop of the worker itself ends it early; the test then sees the
+    connection closed."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port)) as connection:
+        connection.sendall(f"{os.getpid()}\n".encode())
+        return connection.recv(1)
 
 
 @_loose
@@ -371,6 +407,13 @@ def countdown(n: int) -> int:
     if n == 0:
         return 0
     return int(countdown.submit(n - 1).result()) + 1
+
+
+@_loose
+@task
+def fire_and_forget(message: str) -> str:
+    """Submit a failing run, never look at it, and return its name."""
+    return fail.submit(message).name
 
 
 def count_words(text: str) -> int:
