@@ -53,7 +53,11 @@ class _CallPlan:
             if param.kind is param.VAR_POSITIONAL:
                 self.slots.append(("varpos", name, value))
             elif param.kind is param.VAR_KEYWORD:
-                self.slots.append(("varkw", name, value))
+                # Each keyword caught by **kwargs maps like a named parameter.
+                for key, item in value.items():
+                    if _is_mapped(item):
+                        self.mapped[key] = item
+                    self.slots.append(("kw", key, item))
             else:
                 if param.kind is param.POSITIONAL_ONLY or (
                     param.kind is param.POSITIONAL_OR_KEYWORD and positional_ok

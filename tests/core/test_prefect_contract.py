@@ -1,0 +1,29 @@
+"""The contract a Prefect user relies on: each test is one program that went wrong."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from baton import flow, task
+
+RUNNERS = ["thread", "sync", "process"]
+
+
+@task
+def pair(x: int, **kw: int) -> tuple[int, dict[str, int]]:
+    return x, kw
+
+
+@task
+def inc(x: int) -> int:
+    return x + 1
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_map_maps_iterables_given_through_var_keyword(runner: str) -> None:
+    @flow(task_runner=runner)
+    def pairs() -> Any:
+        return pair.map([1, 2, 3], y=[4, 5, 6], z=0).result()
+
+    assert pairs() == [(1, {"y": 4, "z": 0}), (2, {"y": 5, "z": 0}), (3, {"y": 6, "z": 0})]
