@@ -27,3 +27,23 @@ def test_map_maps_iterables_given_through_var_keyword(runner: str) -> None:
         return pair.map([1, 2, 3], y=[4, 5, 6], z=0).result()
 
     assert pairs() == [(1, {"y": 4, "z": 0}), (2, {"y": 5, "z": 0}), (3, {"y": 6, "z": 0})]
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_flow_returning_a_lazy_map_returns_every_result(runner: str) -> None:
+    @flow(task_runner=runner)
+    def lazy() -> Any:
+        return inc.map(i for i in range(3))
+
+    assert lazy() == [1, 2, 3]
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_flow_returning_a_future_list_returns_a_list_of_results(runner: str) -> None:
+    @flow(task_runner=runner)
+    def mapped() -> Any:
+        return inc.map([1, 2])
+
+    result = mapped()
+    assert type(result) is list
+    assert result == [2, 3]

@@ -164,7 +164,13 @@ class Flow(Generic[P, R]):
 
     def _settle(self, scope: RunScope, value: Any) -> State:
         """The final state of a flow whose function returned `value`."""
+        from baton._map import LazyMap
+
         try:
+            if isinstance(value, LazyMap):
+                # A returned lazy map stands for all its runs: take them before the
+                # flow drains (and drops) what nobody consumed.
+                value = list(value)
             scope.drain_lazy_maps()
         except Exception as exc:  # a lazy map's input raised or ran out unevenly
             return self._failed(scope, exc)

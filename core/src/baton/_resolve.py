@@ -139,7 +139,7 @@ def resolve(obj: Any, result_of: Callable[[Future[Any], bool], Any], depth: int 
     Containers are rebuilt only where they held a future; everything else is
     passed through as the same object. `quote` is unwrapped, untraversed.
     """
-    from baton._futures import Future
+    from baton._futures import Future, FutureList
 
     kind = type(obj)
     if kind in _ATOMIC:
@@ -160,6 +160,8 @@ def resolve(obj: Any, result_of: Callable[[Future[Any], bool], Any], depth: int 
     depth += 1
     if isinstance(obj, (list, tuple, set, frozenset)):
         items = [resolve(item, result_of, depth) for item in obj]
+        if kind is FutureList:  # its results are no longer futures: a plain list
+            return items
         if all(a is b for a, b in zip(items, obj, strict=False)):
             return obj
         if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
