@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from baton import flow, task
+from baton import allow_failure, flow, task
 
 RUNNERS = ["thread", "sync", "process"]
 
@@ -47,3 +47,39 @@ def test_flow_returning_a_future_list_returns_a_list_of_results(runner: str) -> 
     result = mapped()
     assert type(result) is list
     assert result == [2, 3]
+
+
+@task
+def numbers() -> list[int]:
+    return [1, 2, 3]
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_map_over_a_future_maps_over_its_result(runner: str) -> None:
+    @flow(task_runner=runner)
+    def mapped() -> Any:
+        return inc.map(numbers.submit()).result()
+
+    assert mapped() == [2, 3, 4]
+
+
+@task
+def ident(x: Any) -> Any:
+    return x
+
+
+@task
+def boom() -> int:
+    raise ValueError("boom")
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_map_over_allow_failure_of_futures_passes_failures_in(runner: str) -> None:
+    @flow(task_runner=runner)
+    def mapped() -> Any:
+        futures = [inc.submit(1), boom.submit()]
+        return ident.map(allow_failure(futures)).result()
+
+    first, second = mapped()
+    assert first == 2
+    assert isinstance(second, ValueError)

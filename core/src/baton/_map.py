@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
 from baton._errors import MappingError
 from baton._futures import DoneAndNotDone, Future, FutureList, wait
-from baton._resolve import _ATOMIC, collect_futures, quote, unmapped
+from baton._resolve import _ATOMIC, allow_failure, collect_futures, quote, unmapped
 from baton._scope import current_scope
 from baton._taskrun import TaskRun
 
@@ -23,6 +23,13 @@ __all__ = ["LazyMap", "map_task"]
 R = TypeVar("R")
 
 _STATIC_TYPES = (str, bytes, bytearray, memoryview, io.IOBase, dict)
+
+
+def _each_allowed(values: Iterable[Any]) -> Iterable[Any]:
+    """`allow_failure(iterable)` mapped: each run gets its item with failure allowed."""
+    if hasattr(values, "__len__"):
+        return [allow_failure(item) for item in values]
+    return (allow_failure(item) for item in values)
 
 
 def _is_mapped(value: Any) -> bool:
@@ -57,6 +64,8 @@ class _CallPlan:
                 for key, item in value.items():
                     if _is_mapped(item):
                         self.mapped[key] = item
+                    elif type(item) is allow_failure and _is_mapped(item.value):
+                        self.mapped[key] = _each_allowed(item.value)
                     self.slots.append(("kw", key, item))
             else:
                 if param.kind is param.POSITIONAL_ONLY or (
@@ -67,7 +76,11 @@ class _CallPlan:
                     kind = "kw"
                 if _is_mapped(value):
                     self.mapped[name] = value
+                elif type(value) is allow_failure and _is_mapped(value.value):
+                    self.mapped[name] = _each_allowed(value.value)
                 self.slots.append((kind, name, value))
+        if not self.mapped:
+            self._map_over_future_results()
         if not self.mapped:
             given = ", ".join(f"{n}={v!r}" for _, n, v in self.slots) or "no arguments"
             raise MappingError(
@@ -82,6 +95,16 @@ class _CallPlan:
                 # unmapped(future): every run waits for that future like for a plain one
                 whole = value.value if type(value) is unmapped else value
                 collect_futures(whole, self.static_upstreams)
+
+    def _map_over_future_results(self) -> None:
+        """With nothing else to map over, a future given as an argument is waited for
+        and its result mapped over (as a list of numbers from an upstream run)."""
+        for index, (kind, name, value) in enumerate(self.slots):
+            if isinstance(value, Future):
+                result = value.result()
+                if _is_mapped(result):
+                    self.mapped[name] = result
+                    self.slots[index] = (kind, name, result)
 
     def sized(self) -> bool:
         return all(hasattr(v, "__len__") for v in self.mapped.values())
