@@ -83,3 +83,43 @@ def test_map_over_allow_failure_of_futures_passes_failures_in(runner: str) -> No
     first, second = mapped()
     assert first == 2
     assert isinstance(second, ValueError)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_subflow_waits_for_the_futures_in_wait_for(runner: str) -> None:
+    order: list[str] = []
+
+    @flow
+    def child() -> str:
+        order.append("child")
+        return "child done"
+
+    @flow(task_runner=runner)
+    def parent() -> Any:
+        first = numbers.submit()
+        result = child(wait_for=[first])
+        order.append("parent")
+        return first.state.is_completed(), result
+
+    assert parent() == (True, "child done")
+    assert order == ["child", "parent"]
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_subflow_whose_wait_for_failed_ends_upstream_failed(runner: str) -> None:
+    ran: list[str] = []
+
+    @flow
+    def child() -> None:
+        ran.append("child")
+
+    @flow(task_runner=runner)
+    def parent() -> Any:
+        state = child(wait_for=[boom.submit()], return_state=True)
+        assert state.is_failed() and state.name == "UpstreamFailed"
+        assert "boom" in state.message
+        assert isinstance(state.error.__cause__, ValueError)
+        return "checked"
+
+    assert parent() == "checked"
+    assert ran == []

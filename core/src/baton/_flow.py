@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 from typing_extensions import ParamSpec
 
 from baton._errors import FlowRunFailed
-from baton._futures import Future
+from baton._futures import Future, wait
 from baton._interrupts import redeliver_swallowed_interrupts
 from baton._resolve import resolve
 from baton._scope import RunScope
@@ -104,6 +104,9 @@ class Flow(Generic[P, R]):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return_state = bool(kwargs.pop("return_state", False))
+        from baton._task import _wait_for_tuple
+
+        wait_for = _wait_for_tuple(kwargs.pop("wait_for", None))
         try:
             bound = self._signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -111,8 +114,8 @@ class Flow(Generic[P, R]):
         bound.apply_defaults()
         parameters = dict(bound.arguments)
         if self.is_async:
-            return self._run_async(args, kwargs, parameters, return_state)
-        return self._run_sync(args, kwargs, parameters, return_state)
+            return self._run_async(args, kwargs, parameters, return_state, wait_for)
+        return self._run_sync(args, kwargs, parameters, return_state, wait_for)
 
     # -- running ------------------------------------------------------------------
 
@@ -217,13 +220,21 @@ class Flow(Generic[P, R]):
         kwargs: dict[str, Any],
         parameters: dict[str, Any],
         return_state: bool,
+        wait_for: tuple[Any, ...] = (),
     ) -> Any:
+        if wait_for:
+            wait(_futures_in(wait_for))
         flow_run, scope, owned, pm = self._begin(parameters)
         token = scope.enter()
         try:
             with redeliver_swallowed_interrupts():
                 try:
+                    not_ready = _upstream_failed(flow_run, wait_for)
+                    if not_ready is not None:
+                        raise _NotReady(not_ready)
                     value = self.fn(*args, **kwargs)
+                except _NotReady as upstream:
+                    state = upstream.state
                 except Exception as exc:
                     state = self._failed(scope, exc)
                 else:
@@ -242,15 +253,27 @@ class Flow(Generic[P, R]):
         kwargs: dict[str, Any],
         parameters: dict[str, Any],
         return_state: bool,
+        wait_for: tuple[Any, ...] = (),
     ) -> Any:
         import asyncio
 
+        for upstream in _futures_in(wait_for):
+            if not upstream.done():
+                try:
+                    await upstream
+                except Exception:
+                    pass  # its state decides below
         flow_run, scope, owned, pm = self._begin(parameters)
         token = scope.enter()
         loop = asyncio.get_running_loop()
         try:
             try:
+                not_ready = _upstream_failed(flow_run, wait_for)
+                if not_ready is not None:
+                    raise _NotReady(not_ready)
                 value = await self.fn(*args, **kwargs)  # type: ignore[misc]
+            except _NotReady as upstream:
+                state = upstream.state
             except Exception as exc:
                 state = await loop.run_in_executor(None, self._failed, scope, exc)
             else:
@@ -265,6 +288,47 @@ class Flow(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Flow {self.name!r}>"
+
+
+class _NotReady(Exception):
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+
+def _futures_in(wait_for: tuple[Any, ...]) -> list[Future[Any]]:
+    from baton._resolve import collect_futures
+
+    found: list[Future[Any]] = []
+    collect_futures(wait_for, found)
+    return found
+
+
+def _upstream_failed(flow_run: FlowRun, wait_for: tuple[Any, ...]) -> State | None:
+    """The `UpstreamFailed` state of a flow run whose `wait_for` did not all complete
+    (as for a task run, `allow_failure(f)` lets it run anyway), else None."""
+    if not wait_for:
+        return None
+    from baton._errors import UpstreamTaskError
+
+    failed: list[Future[Any]] = []
+
+    def check(future: Future[Any], allowed: bool) -> None:
+        if not future._state.is_completed():
+            future._mark_observed()  # reported through this flow run
+            if not allowed:
+                failed.append(future)
+
+    resolve(wait_for, check)
+    if not failed:
+        return None
+    upstream = failed[0]
+    message = (
+        f"Flow run {flow_run.name!r} did not run: upstream task run {upstream.name!r} "
+        f"ended in state {upstream._state!r}."
+    )
+    error = UpstreamTaskError(message)
+    error.__cause__ = upstream._state.error
+    return State.failed(error, message, name="UpstreamFailed")
 
 
 def _returned_result(future: Future[Any], allowed: bool) -> Any:
