@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from baton import allow_failure, flow, task
+from baton import State, StateType, allow_failure, flow, task
 
 RUNNERS = ["thread", "sync", "process"]
 
@@ -123,3 +123,52 @@ def test_subflow_whose_wait_for_failed_ends_upstream_failed(runner: str) -> None
 
     assert parent() == "checked"
     assert ran == []
+
+
+@task
+def returns_failed_state() -> State:
+    return State.failed(ValueError("bad input"), "rejected the input")
+
+
+attempts: list[int] = []
+
+
+@task(retries=2)
+def fails_by_state_then_completes() -> Any:
+    attempts.append(1)
+    if len(attempts) < 3:
+        return State.failed(ValueError("not yet"))
+    return "done"
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_task_returning_a_state_ends_in_that_state(runner: str) -> None:
+    @flow(task_runner=runner)
+    def adopt() -> Any:
+        future = returns_failed_state.submit()
+        future.wait()
+        state = future.state
+        return state.type, state.message, type(state.error)
+
+    assert adopt() == (StateType.FAILED, "rejected the input", ValueError)
+
+
+def test_a_returned_failed_state_is_retried() -> None:
+    attempts.clear()
+
+    @flow(task_runner="thread")
+    def retried() -> Any:
+        return fails_by_state_then_completes()
+
+    assert retried() == "done"
+    assert len(attempts) == 3
+
+
+def test_a_returned_non_final_state_fails_the_run() -> None:
+    @task
+    def pending() -> State:
+        return State.pending()
+
+    state = pending(return_state=True)
+    assert state.is_failed()
+    assert "PENDING" in state.message or "Pending" in state.message

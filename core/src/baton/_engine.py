@@ -167,7 +167,36 @@ def _call_with_timeout(
     raise value
 
 
+class _ReturnedState(Exception):
+    """A task returned a State that is not COMPLETED: it ends the attempt like a raise."""
+
+    def __init__(self, state: State) -> None:
+        super().__init__(state.message)
+        self.state = state
+
+
+def _adopt(value: Any) -> State:
+    """The state of an attempt that returned `value`: a returned `State` is adopted (a
+    failed one counts as a failure, for retries too), anything else is the result."""
+    if not isinstance(value, State):
+        return State.completed(value)
+    if value.type is StateType.COMPLETED:
+        return value
+    if value.is_final():
+        raise _ReturnedState(value)
+    raise _ReturnedState(
+        State.failed(
+            TypeError(
+                f"The task returned the non-final state {value!r}; return a final state "
+                "(State.completed(...), State.failed(...)) or a plain value."
+            )
+        )
+    )
+
+
 def _final_state(exc: BaseException, run: RunInfo) -> State:
+    if isinstance(exc, _ReturnedState):
+        return exc.state
     if isinstance(exc, TaskTimeoutError):
         return State.failed(exc, name="TimedOut")
     if isinstance(exc, Exception):
@@ -251,9 +280,9 @@ def run_sync(
         attempt += 1
         try:
             if timeout is None:
-                state = State.completed(fn(*args, **kwargs))
+                state = _adopt(fn(*args, **kwargs))
             else:
-                state = State.completed(_call_with_timeout(fn, args, kwargs, timeout, run))
+                state = _adopt(_call_with_timeout(fn, args, kwargs, timeout, run))
         except BaseException as exc:
             if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is _MAIN:
                 # Ctrl-C reaching a task that runs in the main thread (sync runner, a
@@ -306,7 +335,7 @@ async def run_async(
                     value = await asyncio.wait_for(task.fn(*args, **kwargs), timeout)
                 except asyncio.TimeoutError:
                     raise _timeout_error(run, timeout) from None
-            state = State.completed(value)
+            state = _adopt(value)
         except asyncio.CancelledError as exc:
             state = State.cancelled(f"Task run {run.name!r} was cancelled while running.")
             if asyncio.current_task() is not None and _being_cancelled():
