@@ -94,73 +94,35 @@ def _is_model(obj: Any) -> bool:
     return hasattr(type(obj), "__pydantic_fields__") and not isinstance(obj, type)
 
 
-def collect_futures(obj: Any, found: list[Future[Any]], depth: int = 0) -> None:
-    """Append every future reachable in `obj` to `found` (`allow_failure` ones too)."""
-    from baton._futures import Future
-
-    kind = type(obj)
-    if kind in _ATOMIC or kind is quote:
-        return
-    if isinstance(obj, Future):
-        found.append(obj)
-    elif kind is allow_failure:
-        collect_futures(obj.value, found, depth)
-    elif depth > _MAX_DEPTH:
-        return
-    elif kind is list or kind is tuple or kind is set or kind is frozenset:
-        for item in obj:
-            if type(item) not in _ATOMIC:
-                collect_futures(item, found, depth + 1)
-    elif kind is dict:
-        for key, value in obj.items():
-            collect_futures(key, found, depth + 1)
-            collect_futures(value, found, depth + 1)
-    elif isinstance(obj, (list, tuple, set, frozenset)):
-        for item in obj:
-            collect_futures(item, found, depth + 1)
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            collect_futures(key, found, depth + 1)
-            collect_futures(value, found, depth + 1)
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for field in dataclasses.fields(obj):
-            collect_futures(getattr(obj, field.name, None), found, depth + 1)
-    elif _is_model(obj):
-        for name in type(obj).__pydantic_fields__:
-            collect_futures(getattr(obj, name, None), found, depth + 1)
-
-
+# What a visitor returns for a value it does not replace: look inside it.
+_DESCEND: Any = object()
 _MISSING = object()
 
+Visit = Callable[[Any, int], Any]
 
-def resolve(obj: Any, result_of: Callable[[Future[Any], bool], Any], depth: int = 0) -> Any:
-    """Return `obj` with every future replaced by `result_of(future, allow_failed)`.
 
-    Containers are rebuilt only where they held a future; everything else is
-    passed through as the same object. `quote` is unwrapped, untraversed.
+def _walk(obj: Any, visit: Visit, depth: int = 0) -> Any:
+    """The one walk over task arguments: `obj` with `visit(value, depth)` applied to
+    every value reachable in it (itself first), which returns a replacement or
+    `_DESCEND` to look inside containers: lists, tuples, sets, dicts (keys too),
+    dataclass instances and pydantic models.
+
+    Containers are rebuilt only where something inside was replaced; everything else
+    is passed through as the same object. Deeper than `_MAX_DEPTH`, or in a container
+    that holds itself, values are passed on as they are.
     """
-    from baton._futures import Future, FutureList
-
     kind = type(obj)
     if kind in _ATOMIC:
         return obj
-    if kind is quote:
-        return obj.value
-    if isinstance(obj, Future):
-        return result_of(obj, False)
-    if kind is allow_failure:
-        inner = obj.value
-        if isinstance(inner, Future):
-            return result_of(inner, True)
-        return resolve(inner, lambda f, _allowed: result_of(f, True), depth)
-    # Stop where `collect_futures` stops: a future it did not find is not an upstream
-    # to wait for, and a container that holds itself must not recurse forever.
+    replaced = visit(obj, depth)
+    if replaced is not _DESCEND:
+        return replaced
     if depth > _MAX_DEPTH:
         return obj
     depth += 1
     if isinstance(obj, (list, tuple, set, frozenset)):
-        items = [resolve(item, result_of, depth) for item in obj]
-        if kind is FutureList:  # its results are no longer futures: a plain list
+        items = [item if type(item) in _ATOMIC else _walk(item, visit, depth) for item in obj]
+        if kind is _future_list():  # its results are no longer futures: a plain list
             return items
         if all(a is b for a, b in zip(items, obj, strict=False)):
             return obj
@@ -168,9 +130,7 @@ def resolve(obj: Any, result_of: Callable[[Future[Any], bool], Any], depth: int 
             return kind(*items)
         return kind(items)
     if isinstance(obj, dict):
-        pairs = [
-            (resolve(k, result_of, depth), resolve(v, result_of, depth)) for k, v in obj.items()
-        ]
+        pairs = [(_walk(k, visit, depth), _walk(v, visit, depth)) for k, v in obj.items()]
         if all(
             k1 is k2 and v1 is v2 for (k1, v1), (k2, v2) in zip(pairs, obj.items(), strict=False)
         ):
@@ -183,11 +143,10 @@ def resolve(obj: Any, result_of: Callable[[Future[Any], bool], Any], depth: int 
         changes = {}
         for field in dataclasses.fields(obj):
             value = getattr(obj, field.name, _MISSING)
-            if value is _MISSING:
-                continue
-            new_value = resolve(value, result_of, depth)
-            if new_value is not value:
-                changes[field.name] = new_value
+            if value is not _MISSING:
+                new_value = _walk(value, visit, depth)
+                if new_value is not value:
+                    changes[field.name] = new_value
         if not changes:
             return obj
         new = copy.copy(obj)  # type: ignore[arg-type]
@@ -198,13 +157,61 @@ def resolve(obj: Any, result_of: Callable[[Future[Any], bool], Any], depth: int 
         updates = {}
         for name in type(obj).__pydantic_fields__:
             value = getattr(obj, name, _MISSING)
-            if value is _MISSING:
-                continue
-            new_value = resolve(value, result_of, depth)
-            if new_value is not value:
-                updates[name] = new_value
+            if value is not _MISSING:
+                new_value = _walk(value, visit, depth)
+                if new_value is not value:
+                    updates[name] = new_value
         return obj.model_copy(update=updates) if updates else obj
     return obj
+
+
+def _future_list() -> type:
+    from baton._futures import FutureList
+
+    return FutureList
+
+
+def collect_futures(obj: Any, found: list[Future[Any]], depth: int = 0) -> None:
+    """Append every future reachable in `obj` to `found` (`allow_failure` ones too)."""
+    from baton._futures import Future
+
+    def visit(value: Any, depth: int) -> Any:
+        kind = type(value)
+        if kind is quote:
+            return value
+        if isinstance(value, Future):
+            found.append(value)
+            return value
+        if kind is allow_failure:
+            _walk(value.value, visit, depth)
+            return value
+        return _DESCEND
+
+    _walk(obj, visit, depth)
+
+
+def resolve(obj: Any, result_of: Callable[[Future[Any], bool], Any], depth: int = 0) -> Any:
+    """Return `obj` with every future replaced by `result_of(future, allow_failed)`.
+
+    Containers are rebuilt only where they held a future; everything else is
+    passed through as the same object. `quote` is unwrapped, untraversed.
+    """
+    from baton._futures import Future
+
+    def visit(value: Any, depth: int, allowed: bool = False) -> Any:
+        kind = type(value)
+        if kind is quote:
+            return value.value
+        if isinstance(value, Future):
+            return result_of(value, allowed)
+        if kind is allow_failure:
+            return _walk(value.value, visit_allowed, depth)
+        return _DESCEND
+
+    def visit_allowed(value: Any, depth: int) -> Any:
+        return visit(value, depth, True)
+
+    return _walk(obj, visit, depth)
 
 
 @final
@@ -261,63 +268,16 @@ def fill_upstreams(obj: Any, values: tuple[Any, ...], depth: int = 0) -> Any:
     """
     from baton._states import State
 
-    kind = type(obj)
-    if kind in _ATOMIC:
-        return obj
-    if kind is Upstream:
-        value = values[obj.index]
+    def visit(placeholder: Any, depth: int) -> Any:
+        if type(placeholder) is not Upstream:
+            return _DESCEND
+        value = values[placeholder.index]
         if isinstance(value, State):
             if value.is_completed():
                 return value.result()
-            if obj.allowed:
+            if placeholder.allowed:
                 return value.result(raise_on_failure=False)
-            raise UpstreamNotCompleted(obj, value)
+            raise UpstreamNotCompleted(placeholder, value)
         return value
-    if depth > _MAX_DEPTH:
-        return obj
-    depth += 1
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        items = [fill_upstreams(item, values, depth) for item in obj]
-        if all(a is b for a, b in zip(items, obj, strict=False)):
-            return obj
-        if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-            return kind(*items)
-        return kind(items)
-    if isinstance(obj, dict):
-        # Keys too: `to_portable` puts placeholders wherever `resolve` finds futures.
-        pairs = [
-            (fill_upstreams(k, values, depth), fill_upstreams(v, values, depth))
-            for k, v in obj.items()
-        ]
-        if all(
-            k1 is k2 and v1 is v2 for (k1, v1), (k2, v2) in zip(pairs, obj.items(), strict=False)
-        ):
-            return obj
-        new = copy.copy(obj)
-        new.clear()
-        new.update(pairs)
-        return new
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        updates = {}
-        for field in dataclasses.fields(obj):
-            value = getattr(obj, field.name, _MISSING)
-            if value is not _MISSING:
-                filled = fill_upstreams(value, values, depth)
-                if filled is not value:
-                    updates[field.name] = filled
-        if not updates:
-            return obj
-        new = copy.copy(obj)  # type: ignore[arg-type]
-        for name, value in updates.items():
-            object.__setattr__(new, name, value)
-        return new
-    if _is_model(obj):
-        changes = {}
-        for name in type(obj).__pydantic_fields__:
-            value = getattr(obj, name, _MISSING)
-            if value is not _MISSING:
-                filled = fill_upstreams(value, values, depth)
-                if filled is not value:
-                    changes[name] = filled
-        return obj.model_copy(update=changes) if changes else obj
-    return obj
+
+    return _walk(obj, visit, depth)
