@@ -172,3 +172,18 @@ def test_a_returned_non_final_state_fails_the_run() -> None:
     state = pending(return_state=True)
     assert state.is_failed()
     assert "PENDING" in state.message or "Pending" in state.message
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_state_passed_as_an_argument_is_resolved_to_its_result(runner: str) -> None:
+    @flow(task_runner=runner)
+    def states() -> Any:
+        done = inc(1, return_state=True)
+        failed = boom(return_state=True)
+        submitted = inc.submit([done][0]).result()
+        called = ident({"x": done})
+        downstream = inc.submit(failed).state
+        allowed = ident.submit(allow_failure(failed)).result()
+        return submitted, called, downstream.name, type(allowed)
+
+    assert states() == (3, {"x": 2}, "UpstreamFailed", ValueError)

@@ -171,9 +171,19 @@ def _future_list() -> type:
     return FutureList
 
 
-def collect_futures(obj: Any, found: list[Future[Any]], depth: int = 0) -> None:
-    """Append every future reachable in `obj` to `found` (`allow_failure` ones too)."""
+def collect_futures(
+    obj: Any,
+    found: list[Future[Any]],
+    depth: int = 0,
+    state_as_future: Callable[[Any], Future[Any]] | None = None,
+) -> Any:
+    """Append every future reachable in `obj` to `found` (`allow_failure` ones too).
+
+    With `state_as_future`, each `State` in `obj` is replaced by the future it makes
+    (and collected): `obj` is returned with those replacements.
+    """
     from baton._futures import Future
+    from baton._states import State
 
     def visit(value: Any, depth: int) -> Any:
         kind = type(value)
@@ -183,11 +193,15 @@ def collect_futures(obj: Any, found: list[Future[Any]], depth: int = 0) -> None:
             found.append(value)
             return value
         if kind is allow_failure:
-            _walk(value.value, visit, depth)
-            return value
+            inner = _walk(value.value, visit, depth)
+            return value if inner is value.value else allow_failure(inner)
+        if kind is State and state_as_future is not None:
+            future = state_as_future(value)
+            found.append(future)
+            return future
         return _DESCEND
 
-    _walk(obj, visit, depth)
+    return _walk(obj, visit, depth)
 
 
 def resolve(obj: Any, result_of: Callable[[Future[Any], bool], Any], depth: int = 0) -> Any:

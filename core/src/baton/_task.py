@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import logging
 import re
 import string
@@ -17,12 +18,13 @@ from baton._errors import InvalidOptionsError
 from baton._futures import Future, FutureList
 from baton._resolve import _ATOMIC, collect_futures
 from baton._scope import current_scope
-from baton._states import StateType
+from baton._states import State, StateType
 from baton._taskrun import TaskRun
 
 if TYPE_CHECKING:
     from baton._map import LazyMap
     from baton._options import TaskOptions
+    from baton._scope import RunScope
 
 __all__ = ["Task", "exponential_backoff", "task"]
 
@@ -191,12 +193,18 @@ class Task(Generic[P, R]):
         self, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: tuple[Any, ...]
     ) -> tuple[TaskRun, list[Future[Any]]]:
         upstreams: list[Future[Any]] = []
-        for value in args:
+        # A State among the arguments (a `return_state=True` result) stands for its
+        # run: it becomes a future settled in that state.
+        for index, value in enumerate(args):
             if type(value) not in _ATOMIC:
-                collect_futures(value, upstreams)
-        for value in kwargs.values():
+                found = collect_futures(value, upstreams, 0, _state_as_future)
+                if found is not value:
+                    args = (*args[:index], found, *args[index + 1 :])
+        for name, value in kwargs.items():
             if type(value) not in _ATOMIC:
-                collect_futures(value, upstreams)
+                found = collect_futures(value, upstreams, 0, _state_as_future)
+                if found is not value:
+                    kwargs[name] = found
         if wait_for:
             collect_futures(wait_for, upstreams)
         return TaskRun(self, args, kwargs, current_scope(), wait_for), upstreams
@@ -251,6 +259,33 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Task {self.name!r}>"
+
+
+_state_argument_ids = itertools.count(-1, -1)
+
+
+class _StateArgument:
+    """The run behind a `State` passed as an argument: it ended before this call."""
+
+    __slots__ = ("id", "name", "scope")
+
+    def __init__(self, scope: RunScope) -> None:
+        self.id = next(_state_argument_ids)  # never the id of a real run
+        self.name = "state-argument"
+        self.scope = scope
+
+
+def _state_as_future(state: State) -> Future[Any]:
+    """A future already final in `state`, so the run receives the state's result (or,
+    if it did not complete, ends UpstreamFailed) like for any upstream future."""
+    if not state.is_final():
+        raise TypeError(
+            f"A task received the non-final state {state!r} as an argument; pass a final "
+            "state (from return_state=True), or the future itself to wait for its run."
+        )
+    future: Future[Any] = Future(_StateArgument(current_scope()))  # type: ignore[arg-type]
+    future._state = state
+    return future
 
 
 def _direct_result(future: Future[Any]) -> Any:
