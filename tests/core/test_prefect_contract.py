@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from baton import State, StateType, allow_failure, flow, task
+from baton import InvalidOptionsError, State, StateType, allow_failure, flow, task
 
 RUNNERS = ["thread", "sync", "process"]
 
@@ -187,3 +187,13 @@ def test_a_state_passed_as_an_argument_is_resolved_to_its_result(runner: str) ->
         return submitted, called, downstream.name, type(allowed)
 
     assert states() == (3, {"x": 2}, "UpstreamFailed", ValueError)
+
+
+@pytest.mark.parametrize("name", ["wait_for", "return_state"])
+def test_a_parameter_with_a_reserved_name_is_rejected_at_decoration(name: str) -> None:
+    namespace: dict[str, Any] = {}
+    exec(f"def fn(x, {name}=None): return x", namespace)
+    with pytest.raises(InvalidOptionsError, match=f"parameter '{name}'.*Rename"):
+        task(namespace["fn"])
+    with pytest.raises(InvalidOptionsError, match=f"parameter '{name}'.*Rename"):
+        flow(namespace["fn"])

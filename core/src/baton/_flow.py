@@ -71,6 +71,9 @@ class Flow(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         self.task_runner = options.task_runner
         self._signature = inspect.signature(fn)
+        from baton._task import check_reserved_parameters
+
+        check_reserved_parameters(self._signature, f"flow {self.name!r}")
         functools.update_wrapper(self, fn)
 
     def with_options(self, **changes: Any) -> Flow[P, R]:

@@ -50,6 +50,7 @@ class Task(Generic[P, R]):
         self.name: str = options.name or str(getattr(fn, "__name__", type(fn).__name__))
         self.is_async = inspect.iscoroutinefunction(fn)
         self._signature = inspect.signature(fn)
+        check_reserved_parameters(self._signature, f"task {self.name!r}")
         self._fast_arity = _fast_arity(self._signature)
         self._check_run_name()
         functools.update_wrapper(self, fn)
@@ -286,6 +287,21 @@ def _state_as_future(state: State) -> Future[Any]:
     future: Future[Any] = Future(_StateArgument(current_scope()))  # type: ignore[arg-type]
     future._state = state
     return future
+
+
+RESERVED_PARAMETERS = ("wait_for", "return_state")
+
+
+def check_reserved_parameters(signature: inspect.Signature, owner: str) -> None:
+    """Reject a function whose parameters take a name that calls reserve for Baton."""
+    for name in RESERVED_PARAMETERS:
+        param = signature.parameters.get(name)
+        if param is not None and param.kind is not param.VAR_KEYWORD:
+            raise InvalidOptionsError(
+                f"Invalid function for {owner}: its parameter {name!r} could never be "
+                f"passed, because {name}= is an option of every call (as are "
+                f"{', '.join(RESERVED_PARAMETERS)}). Rename the parameter."
+            )
 
 
 def _direct_result(future: Future[Any]) -> Any:
