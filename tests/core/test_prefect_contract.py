@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from baton import InvalidOptionsError, State, StateType, allow_failure, flow, task
+from baton import InvalidOptionsError, State, StateType, allow_failure, flow, quote, task
 
 RUNNERS = ["thread", "sync", "process"]
 
@@ -197,3 +197,19 @@ def test_a_parameter_with_a_reserved_name_is_rejected_at_decoration(name: str) -
         task(namespace["fn"])
     with pytest.raises(InvalidOptionsError, match=f"parameter '{name}'.*Rename"):
         flow(namespace["fn"])
+
+
+def test_quote_unquote_gives_the_value_back() -> None:
+    value = [1, 2]
+    assert quote(value).unquote() is value
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_flow_returning_a_quote_returns_the_quote(runner: str) -> None:
+    @flow(task_runner=runner)
+    def quoted() -> Any:
+        return quote(inc.submit(1)), [quote("x")]
+
+    whole, listed = quoted()
+    assert type(whole) is quote and whole.unquote().result() == 2
+    assert listed == [quote("x")]

@@ -184,7 +184,7 @@ class Flow(Generic[P, R]):
             scope.wait_all()
             return value
         try:
-            value = resolve(value, _returned_result)
+            value = resolve(value, _returned_result, keep_quotes=True)
         except Exception as exc:
             scope.wait_all()
             return State.failed(exc, f"The flow returned a task run that failed: {exc}")

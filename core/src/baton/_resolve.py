@@ -78,7 +78,17 @@ class quote(_Annotation[T]):
     """Pass a value to a task exactly as it is: not scanned for futures, not mapped over.
 
     Use it for large inputs whose scan would cost time, or to pass a future itself.
+    A flow that returns a quote returns the quote object itself (as Prefect does);
+    `.unquote()` gives the value back.
+
+    >>> from baton import quote
+    >>> quote([1, 2]).unquote()
+    [1, 2]
     """
+
+    def unquote(self) -> T:
+        """The quoted value."""
+        return self.value
 
 
 @final
@@ -204,18 +214,25 @@ def collect_futures(
     return _walk(obj, visit, depth)
 
 
-def resolve(obj: Any, result_of: Callable[[Future[Any], bool], Any], depth: int = 0) -> Any:
+def resolve(
+    obj: Any,
+    result_of: Callable[[Future[Any], bool], Any],
+    depth: int = 0,
+    *,
+    keep_quotes: bool = False,
+) -> Any:
     """Return `obj` with every future replaced by `result_of(future, allow_failed)`.
 
     Containers are rebuilt only where they held a future; everything else is
-    passed through as the same object. `quote` is unwrapped, untraversed.
+    passed through as the same object. `quote` is unwrapped (kept with
+    `keep_quotes`), untraversed.
     """
     from baton._futures import Future
 
     def visit(value: Any, depth: int, allowed: bool = False) -> Any:
         kind = type(value)
         if kind is quote:
-            return value.value
+            return value if keep_quotes else value.value
         if isinstance(value, Future):
             return result_of(value, allowed)
         if kind is allow_failure:
