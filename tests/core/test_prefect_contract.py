@@ -5,7 +5,18 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from baton import InvalidOptionsError, State, StateType, allow_failure, flow, quote, task
+from baton import (
+    Future,
+    InvalidOptionsError,
+    State,
+    StateType,
+    allow_failure,
+    current_task_run,
+    flow,
+    quote,
+    tags,
+    task,
+)
 
 RUNNERS = ["thread", "sync", "process"]
 
@@ -213,3 +224,46 @@ def test_a_flow_returning_a_quote_returns_the_quote(runner: str) -> None:
     whole, listed = quoted()
     assert type(whole) is quote and whole.unquote().result() == 2
     assert listed == [quote("x")]
+
+
+@task(tags={"own"})
+def my_tags() -> list[str] | None:
+    run = current_task_run()  # a direct call runs here, on every runner
+    return sorted(run.task.options.tags) if run is not None else None
+
+
+def tags_of_run(future: Future[Any]) -> list[str]:
+    future.result()
+    return sorted(future.task_run.task.options.tags)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_tags_are_added_to_every_run_submitted_inside(runner: str) -> None:
+    @flow(task_runner=runner)
+    def tagged() -> Any:
+        with tags("a", "b"):
+            called = my_tags()
+            submitted = my_tags.submit()
+            with tags("c"):
+                nested = my_tags.submit()
+        outside = my_tags()
+        return called, tags_of_run(submitted), tags_of_run(nested), outside
+
+    called, submitted, nested, outside = tagged()
+    assert called == submitted == ["a", "b", "own"]
+    assert nested == ["a", "b", "c", "own"]
+    assert outside == ["own"]
+
+
+@task(tags={"own"})
+def tags_of(x: Any) -> Any:
+    return x
+
+
+def test_tags_reach_mapped_runs() -> None:
+    @flow(task_runner="thread")
+    def mapped() -> Any:
+        with tags("m"):
+            return [tags_of_run(f) for f in tags_of.map([1, 2])]
+
+    assert mapped() == [["m", "own"], ["m", "own"]]

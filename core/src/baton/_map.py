@@ -12,6 +12,7 @@ from baton._errors import MappingError
 from baton._futures import DoneAndNotDone, Future, FutureList, wait
 from baton._resolve import _ATOMIC, allow_failure, collect_futures, quote, unmapped
 from baton._scope import current_scope
+from baton._tags import tagged
 from baton._taskrun import TaskRun
 
 if TYPE_CHECKING:
@@ -179,6 +180,7 @@ def map_task(
             f"{task.name}.map(): max_in_flight must be a whole number >= 1, got {max_in_flight!r}"
         )
     plan = _CallPlan(task, args, kwargs)
+    plan.task = tagged(task)
     scope = current_scope()
     wait_upstreams: list[Future[Any]] = []
     if wait_for:

@@ -19,6 +19,7 @@ from baton._futures import Future, FutureList
 from baton._resolve import _ATOMIC, collect_futures
 from baton._scope import current_scope
 from baton._states import State, StateType
+from baton._tags import tagged
 from baton._taskrun import TaskRun
 
 if TYPE_CHECKING:
@@ -208,7 +209,7 @@ class Task(Generic[P, R]):
                     kwargs[name] = found
         if wait_for:
             collect_futures(wait_for, upstreams)
-        return TaskRun(self, args, kwargs, current_scope(), wait_for), upstreams
+        return TaskRun(tagged(self), args, kwargs, current_scope(), wait_for), upstreams
 
     def map(self, *args: Any, **kwargs: Any) -> FutureList[R] | LazyMap[R]:
         """Submit one run per item of the iterable arguments; non-iterables, strings,
