@@ -267,3 +267,44 @@ def test_tags_reach_mapped_runs() -> None:
             return [tags_of_run(f) for f in tags_of.map([1, 2])]
 
     assert mapped() == [["m", "own"], ["m", "own"]]
+
+
+class Scaler:
+    factor = 10
+
+    def __init__(self, offset: int) -> None:
+        self.offset = offset
+
+    @task
+    def shift(self, x: int) -> int:
+        return x + self.offset
+
+    @task
+    @classmethod
+    def scale(cls, x: int) -> int:
+        return x * cls.factor
+
+    @task
+    @staticmethod
+    def negate(x: int) -> int:
+        return -x
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_method_tasks_support_call_submit_and_map(runner: str) -> None:
+    @flow(task_runner=runner)
+    def methods() -> Any:
+        scaler = Scaler(1)
+        return (
+            scaler.shift(1),
+            scaler.shift.submit(2).result(),
+            scaler.shift.map([3, 4]).result(),
+            Scaler.scale(1),
+            scaler.scale.submit(2).result(),
+            Scaler.scale.map([3]).result(),
+            scaler.negate(1),
+            Scaler.negate.submit(2).result(),
+            scaler.negate.map([3]).result(),
+        )
+
+    assert methods() == (2, 3, [4, 5], 10, 20, [30], -1, -2, [-3])

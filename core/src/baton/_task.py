@@ -9,6 +9,7 @@ import logging
 import re
 import string
 import sys
+import types
 from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
@@ -44,6 +45,12 @@ class Task(Generic[P, R]):
     """
 
     def __init__(self, fn: Callable[P, R], options: TaskOptions) -> None:
+        # `@task` over `@classmethod` / `@staticmethod`: bind like the method it wraps.
+        self._original: Any = fn
+        self._binding = ""
+        if isinstance(fn, (classmethod, staticmethod)):
+            self._binding = "class" if isinstance(fn, classmethod) else "static"
+            fn = fn.__func__
         if not callable(fn):
             raise TypeError(f"@task needs a function, got {fn!r}")
         self.fn = fn
@@ -72,7 +79,7 @@ class Task(Generic[P, R]):
         values = self.options.model_dump(exclude_unset=True)
         values.update(changes)
         options = validate_options(TaskOptions, f"task {self.name!r}", values)
-        return Task(self.fn, options)
+        return Task(self._original, options)
 
     def _check_run_name(self) -> None:
         template = self.options.task_run_name
@@ -229,9 +236,17 @@ class Task(Generic[P, R]):
     # -- plumbing -----------------------------------------------------------------
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:
-        if instance is None:
+        # A task in a class binds like the function it wraps, and the bound task is a
+        # task too: `obj.method.submit(...)` and `.map(...)` work.
+        if self._binding == "static":
             return self
-        return functools.partial(self, instance)
+        if self._binding == "class":
+            target: object = owner if owner is not None else type(instance)
+        elif instance is None:
+            return self
+        else:
+            target = instance
+        return Task(types.MethodType(self.fn, target), self.options)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A task defined at module level travels by reference (its module and name),
@@ -248,7 +263,7 @@ class Task(Generic[P, R]):
                 found = None
             if found is self:
                 return (_task_by_reference, (module, qualname))
-        return (_task_by_value, (self.fn, self.options))
+        return (_task_by_value, (self._original, self.options))
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
