@@ -46,11 +46,12 @@ class Task(Generic[P, R]):
 
     def __init__(self, fn: Callable[P, R], options: TaskOptions) -> None:
         # `@task` over `@classmethod` / `@staticmethod`: bind like the method it wraps.
-        self._original: Any = fn
+        original: Any = fn
+        self._original = original
         self._binding = ""
-        if isinstance(fn, (classmethod, staticmethod)):
-            self._binding = "class" if isinstance(fn, classmethod) else "static"
-            fn = fn.__func__
+        if isinstance(original, (classmethod, staticmethod)):
+            self._binding = "class" if isinstance(original, classmethod) else "static"
+            fn = original.__func__
         if not callable(fn):
             raise TypeError(f"@task needs a function, got {fn!r}")
         self.fn = fn
