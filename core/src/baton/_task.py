@@ -11,7 +11,7 @@ import string
 import sys
 import types
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from typing_extensions import ParamSpec
 
@@ -51,7 +51,7 @@ class Task(Generic[P, R]):
         self._binding = ""
         if isinstance(original, (classmethod, staticmethod)):
             self._binding = "class" if isinstance(original, classmethod) else "static"
-            fn = original.__func__
+            fn = cast("Callable[P, R]", original.__func__)
         if not callable(fn):
             raise TypeError(f"@task needs a function, got {fn!r}")
         self.fn = fn
