@@ -308,3 +308,38 @@ def test_method_tasks_support_call_submit_and_map(runner: str) -> None:
         )
 
     assert methods() == (2, 3, [4, 5], 10, 20, [30], -1, -2, [-3])
+
+
+@task
+def countdown(n: int) -> Any:
+    for i in range(n, 0, -1):
+        yield i
+
+
+@task
+async def acountdown(n: int) -> Any:
+    for i in range(n, 0, -1):
+        yield i
+
+
+@task
+def fails_midway() -> Any:
+    yield 1
+    raise ValueError("midway")
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_generator_tasks_run_their_body_inside_the_run(runner: str) -> None:
+    @flow(task_runner=runner)
+    def generators() -> Any:
+        failed = fails_midway.submit()
+        failed.wait()
+        return (
+            countdown(3),
+            countdown.submit(2).result(),
+            acountdown.submit(2).result(),
+            countdown.map([1, 2]).result(),
+            failed.state.is_failed(),
+        )
+
+    assert generators() == ([3, 2, 1], [2, 1], [2, 1], [[1], [2, 1]], True)

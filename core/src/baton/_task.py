@@ -10,7 +10,7 @@ import re
 import string
 import sys
 import types
-from collections.abc import Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from typing_extensions import ParamSpec
@@ -54,6 +54,7 @@ class Task(Generic[P, R]):
             fn = cast("Callable[P, R]", original.__func__)
         if not callable(fn):
             raise TypeError(f"@task needs a function, got {fn!r}")
+        fn = _collecting_generator(fn)
         self.fn = fn
         self.options = options
         self.name: str = options.name or str(getattr(fn, "__name__", type(fn).__name__))
@@ -304,6 +305,28 @@ def _state_as_future(state: State) -> Future[Any]:
     future: Future[Any] = Future(_StateArgument(current_scope()))  # type: ignore[arg-type]
     future._state = state
     return future
+
+
+def _collecting_generator(fn: Callable[P, R]) -> Callable[P, R]:
+    """A generator function (sync or async) as a function whose result is the list of
+    what it yields, so that its body runs inside the run, as in Prefect 3."""
+    if inspect.isgeneratorfunction(fn):
+        generator = cast("Callable[..., Iterable[Any]]", fn)
+
+        @functools.wraps(fn)
+        def collect(*args: Any, **kwargs: Any) -> Any:
+            return list(generator(*args, **kwargs))
+
+        return collect
+    if inspect.isasyncgenfunction(fn):
+        agenerator = cast("Callable[..., AsyncIterable[Any]]", fn)
+
+        @functools.wraps(fn)
+        async def collect_async(*args: Any, **kwargs: Any) -> Any:
+            return [item async for item in agenerator(*args, **kwargs)]
+
+        return cast("Callable[P, R]", collect_async)
+    return fn
 
 
 RESERVED_PARAMETERS = ("wait_for", "return_state")
