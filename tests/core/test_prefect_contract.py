@@ -343,3 +343,40 @@ def test_generator_tasks_run_their_body_inside_the_run(runner: str) -> None:
         )
 
     assert generators() == ([3, 2, 1], [2, 1], [2, 1], [[1], [2, 1]], True)
+
+
+@task
+def returns_a_future(x: int) -> Any:
+    return inc.submit(x)
+
+
+@task
+def returns_a_failing_future() -> Any:
+    return boom.submit()
+
+
+@task
+async def async_returns_futures(x: int) -> Any:
+    return inc.map([x, x + 1])
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_returned_future_is_resolved_before_the_run_ends(runner: str) -> None:
+    @flow(task_runner=runner)
+    def returned() -> Any:
+        failing = returns_a_failing_future.submit()
+        failing.wait()
+        error = failing.state.error
+        return returns_a_future(1), returns_a_future.submit(2).result(), type(error)
+
+    assert returned() == (2, 3, ValueError)
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_an_async_task_returning_futures_gets_their_results(runner: str) -> None:
+    @flow(task_runner=runner)
+    def returned() -> Any:
+        value = async_returns_futures.submit(1).result()
+        return type(value).__name__, value
+
+    assert returned() == ("list", [2, 3])

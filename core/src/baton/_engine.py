@@ -177,7 +177,15 @@ class _ReturnedState(Exception):
 
 def _adopt(value: Any) -> State:
     """The state of an attempt that returned `value`: a returned `State` is adopted (a
-    failed one counts as a failure, for retries too), anything else is the result."""
+    failed one counts as a failure, for retries too), a returned `Future` is waited
+    for and stands for its result (its failure is this attempt's), anything else is
+    the result."""
+    from baton._futures import Future, FutureList
+
+    if isinstance(value, Future):
+        return _adopt(value.result())
+    if type(value) is FutureList:
+        return _adopt(value.result())
     if not isinstance(value, State):
         return State.completed(value)
     if value.type is StateType.COMPLETED:
@@ -192,6 +200,17 @@ def _adopt(value: Any) -> State:
             )
         )
     )
+
+
+async def _awaited(value: Any) -> Any:
+    """A returned future awaited without blocking the event loop (see `_adopt`)."""
+    from baton._futures import Future, FutureList
+
+    if isinstance(value, Future):
+        return await _awaited(await value)
+    if type(value) is FutureList:
+        return [await future for future in value]
+    return value
 
 
 def _final_state(exc: BaseException, run: RunInfo) -> State:
@@ -335,7 +354,7 @@ async def run_async(
                     value = await asyncio.wait_for(task.fn(*args, **kwargs), timeout)
                 except asyncio.TimeoutError:
                     raise _timeout_error(run, timeout) from None
-            state = _adopt(value)
+            state = _adopt(await _awaited(value))
         except asyncio.CancelledError as exc:
             state = State.cancelled(f"Task run {run.name!r} was cancelled while running.")
             if asyncio.current_task() is not None and _being_cancelled():
