@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import concurrent.futures
+import threading
 from typing import Any
 
 import pytest
 from baton import (
+    FlowRunFailed,
     Future,
     InvalidOptionsError,
     State,
@@ -380,3 +383,40 @@ def test_an_async_task_returning_futures_gets_their_results(runner: str) -> None
         return type(value).__name__, value
 
     assert returned() == ("list", [2, 3])
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_runs_submitted_from_a_users_thread_belong_to_the_running_flow(runner: str) -> None:
+    @flow(task_runner=runner)
+    def pooled() -> Any:
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            value = pool.submit(lambda: inc.submit(1).result()).result()
+            pool.submit(boom.submit).result()  # unhandled: must fail this flow
+        return value
+
+    state = pooled(return_state=True)
+    assert state.is_failed()
+    assert isinstance(state.error, FlowRunFailed)
+    assert "boom" in str(state.error)
+
+
+def test_runs_submitted_from_a_users_thread_while_two_flows_run_is_an_error() -> None:
+    both_running = threading.Barrier(3)
+    release = threading.Event()
+
+    @flow(task_runner="thread")
+    def waiting() -> None:
+        both_running.wait()
+        release.wait()
+
+    flows = [threading.Thread(target=waiting) for _ in range(2)]
+    for thread in flows:
+        thread.start()
+    both_running.wait()  # both flows are inside their function now
+    try:
+        with pytest.raises(RuntimeError, match=r"contextvars\.copy_context\(\)\.run"):
+            inc.submit(1)  # this thread belongs to neither flow
+    finally:
+        release.set()
+        for thread in flows:
+            thread.join()

@@ -16,7 +16,7 @@ from baton._errors import FlowRunFailed
 from baton._futures import Future, wait
 from baton._interrupts import redeliver_swallowed_interrupts
 from baton._resolve import resolve
-from baton._scope import RunScope
+from baton._scope import RunScope, flow_ended, flow_started
 from baton._states import State
 
 if TYPE_CHECKING:
@@ -228,6 +228,7 @@ class Flow(Generic[P, R]):
         if wait_for:
             wait(_futures_in(wait_for))
         flow_run, scope, owned, pm = self._begin(parameters)
+        flow_started(scope)  # before entering it: records the scope it starts in
         token = scope.enter()
         try:
             with redeliver_swallowed_interrupts():
@@ -246,6 +247,7 @@ class Flow(Generic[P, R]):
             self._finish(flow_run, scope, owned, pm, self._interrupted(flow_run, scope, exc), True)
             raise
         finally:
+            flow_ended(scope)
             scope.exit(token)
         self._finish(flow_run, scope, owned, pm, state, False)
         return state if return_state else state.result()
@@ -267,6 +269,7 @@ class Flow(Generic[P, R]):
                 except Exception:
                     pass  # its state decides below
         flow_run, scope, owned, pm = self._begin(parameters)
+        flow_started(scope)  # before entering it: records the scope it starts in
         token = scope.enter()
         loop = asyncio.get_running_loop()
         try:
@@ -285,6 +288,7 @@ class Flow(Generic[P, R]):
             self._finish(flow_run, scope, owned, pm, self._interrupted(flow_run, scope, exc), True)
             raise
         finally:
+            flow_ended(scope)
             scope.exit(token)
         self._finish(flow_run, scope, owned, pm, state, False)
         return state if return_state else state.result()
