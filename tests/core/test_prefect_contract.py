@@ -420,3 +420,15 @@ def test_runs_submitted_from_a_users_thread_while_two_flows_run_is_an_error() ->
         release.set()
         for thread in flows:
             thread.join()
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_returned_completed_state_does_not_hide_an_unhandled_failure(runner: str) -> None:
+    @flow(task_runner=runner)
+    def hides() -> State:
+        boom.submit()
+        return State.completed("fine")
+
+    state = hides(return_state=True)
+    assert state.is_failed()
+    assert isinstance(state.error, FlowRunFailed)

@@ -182,24 +182,29 @@ class Flow(Generic[P, R]):
             return self._failed(scope, exc)
         if isinstance(value, State):
             scope.wait_all()
-            return value
+            # A returned Completed state does not hide an unhandled failure.
+            return (self._unhandled(scope) or value) if value.is_completed() else value
         try:
             value = resolve(value, _returned_result, keep_quotes=True)
         except Exception as exc:
             scope.wait_all()
             return State.failed(exc, f"The flow returned a task run that failed: {exc}")
         scope.wait_all()
+        return self._unhandled(scope) or State.completed(value)
+
+    @staticmethod
+    def _unhandled(scope: RunScope) -> State | None:
+        """The failed state of a flow whose task runs failed unhandled, if any did."""
         unhandled = scope.unobserved_failures()
-        if unhandled:
-            error = FlowRunFailed(
-                f"{len(unhandled)} task run(s) failed and nothing in the flow handled them: "
-                f"{scope.name_runs(unhandled)}. Call .result(), read .state or use wait() on "
-                "a future to handle its failure in the flow."
-            )
-            first = unhandled[0]._state.error
-            error.__cause__ = first
-            return State.failed(error)
-        return State.completed(value)
+        if not unhandled:
+            return None
+        error = FlowRunFailed(
+            f"{len(unhandled)} task run(s) failed and nothing in the flow handled them: "
+            f"{scope.name_runs(unhandled)}. Call .result(), read .state or use wait() on "
+            "a future to handle its failure in the flow."
+        )
+        error.__cause__ = unhandled[0]._state.error
+        return State.failed(error)
 
     def _failed(self, scope: RunScope, exc: Exception) -> State:
         """The flow's function raised: cancel what has not started, let the rest end."""
