@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import io
+import logging
 import threading
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
@@ -22,6 +23,7 @@ if TYPE_CHECKING:
 __all__ = ["LazyMap", "map_task"]
 
 R = TypeVar("R")
+logger = logging.getLogger("baton")
 
 _STATIC_TYPES = (str, bytes, bytearray, memoryview, io.IOBase, dict)
 
@@ -228,7 +230,9 @@ class LazyMap(Generic[R]):
     At most `max_in_flight` runs are unfinished at any time, so mapping over a
     generator of millions of items keeps memory flat. Iterate it to get the
     futures in input order; `.result()` collects every result in a list (which
-    holds them all); whatever nobody consumes is run to its end when the flow ends.
+    holds them all). When the flow ends, a map nobody iterated is run to its end; a
+    map that was iterated and then left stops feeding runs (what it submitted still
+    runs), so a map over an endless input does not keep the flow from returning.
     """
 
     def __init__(
@@ -249,6 +253,7 @@ class LazyMap(Generic[R]):
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._lock = threading.RLock()
         self._exhausted = False
+        self._read = False
         self._error: Exception | None = None
         self.submitted = 0
 
@@ -301,6 +306,7 @@ class LazyMap(Generic[R]):
 
     def __next__(self) -> Future[R]:
         with self._lock:
+            self._read = True
             if not self._ahead:
                 error, self._error = self._error, None
                 if error is not None:
@@ -317,8 +323,22 @@ class LazyMap(Generic[R]):
             return future
 
     def drain(self) -> None:
-        """Submit everything left and drop the futures (the flow still tracks failures)."""
+        """At the end of the flow: a map nobody read submits everything left (and drops
+        the futures; the flow still tracks failures); a map that was read and then left
+        stops where its reader stopped, so an endless input does not keep the flow."""
         with self._lock:
+            if self._read and not self._exhausted:
+                self.close()
+                logger.info(
+                    "%s.map(): the flow ended while %d run(s) had been submitted and nothing "
+                    "read the map further; the rest of its input is not submitted.",
+                    self._plan.task.name,
+                    self.submitted,
+                )
+                error, self._error = self._error, None
+                if error is not None:
+                    raise error
+                return
             while self._submit_next():
                 self._ahead.clear()
             self._ahead.clear()
