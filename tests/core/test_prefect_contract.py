@@ -315,8 +315,7 @@ def test_method_tasks_support_call_submit_and_map(runner: str) -> None:
 
 @task
 def countdown(n: int) -> Any:
-    for i in range(n, 0, -1):
-        yield i
+    yield from range(n, 0, -1)
 
 
 @task
