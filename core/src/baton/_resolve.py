@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
 if TYPE_CHECKING:
@@ -111,7 +111,7 @@ _MISSING = object()
 Visit = Callable[[Any, int], Any]
 
 
-def _walk(obj: Any, visit: Visit, depth: int = 0) -> Any:
+def _walk(obj: Any, visit: Visit, depth: int = 0, rebuild: bool = True) -> Any:
     """The one walk over task arguments: `obj` with `visit(value, depth)` applied to
     every value reachable in it (itself first), which returns a replacement or
     `_DESCEND` to look inside containers: lists, tuples, sets, dicts (keys too),
@@ -119,7 +119,8 @@ def _walk(obj: Any, visit: Visit, depth: int = 0) -> Any:
 
     Containers are rebuilt only where something inside was replaced; everything else
     is passed through as the same object. Deeper than `_MAX_DEPTH`, or in a container
-    that holds itself, values are passed on as they are.
+    that holds itself, values are passed on as they are. With `rebuild=False` (a
+    visitor that only looks) nothing is rebuilt and `obj` is returned.
     """
     kind = type(obj)
     if kind in _ATOMIC:
@@ -130,6 +131,11 @@ def _walk(obj: Any, visit: Visit, depth: int = 0) -> Any:
     if depth > _MAX_DEPTH:
         return obj
     depth += 1
+    if not rebuild:
+        for child in _children(obj):
+            if type(child) not in _ATOMIC:
+                _walk(child, visit, depth, False)
+        return obj
     if isinstance(obj, (list, tuple, set, frozenset)):
         items = [item if type(item) in _ATOMIC else _walk(item, visit, depth) for item in obj]
         if kind is _future_list():  # its results are no longer futures: a plain list
@@ -175,6 +181,20 @@ def _walk(obj: Any, visit: Visit, depth: int = 0) -> Any:
     return obj
 
 
+def _children(obj: Any) -> Iterable[Any]:
+    """What `_walk` looks inside, in the same order, for a walk that rebuilds nothing."""
+    kind = type(obj)
+    if kind is list or kind is tuple or isinstance(obj, (list, tuple, set, frozenset)):
+        return obj  # type: ignore[no-any-return]
+    if isinstance(obj, dict):
+        return [part for pair in obj.items() for part in pair]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [getattr(obj, field.name, None) for field in dataclasses.fields(obj)]
+    if _is_model(obj):
+        return [getattr(obj, name, None) for name in type(obj).__pydantic_fields__]
+    return ()
+
+
 def _future_list() -> type:
     from baton._futures import FutureList
 
@@ -195,23 +215,37 @@ def collect_futures(
     from baton._futures import Future
     from baton._states import State
 
+    states: list[State] = []
+    collected: list[Future[Any]] = []
+
     def visit(value: Any, depth: int) -> Any:
         kind = type(value)
         if kind is quote:
             return value
         if isinstance(value, Future):
-            found.append(value)
+            collected.append(value)
             return value
         if kind is allow_failure:
-            inner = _walk(value.value, visit, depth)
+            inner = _walk(value.value, visit, depth, rebuild)
             return value if inner is value.value else allow_failure(inner)
         if kind is State and state_as_future is not None:
+            if not rebuild:
+                states.append(value)
+                return value
             future = state_as_future(value)
-            found.append(future)
+            collected.append(future)
             return future
         return _DESCEND
 
-    return _walk(obj, visit, depth)
+    # Look first; rebuild only in the rare case of a State to replace.
+    rebuild = False
+    _walk(obj, visit, depth, rebuild)
+    if states:
+        collected.clear()
+        rebuild = True
+        obj = _walk(obj, visit, depth, rebuild)
+    found.extend(collected)
+    return obj
 
 
 def resolve(
