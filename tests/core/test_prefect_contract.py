@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import concurrent.futures
 import threading
 from typing import Any
@@ -431,3 +432,21 @@ def test_a_returned_completed_state_does_not_hide_an_unhandled_failure(runner: s
     state = hides(return_state=True)
     assert state.is_failed()
     assert isinstance(state.error, FlowRunFailed)
+
+
+def test_an_async_subflow_waits_for_the_futures_in_wait_for() -> None:
+    ran: list[str] = []
+
+    @flow
+    async def child() -> str:
+        ran.append("child")
+        return "done"
+
+    @flow(task_runner="thread")
+    async def parent() -> Any:
+        ok = await child(wait_for=[inc.submit(1)])
+        state = await child(wait_for=[boom.submit()], return_state=True)
+        return ok, state.name
+
+    assert asyncio.run(parent()) == ("done", "UpstreamFailed")
+    assert ran == ["child"]
