@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import re
 import threading
 from collections.abc import Iterator
@@ -307,7 +308,8 @@ def test_mismatched_lazy_iterables_partly_iterated_fail_the_flow() -> None:
     @flow(task_runner=ThreadRunner(max_workers=2))
     def body() -> int:
         lazy = add.map(iter(range(5)), iter(range(2)), max_in_flight=1)
-        return next(lazy).result()
+        next(lazy)  # submits the second run
+        return next(lazy).result()  # submitting the third finds y at its end
 
     state = body(return_state=True)
     assert state.is_failed()
@@ -468,7 +470,9 @@ def test_a_lazy_map_nobody_iterated_still_runs_to_the_end() -> None:
     assert probe.finished == 50
 
 
-def test_a_partly_iterated_lazy_map_still_runs_to_the_end() -> None:
+def test_a_partly_iterated_lazy_map_stops_when_the_flow_ends(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
     probe = ConcurrencyProbe()
 
     @task
@@ -482,8 +486,20 @@ def test_a_partly_iterated_lazy_map_still_runs_to_the_end() -> None:
         lazy = side_effect.map(iter(range(40)), max_in_flight=4)
         return [next(lazy).result() for _ in range(3)]
 
-    assert body() == [0, 1, 2]
-    assert probe.finished == 40
+    with caplog.at_level("INFO", logger="baton"):
+        assert body() == [0, 1, 2]
+    # The three read, and the four kept ahead of the reader: no more.
+    assert probe.finished == 7
+    assert "7 run(s) had been submitted and nothing read the map further" in caplog.text
+
+
+def test_a_lazy_map_over_an_endless_input_read_in_part_lets_the_flow_return() -> None:
+    @flow
+    def body() -> list[int]:
+        lazy = double.map(itertools.count(), max_in_flight=5)
+        return [next(lazy).result() for _ in range(5)]
+
+    assert body() == [0, 2, 4, 6, 8]
 
 
 def test_failures_in_a_lazy_map_nobody_iterated_fail_the_flow() -> None:

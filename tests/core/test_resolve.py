@@ -210,11 +210,12 @@ def test_quote_passes_a_future_untouched_and_does_not_wait_for_it() -> None:
 
     @task
     def receive(value: Any) -> Any:
-        return value
+        # A returned future would be waited for: quote it to hand it back as it is.
+        return quote(value)
 
     upstream = hold.submit(started, release, "held")
     try:
-        received = receive.submit(quote(upstream)).result(timeout=GATE_SECONDS)
+        received = receive.submit(quote(upstream)).result(timeout=GATE_SECONDS).unquote()
         assert received is upstream
         assert not upstream.done()
     finally:

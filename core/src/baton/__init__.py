@@ -39,6 +39,7 @@ from baton._plugins import (
 from baton._resolve import allow_failure, quote, unmapped
 from baton._runner import Capability, TaskRunner
 from baton._states import State, StateType
+from baton._tags import tags
 from baton._task import Task, exponential_backoff, task
 from baton._taskrun import TaskRun, current_task_run
 from baton.hookspecs import hookimpl
@@ -84,6 +85,7 @@ __all__ = [
     "list_plugins",
     "list_runners",
     "quote",
+    "tags",
     "task",
     "unmapped",
     "wait",

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from baton._attempts import Attempts, failure_state
 from baton._errors import TaskTimeoutError
-from baton._states import State
+from baton._states import State, StateType
 
 if TYPE_CHECKING:
     from baton._task import Task
@@ -109,6 +109,52 @@ def _call_with_timeout(
     raise value
 
 
+class _ReturnedState(Exception):
+    """A task returned a State that is not COMPLETED: it ends the attempt like a raise."""
+
+    def __init__(self, state: State) -> None:
+        super().__init__(state.message)
+        self.state = state
+
+
+def _adopt(value: Any) -> State:
+    """The state of an attempt that returned `value`: a returned `State` is adopted (a
+    failed one counts as a failure, for retries too), a returned `Future` is waited
+    for and stands for its result (its failure is this attempt's), anything else is
+    the result."""
+    from baton._futures import Future, FutureList
+
+    if isinstance(value, Future):
+        return _adopt(value.result())
+    if type(value) is FutureList:
+        return _adopt(value.result())
+    if not isinstance(value, State):
+        return State.completed(value)
+    if value.type is StateType.COMPLETED:
+        return value
+    if value.is_final():
+        raise _ReturnedState(value)
+    raise _ReturnedState(
+        State.failed(
+            TypeError(
+                f"The task returned the non-final state {value!r}; return a final state "
+                "(State.completed(...), State.failed(...)) or a plain value."
+            )
+        )
+    )
+
+
+async def _awaited(value: Any) -> Any:
+    """A returned future awaited without blocking the event loop (see `_adopt`)."""
+    from baton._futures import Future, FutureList
+
+    if isinstance(value, Future):
+        return await _awaited(await value)
+    if type(value) is FutureList:
+        return [await future for future in value]
+    return value
+
+
 def run_sync(
     run: RunInfo,
     args: tuple[Any, ...],
@@ -141,8 +187,10 @@ def _attempt_sync(
 ) -> State:
     try:
         if timeout is None:
-            return State.completed(run.task.fn(*args, **kwargs))
-        return State.completed(_call_with_timeout(run.task.fn, args, kwargs, timeout, run))
+            return _adopt(run.task.fn(*args, **kwargs))
+        return _adopt(_call_with_timeout(run.task.fn, args, kwargs, timeout, run))
+    except _ReturnedState as returned:
+        return returned.state
     except BaseException as exc:
         if isinstance(exc, KeyboardInterrupt) and threading.current_thread() is _MAIN:
             # Ctrl-C reaching a task that runs in the main thread (sync runner, a direct
@@ -189,8 +237,10 @@ async def _attempt_async(
 
     try:
         if timeout is None:
-            return State.completed(await run.task.fn(*args, **kwargs))
+            return _adopt(await _awaited(await run.task.fn(*args, **kwargs)))
         return await _timed_coroutine(run, args, kwargs, timeout, attempts)
+    except _ReturnedState as returned:
+        return returned.state
     except asyncio.CancelledError:
         if asyncio.current_task() is not None and _being_cancelled():
             raise
@@ -230,7 +280,7 @@ async def _timed_coroutine(
         # Already ended TimedOut by the watchdog: this attempt is the last.
         attempts.stop()
         raise _timeout_error(run, timeout)
-    return State.completed(value)
+    return _adopt(await _awaited(value))
 
 
 def _being_cancelled() -> bool:

@@ -13,10 +13,10 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 from typing_extensions import ParamSpec
 
 from baton._errors import FlowRunFailed
-from baton._futures import Future
+from baton._futures import Future, wait
 from baton._interrupts import redeliver_swallowed_interrupts
 from baton._resolve import resolve
-from baton._scope import RunScope
+from baton._scope import RunScope, flow_ended, flow_started
 from baton._states import State
 
 if TYPE_CHECKING:
@@ -75,6 +75,9 @@ class Flow(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         self.task_runner = options.task_runner
         self._signature = inspect.signature(fn)
+        from baton._task import check_reserved_parameters
+
+        check_reserved_parameters(self._signature, f"flow {self.name!r}")
         functools.update_wrapper(self, fn)
 
     def with_options(self, **changes: Any) -> Flow[P, R]:
@@ -108,6 +111,9 @@ class Flow(Generic[P, R]):
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return_state = bool(kwargs.pop("return_state", False))
+        from baton._task import _wait_for_tuple
+
+        wait_for = _wait_for_tuple(kwargs.pop("wait_for", None))
         try:
             bound = self._signature.bind(*args, **kwargs)
         except TypeError as exc:
@@ -115,8 +121,8 @@ class Flow(Generic[P, R]):
         bound.apply_defaults()
         parameters = dict(bound.arguments)
         if self.is_async:
-            return self._run_async(args, kwargs, parameters, return_state)
-        return self._run_sync(args, kwargs, parameters, return_state)
+            return self._run_async(args, kwargs, parameters, return_state, wait_for)
+        return self._run_sync(args, kwargs, parameters, return_state, wait_for)
 
     # -- running ------------------------------------------------------------------
 
@@ -168,30 +174,41 @@ class Flow(Generic[P, R]):
 
     def _settle(self, scope: RunScope, value: Any) -> State:
         """The final state of a flow whose function returned `value`."""
+        from baton._map import LazyMap
+
         try:
+            if isinstance(value, LazyMap):
+                # A returned lazy map stands for all its runs: take them before the
+                # flow drains (and drops) what nobody consumed.
+                value = list(value)
             scope.drain_lazy_maps()
         except Exception as exc:  # a lazy map's input raised or ran out unevenly
             return self._failed(scope, exc)
         if isinstance(value, State):
             scope.wait_all()
-            return value
+            # A returned Completed state does not hide an unhandled failure.
+            return (self._unhandled(scope) or value) if value.is_completed() else value
         try:
-            value = resolve(value, _returned_result)
+            value = resolve(value, _returned_result, keep_quotes=True)
         except Exception as exc:
             scope.wait_all()
             return State.failed(exc, f"The flow returned a task run that failed: {exc}")
         scope.wait_all()
+        return self._unhandled(scope) or State.completed(value)
+
+    @staticmethod
+    def _unhandled(scope: RunScope) -> State | None:
+        """The failed state of a flow whose task runs failed unhandled, if any did."""
         unhandled = scope.unobserved_failures()
-        if unhandled:
-            error = FlowRunFailed(
-                f"{len(unhandled)} task run(s) failed and nothing in the flow handled them: "
-                f"{scope.name_runs(unhandled)}. Call .result(), read .state or use wait() on "
-                "a future to handle its failure in the flow."
-            )
-            first = unhandled[0]._state.error
-            error.__cause__ = first
-            return State.failed(error)
-        return State.completed(value)
+        if not unhandled:
+            return None
+        error = FlowRunFailed(
+            f"{len(unhandled)} task run(s) failed and nothing in the flow handled them: "
+            f"{scope.name_runs(unhandled)}. Call .result(), read .state or use wait() on "
+            "a future to handle its failure in the flow."
+        )
+        error.__cause__ = unhandled[0]._state.error
+        return State.failed(error)
 
     def _failed(self, scope: RunScope, exc: Exception) -> State:
         """The flow's function raised: cancel what has not started, let the rest end."""
@@ -215,13 +232,22 @@ class Flow(Generic[P, R]):
         kwargs: dict[str, Any],
         parameters: dict[str, Any],
         return_state: bool,
+        wait_for: tuple[Any, ...] = (),
     ) -> Any:
+        if wait_for:
+            wait(_futures_in(wait_for))
         flow_run, scope, owned, pm = self._begin(parameters)
+        flow_started(scope)  # before entering it: records the scope it starts in
         token = scope.enter()
         try:
             with redeliver_swallowed_interrupts():
                 try:
+                    not_ready = _upstream_failed(flow_run, wait_for)
+                    if not_ready is not None:
+                        raise _NotReady(not_ready)
                     value = self.fn(*args, **kwargs)
+                except _NotReady as upstream:
+                    state = upstream.state
                 except Exception as exc:
                     state = self._failed(scope, exc)
                 else:
@@ -230,6 +256,7 @@ class Flow(Generic[P, R]):
             self._finish(flow_run, scope, owned, pm, self._interrupted(flow_run, scope, exc), True)
             raise
         finally:
+            flow_ended(scope)
             scope.exit(token)
         self._finish(flow_run, scope, owned, pm, state, False)
         return state if return_state else state.result()
@@ -240,15 +267,28 @@ class Flow(Generic[P, R]):
         kwargs: dict[str, Any],
         parameters: dict[str, Any],
         return_state: bool,
+        wait_for: tuple[Any, ...] = (),
     ) -> Any:
         import asyncio
 
+        for upstream in _futures_in(wait_for):
+            if not upstream.done():
+                try:
+                    await upstream
+                except Exception:
+                    pass  # its state decides below
         flow_run, scope, owned, pm = self._begin(parameters)
+        flow_started(scope)  # before entering it: records the scope it starts in
         token = scope.enter()
         loop = asyncio.get_running_loop()
         try:
             try:
+                not_ready = _upstream_failed(flow_run, wait_for)
+                if not_ready is not None:
+                    raise _NotReady(not_ready)
                 value = await self.fn(*args, **kwargs)  # type: ignore[misc]
+            except _NotReady as upstream:
+                state = upstream.state
             except Exception as exc:
                 state = await loop.run_in_executor(None, self._failed, scope, exc)
             else:
@@ -257,12 +297,54 @@ class Flow(Generic[P, R]):
             self._finish(flow_run, scope, owned, pm, self._interrupted(flow_run, scope, exc), True)
             raise
         finally:
+            flow_ended(scope)
             scope.exit(token)
         self._finish(flow_run, scope, owned, pm, state, False)
         return state if return_state else state.result()
 
     def __repr__(self) -> str:
         return f"<Flow {self.name!r}>"
+
+
+class _NotReady(Exception):
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+
+def _futures_in(wait_for: tuple[Any, ...]) -> list[Future[Any]]:
+    from baton._resolve import collect_futures
+
+    found: list[Future[Any]] = []
+    collect_futures(wait_for, found)
+    return found
+
+
+def _upstream_failed(flow_run: FlowRun, wait_for: tuple[Any, ...]) -> State | None:
+    """The `UpstreamFailed` state of a flow run whose `wait_for` did not all complete
+    (as for a task run, `allow_failure(f)` lets it run anyway), else None."""
+    if not wait_for:
+        return None
+    from baton._errors import UpstreamTaskError
+
+    failed: list[Future[Any]] = []
+
+    def check(future: Future[Any], allowed: bool) -> None:
+        if not future._state.is_completed():
+            future._mark_observed()  # reported through this flow run
+            if not allowed:
+                failed.append(future)
+
+    resolve(wait_for, check)
+    if not failed:
+        return None
+    upstream = failed[0]
+    message = (
+        f"Flow run {flow_run.name!r} did not run: upstream task run {upstream.name!r} "
+        f"ended in state {upstream._state!r}."
+    )
+    error = UpstreamTaskError(message)
+    error.__cause__ = upstream._state.error
+    return State.failed(error, message, name="UpstreamFailed")
 
 
 def _returned_result(future: Future[Any], allowed: bool) -> Any:

@@ -4,14 +4,16 @@ from __future__ import annotations
 
 import collections
 import io
+import logging
 import threading
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
 from baton._errors import MappingError
 from baton._futures import DoneAndNotDone, Future, FutureList, wait
-from baton._resolve import _ATOMIC, collect_futures, quote, unmapped
+from baton._resolve import _ATOMIC, allow_failure, collect_futures, quote, unmapped
 from baton._scope import current_scope
+from baton._tags import tagged
 from baton._taskrun import TaskRun
 
 if TYPE_CHECKING:
@@ -21,8 +23,16 @@ if TYPE_CHECKING:
 __all__ = ["LazyMap", "map_task"]
 
 R = TypeVar("R")
+logger = logging.getLogger("baton")
 
 _STATIC_TYPES = (str, bytes, bytearray, memoryview, io.IOBase, dict)
+
+
+def _each_allowed(values: Iterable[Any]) -> Iterable[Any]:
+    """`allow_failure(iterable)` mapped: each run gets its item with failure allowed."""
+    if hasattr(values, "__len__"):
+        return [allow_failure(item) for item in values]
+    return (allow_failure(item) for item in values)
 
 
 def _is_mapped(value: Any) -> bool:
@@ -53,7 +63,13 @@ class _CallPlan:
             if param.kind is param.VAR_POSITIONAL:
                 self.slots.append(("varpos", name, value))
             elif param.kind is param.VAR_KEYWORD:
-                self.slots.append(("varkw", name, value))
+                # Each keyword caught by **kwargs maps like a named parameter.
+                for key, item in value.items():
+                    if _is_mapped(item):
+                        self.mapped[key] = item
+                    elif type(item) is allow_failure and _is_mapped(item.value):
+                        self.mapped[key] = _each_allowed(item.value)
+                    self.slots.append(("kw", key, item))
             else:
                 if param.kind is param.POSITIONAL_ONLY or (
                     param.kind is param.POSITIONAL_OR_KEYWORD and positional_ok
@@ -63,7 +79,11 @@ class _CallPlan:
                     kind = "kw"
                 if _is_mapped(value):
                     self.mapped[name] = value
+                elif type(value) is allow_failure and _is_mapped(value.value):
+                    self.mapped[name] = _each_allowed(value.value)
                 self.slots.append((kind, name, value))
+        if not self.mapped:
+            self._map_over_future_results()
         if not self.mapped:
             given = ", ".join(f"{n}={v!r}" for _, n, v in self.slots) or "no arguments"
             raise MappingError(
@@ -78,6 +98,16 @@ class _CallPlan:
                 # unmapped(future): every run waits for that future like for a plain one
                 whole = value.value if type(value) is unmapped else value
                 collect_futures(whole, self.static_upstreams)
+
+    def _map_over_future_results(self) -> None:
+        """With nothing else to map over, a future given as an argument is waited for
+        and its result mapped over (as a list of numbers from an upstream run)."""
+        for index, (kind, name, value) in enumerate(self.slots):
+            if isinstance(value, Future):
+                result = value.result()
+                if _is_mapped(result):
+                    self.mapped[name] = result
+                    self.slots[index] = (kind, name, result)
 
     def sized(self) -> bool:
         return all(hasattr(v, "__len__") for v in self.mapped.values())
@@ -152,6 +182,7 @@ def map_task(
             f"{task.name}.map(): max_in_flight must be a whole number >= 1, got {max_in_flight!r}"
         )
     plan = _CallPlan(task, args, kwargs)
+    plan.task = tagged(task)
     scope = current_scope()
     wait_upstreams: list[Future[Any]] = []
     if wait_for:
@@ -199,7 +230,9 @@ class LazyMap(Generic[R]):
     At most `max_in_flight` runs are unfinished at any time, so mapping over a
     generator of millions of items keeps memory flat. Iterate it to get the
     futures in input order; `.result()` collects every result in a list (which
-    holds them all); whatever nobody consumes is run to its end when the flow ends.
+    holds them all). When the flow ends, a map nobody iterated is run to its end; a
+    map that was iterated and then left stops feeding runs (what it submitted still
+    runs), so a map over an endless input does not keep the flow from returning.
     """
 
     def __init__(
@@ -220,6 +253,7 @@ class LazyMap(Generic[R]):
         self._slots = threading.BoundedSemaphore(max_in_flight)
         self._lock = threading.RLock()
         self._exhausted = False
+        self._read = False
         self._error: Exception | None = None
         self.submitted = 0
 
@@ -272,6 +306,7 @@ class LazyMap(Generic[R]):
 
     def __next__(self) -> Future[R]:
         with self._lock:
+            self._read = True
             if not self._ahead:
                 error, self._error = self._error, None
                 if error is not None:
@@ -288,8 +323,22 @@ class LazyMap(Generic[R]):
             return future
 
     def drain(self) -> None:
-        """Submit everything left and drop the futures (the flow still tracks failures)."""
+        """At the end of the flow: a map nobody read submits everything left (and drops
+        the futures; the flow still tracks failures); a map that was read and then left
+        stops where its reader stopped, so an endless input does not keep the flow."""
         with self._lock:
+            if self._read and not self._exhausted:
+                self.close()
+                logger.info(
+                    "%s.map(): the flow ended while %d run(s) had been submitted and nothing "
+                    "read the map further; the rest of its input is not submitted.",
+                    self._plan.task.name,
+                    self.submitted,
+                )
+                error, self._error = self._error, None
+                if error is not None:
+                    raise error
+                return
             while self._submit_next():
                 self._ahead.clear()
             self._ahead.clear()

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, final
 
 if TYPE_CHECKING:
@@ -78,7 +78,17 @@ class quote(_Annotation[T]):
     """Pass a value to a task exactly as it is: not scanned for futures, not mapped over.
 
     Use it for large inputs whose scan would cost time, or to pass a future itself.
+    A flow that returns a quote returns the quote object itself (as Prefect does);
+    `.unquote()` gives the value back.
+
+    >>> from baton import quote
+    >>> quote([1, 2]).unquote()
+    [1, 2]
     """
+
+    def unquote(self) -> T:
+        """The quoted value."""
+        return self.value
 
 
 @final
@@ -94,81 +104,49 @@ def _is_model(obj: Any) -> bool:
     return hasattr(type(obj), "__pydantic_fields__") and not isinstance(obj, type)
 
 
-def collect_futures(obj: Any, found: list[Future[Any]], depth: int = 0) -> None:
-    """Append every future reachable in `obj` to `found` (`allow_failure` ones too)."""
-    from baton._futures import Future
-
-    kind = type(obj)
-    if kind in _ATOMIC or kind is quote:
-        return
-    if isinstance(obj, Future):
-        found.append(obj)
-    elif kind is allow_failure:
-        collect_futures(obj.value, found, depth)
-    elif depth > _MAX_DEPTH:
-        return
-    elif kind is list or kind is tuple or kind is set or kind is frozenset:
-        for item in obj:
-            if type(item) not in _ATOMIC:
-                collect_futures(item, found, depth + 1)
-    elif kind is dict:
-        for key, value in obj.items():
-            collect_futures(key, found, depth + 1)
-            collect_futures(value, found, depth + 1)
-    elif isinstance(obj, (list, tuple, set, frozenset)):
-        for item in obj:
-            collect_futures(item, found, depth + 1)
-    elif isinstance(obj, dict):
-        for key, value in obj.items():
-            collect_futures(key, found, depth + 1)
-            collect_futures(value, found, depth + 1)
-    elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        for field in dataclasses.fields(obj):
-            collect_futures(getattr(obj, field.name, None), found, depth + 1)
-    elif _is_model(obj):
-        for name in type(obj).__pydantic_fields__:
-            collect_futures(getattr(obj, name, None), found, depth + 1)
-
-
+# What a visitor returns for a value it does not replace: look inside it.
+_DESCEND: Any = object()
 _MISSING = object()
 
+Visit = Callable[[Any, int], Any]
 
-def resolve(obj: Any, result_of: Callable[[Future[Any], bool], Any], depth: int = 0) -> Any:
-    """Return `obj` with every future replaced by `result_of(future, allow_failed)`.
 
-    Containers are rebuilt only where they held a future; everything else is
-    passed through as the same object. `quote` is unwrapped, untraversed.
+def _walk(obj: Any, visit: Visit, depth: int = 0, rebuild: bool = True) -> Any:
+    """The one walk over task arguments: `obj` with `visit(value, depth)` applied to
+    every value reachable in it (itself first), which returns a replacement or
+    `_DESCEND` to look inside containers: lists, tuples, sets, dicts (keys too),
+    dataclass instances and pydantic models.
+
+    Containers are rebuilt only where something inside was replaced; everything else
+    is passed through as the same object. Deeper than `_MAX_DEPTH`, or in a container
+    that holds itself, values are passed on as they are. With `rebuild=False` (a
+    visitor that only looks) nothing is rebuilt and `obj` is returned.
     """
-    from baton._futures import Future
-
     kind = type(obj)
     if kind in _ATOMIC:
         return obj
-    if kind is quote:
-        return obj.value
-    if isinstance(obj, Future):
-        return result_of(obj, False)
-    if kind is allow_failure:
-        inner = obj.value
-        if isinstance(inner, Future):
-            return result_of(inner, True)
-        return resolve(inner, lambda f, _allowed: result_of(f, True), depth)
-    # Stop where `collect_futures` stops: a future it did not find is not an upstream
-    # to wait for, and a container that holds itself must not recurse forever.
+    replaced = visit(obj, depth)
+    if replaced is not _DESCEND:
+        return replaced
     if depth > _MAX_DEPTH:
         return obj
     depth += 1
+    if not rebuild:
+        for child in _children(obj):
+            if type(child) not in _ATOMIC:
+                _walk(child, visit, depth, False)
+        return obj
     if isinstance(obj, (list, tuple, set, frozenset)):
-        items = [resolve(item, result_of, depth) for item in obj]
+        items = [item if type(item) in _ATOMIC else _walk(item, visit, depth) for item in obj]
+        if kind is _future_list():  # its results are no longer futures: a plain list
+            return items
         if all(a is b for a, b in zip(items, obj, strict=False)):
             return obj
         if isinstance(obj, tuple) and hasattr(obj, "_fields"):  # namedtuple
             return kind(*items)
         return kind(items)
     if isinstance(obj, dict):
-        pairs = [
-            (resolve(k, result_of, depth), resolve(v, result_of, depth)) for k, v in obj.items()
-        ]
+        pairs = [(_walk(k, visit, depth), _walk(v, visit, depth)) for k, v in obj.items()]
         if all(
             k1 is k2 and v1 is v2 for (k1, v1), (k2, v2) in zip(pairs, obj.items(), strict=False)
         ):
@@ -181,11 +159,10 @@ def resolve(obj: Any, result_of: Callable[[Future[Any], bool], Any], depth: int 
         changes = {}
         for field in dataclasses.fields(obj):
             value = getattr(obj, field.name, _MISSING)
-            if value is _MISSING:
-                continue
-            new_value = resolve(value, result_of, depth)
-            if new_value is not value:
-                changes[field.name] = new_value
+            if value is not _MISSING:
+                new_value = _walk(value, visit, depth)
+                if new_value is not value:
+                    changes[field.name] = new_value
         if not changes:
             return obj
         new = copy.copy(obj)  # type: ignore[arg-type]
@@ -196,13 +173,110 @@ def resolve(obj: Any, result_of: Callable[[Future[Any], bool], Any], depth: int 
         updates = {}
         for name in type(obj).__pydantic_fields__:
             value = getattr(obj, name, _MISSING)
-            if value is _MISSING:
-                continue
-            new_value = resolve(value, result_of, depth)
-            if new_value is not value:
-                updates[name] = new_value
+            if value is not _MISSING:
+                new_value = _walk(value, visit, depth)
+                if new_value is not value:
+                    updates[name] = new_value
         return obj.model_copy(update=updates) if updates else obj
     return obj
+
+
+def _children(obj: Any) -> Iterable[Any]:
+    """What `_walk` looks inside, in the same order, for a walk that rebuilds nothing."""
+    kind = type(obj)
+    if kind is list or kind is tuple or isinstance(obj, (list, tuple, set, frozenset)):
+        return obj  # type: ignore[no-any-return]
+    if isinstance(obj, dict):
+        return [part for pair in obj.items() for part in pair]
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return [getattr(obj, field.name, None) for field in dataclasses.fields(obj)]
+    if _is_model(obj):
+        return [getattr(obj, name, None) for name in type(obj).__pydantic_fields__]
+    return ()
+
+
+def _future_list() -> type:
+    from baton._futures import FutureList
+
+    return FutureList
+
+
+def collect_futures(
+    obj: Any,
+    found: list[Future[Any]],
+    depth: int = 0,
+    state_as_future: Callable[[Any], Future[Any]] | None = None,
+) -> Any:
+    """Append every future reachable in `obj` to `found` (`allow_failure` ones too).
+
+    With `state_as_future`, each `State` in `obj` is replaced by the future it makes
+    (and collected): `obj` is returned with those replacements.
+    """
+    from baton._futures import Future
+    from baton._states import State
+
+    states: list[State] = []
+    collected: list[Future[Any]] = []
+
+    def visit(value: Any, depth: int) -> Any:
+        kind = type(value)
+        if kind is quote:
+            return value
+        if isinstance(value, Future):
+            collected.append(value)
+            return value
+        if kind is allow_failure:
+            inner = _walk(value.value, visit, depth, rebuild)
+            return value if inner is value.value else allow_failure(inner)
+        if kind is State and state_as_future is not None:
+            if not rebuild:
+                states.append(value)
+                return value
+            future = state_as_future(value)
+            collected.append(future)
+            return future
+        return _DESCEND
+
+    # Look first; rebuild only in the rare case of a State to replace.
+    rebuild = False
+    _walk(obj, visit, depth, rebuild)
+    if states:
+        collected.clear()
+        rebuild = True
+        obj = _walk(obj, visit, depth, rebuild)
+    found.extend(collected)
+    return obj
+
+
+def resolve(
+    obj: Any,
+    result_of: Callable[[Future[Any], bool], Any],
+    depth: int = 0,
+    *,
+    keep_quotes: bool = False,
+) -> Any:
+    """Return `obj` with every future replaced by `result_of(future, allow_failed)`.
+
+    Containers are rebuilt only where they held a future; everything else is
+    passed through as the same object. `quote` is unwrapped (kept with
+    `keep_quotes`), untraversed.
+    """
+    from baton._futures import Future
+
+    def visit(value: Any, depth: int, allowed: bool = False) -> Any:
+        kind = type(value)
+        if kind is quote:
+            return value if keep_quotes else value.value
+        if isinstance(value, Future):
+            return result_of(value, allowed)
+        if kind is allow_failure:
+            return _walk(value.value, visit_allowed, depth)
+        return _DESCEND
+
+    def visit_allowed(value: Any, depth: int) -> Any:
+        return visit(value, depth, True)
+
+    return _walk(obj, visit, depth)
 
 
 @final
@@ -285,63 +359,16 @@ def fill_upstreams(obj: Any, values: tuple[Any, ...], depth: int = 0) -> Any:
     """
     from baton._states import State
 
-    kind = type(obj)
-    if kind in _ATOMIC:
-        return obj
-    if kind is Upstream:
-        value = values[obj.index]
+    def visit(placeholder: Any, depth: int) -> Any:
+        if type(placeholder) is not Upstream:
+            return _DESCEND
+        value = values[placeholder.index]
         if isinstance(value, State):
             if value.is_completed():
                 return value.result()
-            if obj.allowed:
+            if placeholder.allowed:
                 return value.result(raise_on_failure=False)
-            raise UpstreamNotCompleted(obj, value)
+            raise UpstreamNotCompleted(placeholder, value)
         return value
-    if depth > _MAX_DEPTH:
-        return obj
-    depth += 1
-    if isinstance(obj, (list, tuple, set, frozenset)):
-        items = [fill_upstreams(item, values, depth) for item in obj]
-        if all(a is b for a, b in zip(items, obj, strict=False)):
-            return obj
-        if isinstance(obj, tuple) and hasattr(obj, "_fields"):
-            return kind(*items)
-        return kind(items)
-    if isinstance(obj, dict):
-        # Keys too: `to_portable` puts placeholders wherever `resolve` finds futures.
-        pairs = [
-            (fill_upstreams(k, values, depth), fill_upstreams(v, values, depth))
-            for k, v in obj.items()
-        ]
-        if all(
-            k1 is k2 and v1 is v2 for (k1, v1), (k2, v2) in zip(pairs, obj.items(), strict=False)
-        ):
-            return obj
-        new = copy.copy(obj)
-        new.clear()
-        new.update(pairs)
-        return new
-    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
-        updates = {}
-        for field in dataclasses.fields(obj):
-            value = getattr(obj, field.name, _MISSING)
-            if value is not _MISSING:
-                filled = fill_upstreams(value, values, depth)
-                if filled is not value:
-                    updates[field.name] = filled
-        if not updates:
-            return obj
-        new = copy.copy(obj)  # type: ignore[arg-type]
-        for name, value in updates.items():
-            object.__setattr__(new, name, value)
-        return new
-    if _is_model(obj):
-        changes = {}
-        for name in type(obj).__pydantic_fields__:
-            value = getattr(obj, name, _MISSING)
-            if value is not _MISSING:
-                filled = fill_upstreams(value, values, depth)
-                if filled is not value:
-                    changes[name] = filled
-        return obj.model_copy(update=changes) if changes else obj
-    return obj
+
+    return _walk(obj, visit, depth)

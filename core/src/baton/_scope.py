@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from baton._runner import TaskRunner
     from baton._taskrun import TaskRun
 
-__all__ = ["RunScope", "current_scope"]
+__all__ = ["RunScope", "current_scope", "flow_ended", "flow_started"]
 
 logger = logging.getLogger("baton")
 
@@ -328,11 +328,57 @@ _default_lock = threading.Lock()
 _default: RunScope | None = None
 
 
+# The scopes of the flow runs going on in this process, each with the scope it was
+# started in (its parent flow's, or None): for runs submitted from a thread that did
+# not inherit a scope (a thread pool the user made inside a flow).
+_flows_lock = threading.Lock()
+_running_flows: dict[RunScope, RunScope | None] = {}
+
+
+def flow_started(scope: RunScope) -> None:
+    """Record a flow run's scope while its function runs (see `current_scope`)."""
+    with _flows_lock:
+        _running_flows[scope] = _current_scope.get()
+
+
+def flow_ended(scope: RunScope) -> None:
+    with _flows_lock:
+        _running_flows.pop(scope, None)
+
+
+def _running_flow_scope() -> RunScope | None:
+    """The innermost flow scope if the flow runs going on form one chain of subflows;
+    None if no flow runs; an error naming the fix if several run side by side."""
+    with _flows_lock:
+        if not _running_flows:
+            return None
+        parents = {parent for parent in _running_flows.values() if parent is not None}
+        innermost = [scope for scope in _running_flows if scope not in parents]
+    if len(innermost) == 1:
+        return innermost[0]
+    names = ", ".join(sorted(scope.label for scope in innermost))
+    raise RuntimeError(
+        f"A task run was submitted from a thread that belongs to no flow while "
+        f"{len(innermost)} flow runs go on in this process ({names}), so Baton cannot "
+        "tell which flow it belongs to. Start the thread's work in the flow's context: "
+        "executor.submit(contextvars.copy_context().run, fn, ...) from inside the flow, "
+        "or submit from the flow's own thread."
+    )
+
+
 def current_scope() -> RunScope:
-    """The scope of the innermost running flow, or the process-wide default scope."""
+    """The scope of the innermost running flow, or the process-wide default scope.
+
+    A thread that inherited no scope (one the user started inside a flow) submits to
+    the flow that is running in this process, if exactly one is.
+    """
     scope = _current_scope.get()
     if scope is not None:
         return scope
+    if _running_flows:
+        running = _running_flow_scope()
+        if running is not None:
+            return running
     return _default_scope()
 
 

@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import functools
 import inspect
+import itertools
 import logging
 import re
 import string
 import sys
-from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+import types
+from collections.abc import AsyncIterable, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from typing_extensions import ParamSpec
 
@@ -17,12 +19,14 @@ from baton._errors import InvalidOptionsError
 from baton._futures import Future, FutureList
 from baton._resolve import _ATOMIC, collect_futures
 from baton._scope import current_scope
-from baton._states import StateType
+from baton._states import State, StateType
+from baton._tags import tagged
 from baton._taskrun import TaskRun
 
 if TYPE_CHECKING:
     from baton._map import LazyMap
     from baton._options import TaskOptions
+    from baton._scope import RunScope
 
 __all__ = ["Task", "exponential_backoff", "task"]
 
@@ -41,13 +45,22 @@ class Task(Generic[P, R]):
     """
 
     def __init__(self, fn: Callable[P, R], options: TaskOptions) -> None:
+        # `@task` over `@classmethod` / `@staticmethod`: bind like the method it wraps.
+        original: Any = fn
+        self._original = original
+        self._binding = ""
+        if isinstance(original, (classmethod, staticmethod)):
+            self._binding = "class" if isinstance(original, classmethod) else "static"
+            fn = cast("Callable[P, R]", original.__func__)
         if not callable(fn):
             raise TypeError(f"@task needs a function, got {fn!r}")
+        fn = _collecting_generator(fn)
         self.fn = fn
         self.options = options
         self.name: str = options.name or str(getattr(fn, "__name__", type(fn).__name__))
         self.is_async = inspect.iscoroutinefunction(fn)
         self._signature = inspect.signature(fn)
+        check_reserved_parameters(self._signature, f"task {self.name!r}")
         self._fast_arity = _fast_arity(self._signature)
         self._check_run_name()
         functools.update_wrapper(self, fn)
@@ -68,7 +81,7 @@ class Task(Generic[P, R]):
         values = self.options.model_dump(exclude_unset=True)
         values.update(changes)
         options = validate_options(TaskOptions, f"task {self.name!r}", values)
-        return Task(self.fn, options)
+        return Task(self._original, options)
 
     def _check_run_name(self) -> None:
         template = self.options.task_run_name
@@ -191,15 +204,21 @@ class Task(Generic[P, R]):
         self, args: tuple[Any, ...], kwargs: dict[str, Any], wait_for: tuple[Any, ...]
     ) -> tuple[TaskRun, list[Future[Any]]]:
         upstreams: list[Future[Any]] = []
-        for value in args:
+        # A State among the arguments (a `return_state=True` result) stands for its
+        # run: it becomes a future settled in that state.
+        for index, value in enumerate(args):
             if type(value) not in _ATOMIC:
-                collect_futures(value, upstreams)
-        for value in kwargs.values():
+                found = collect_futures(value, upstreams, 0, _state_as_future)
+                if found is not value:
+                    args = (*args[:index], found, *args[index + 1 :])
+        for name, value in kwargs.items():
             if type(value) not in _ATOMIC:
-                collect_futures(value, upstreams)
+                found = collect_futures(value, upstreams, 0, _state_as_future)
+                if found is not value:
+                    kwargs[name] = found
         if wait_for:
             collect_futures(wait_for, upstreams)
-        return TaskRun(self, args, kwargs, current_scope(), wait_for), upstreams
+        return TaskRun(tagged(self), args, kwargs, current_scope(), wait_for), upstreams
 
     def map(self, *args: Any, **kwargs: Any) -> FutureList[R] | LazyMap[R]:
         """Submit one run per item of the iterable arguments; non-iterables, strings,
@@ -219,9 +238,17 @@ class Task(Generic[P, R]):
     # -- plumbing -----------------------------------------------------------------
 
     def __get__(self, instance: object, owner: type | None = None) -> Any:
-        if instance is None:
+        # A task in a class binds like the function it wraps, and the bound task is a
+        # task too: `obj.method.submit(...)` and `.map(...)` work.
+        if self._binding == "static":
             return self
-        return functools.partial(self, instance)
+        if self._binding == "class":
+            target: object = owner if owner is not None else type(instance)
+        elif instance is None:
+            return self
+        else:
+            target = instance
+        return Task(types.MethodType(self.fn, target), self.options)
 
     def __reduce__(self) -> tuple[Any, ...]:
         # A task defined at module level travels by reference (its module and name),
@@ -242,7 +269,7 @@ class Task(Generic[P, R]):
         # must travel by value, and the standard pickler would send it by reference.
         from baton._travel import cloudpickle_dumps
 
-        return (_task_by_value, (cloudpickle_dumps((self.fn, self.options)),))
+        return (_task_by_value, (cloudpickle_dumps((self._original, self.options)),))
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -255,6 +282,70 @@ class Task(Generic[P, R]):
 
     def __repr__(self) -> str:
         return f"<Task {self.name!r}>"
+
+
+_state_argument_ids = itertools.count(-1, -1)
+
+
+class _StateArgument:
+    """The run behind a `State` passed as an argument: it ended before this call."""
+
+    __slots__ = ("id", "name", "scope")
+
+    def __init__(self, scope: RunScope) -> None:
+        self.id = next(_state_argument_ids)  # never the id of a real run
+        self.name = "state-argument"
+        self.scope = scope
+
+
+def _state_as_future(state: State) -> Future[Any]:
+    """A future already final in `state`, so the run receives the state's result (or,
+    if it did not complete, ends UpstreamFailed) like for any upstream future."""
+    if not state.is_final():
+        raise TypeError(
+            f"A task received the non-final state {state!r} as an argument; pass a final "
+            "state (from return_state=True), or the future itself to wait for its run."
+        )
+    future: Future[Any] = Future(_StateArgument(current_scope()))  # type: ignore[arg-type]
+    future._state = state
+    return future
+
+
+def _collecting_generator(fn: Callable[P, R]) -> Callable[P, R]:
+    """A generator function (sync or async) as a function whose result is the list of
+    what it yields, so that its body runs inside the run, as in Prefect 3."""
+    if inspect.isgeneratorfunction(fn):
+        generator = cast("Callable[..., Iterable[Any]]", fn)
+
+        @functools.wraps(fn)
+        def collect(*args: Any, **kwargs: Any) -> Any:
+            return list(generator(*args, **kwargs))
+
+        return collect
+    if inspect.isasyncgenfunction(fn):
+        agenerator = cast("Callable[..., AsyncIterable[Any]]", fn)
+
+        @functools.wraps(fn)
+        async def collect_async(*args: Any, **kwargs: Any) -> Any:
+            return [item async for item in agenerator(*args, **kwargs)]
+
+        return cast("Callable[P, R]", collect_async)
+    return fn
+
+
+RESERVED_PARAMETERS = ("wait_for", "return_state")
+
+
+def check_reserved_parameters(signature: inspect.Signature, owner: str) -> None:
+    """Reject a function whose parameters take a name that calls reserve for Baton."""
+    for name in RESERVED_PARAMETERS:
+        param = signature.parameters.get(name)
+        if param is not None and param.kind is not param.VAR_KEYWORD:
+            raise InvalidOptionsError(
+                f"Invalid function for {owner}: its parameter {name!r} could never be "
+                f"passed, because {name}= is an option of every call (as are "
+                f"{', '.join(RESERVED_PARAMETERS)}). Rename the parameter."
+            )
 
 
 def _direct_result(future: Future[Any]) -> Any:
