@@ -157,7 +157,7 @@ def test_a_worker_that_exits_is_retried_then_the_run_crashes_naming_the_exit_cod
     log = tmp_path / "attempts"
 
     @flow(task_runner=pool_runner())
-    def crashing() -> tuple[State, str]:
+    def crashing() -> tuple[State, int]:
         future = exits.submit(str(log))
         future.wait()
         return future.state, inc.submit(1).result()

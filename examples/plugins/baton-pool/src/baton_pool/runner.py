@@ -19,8 +19,8 @@ import os
 import signal
 import threading
 from multiprocessing import get_context
-from multiprocessing.connection import Connection, wait
-from typing import TYPE_CHECKING, final
+from multiprocessing.connection import wait
+from typing import TYPE_CHECKING, Any, final
 
 from baton import (
     Capability,
@@ -244,17 +244,17 @@ class _Pool:
         if stop == "now" or (stop == "wait" and idle):
             return False
         self._assign()
-        owners: dict[Connection | int, _Worker | None] = {self._wake_r: None}
+        owners: dict[Any, _Worker | None] = {self._wake_r: None}
         for worker in self._workers:
             owners[worker.conn] = worker
             owners[worker.process.sentinel] = worker
         for ready in wait(list(owners)):
-            worker = owners[ready]
-            if worker is None:
+            owner = owners[ready]
+            if owner is None:
                 while self._wake_r.poll():
                     self._wake_r.recv_bytes()
-            elif worker in self._workers and not (ready is worker.conn and self._read(worker)):
-                self._lost(worker)  # its pipe closed, or its process sentinel fired
+            elif owner in self._workers and not (ready is owner.conn and self._read(owner)):
+                self._lost(owner)  # its pipe closed, or its process sentinel fired
         return True
 
     def _assign(self) -> None:
