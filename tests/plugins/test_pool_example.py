@@ -30,6 +30,7 @@ from baton import (
     list_runners,
     task,
 )
+from baton.runners import current_runner
 from baton.testing import RunnerConformance
 
 if TYPE_CHECKING:
@@ -94,7 +95,7 @@ def leaves_a_failure() -> str:
 
 @task
 def waits_for(started: str, release: str) -> str:
-    Path(started).touch()
+    Path(started).write_text(str(os.getpid()))
     deadline = time.monotonic() + 60
     while not os.path.exists(release):
         if time.monotonic() > deadline:
@@ -201,6 +202,32 @@ def test_cancel_drops_a_run_waiting_for_a_worker(tmp_path: Path) -> None:
 
     assert cancelling() == (True, StateType.CANCELLED, "released")
     assert not ran.exists(), "a cancelled run never runs"
+
+
+def test_shutdown_without_waiting_kills_the_workers(tmp_path: Path) -> None:
+    started, never, ran = tmp_path / "started", tmp_path / "never", tmp_path / "ran"
+
+    @flow(task_runner=pool_runner(max_workers=1))
+    def stopping() -> tuple[State, State]:
+        running = waits_for.submit(str(started), str(never))
+        queued = touch.submit(str(ran))
+        wait_for_file(started)
+        runner = current_runner()
+        assert runner is not None
+        runner.shutdown(wait=False)
+        running.wait()
+        queued.wait()
+        return running.state, queued.state
+
+    running, queued = stopping()
+    pid = int(started.read_text())
+    assert running.type is StateType.CRASHED, running
+    assert (
+        "task runner 'pool' shut down without waiting, and its worker process "
+        f"(pid {pid}) was killed"
+    ) in str(running.message)
+    assert not alive(pid)
+    assert queued.type is StateType.CANCELLED and not ran.exists(), queued
 
 
 def test_options_are_checked() -> None:
