@@ -108,6 +108,7 @@ def test_each_wheel_carries_its_package_types_and_entry_points(wheels: Path) -> 
         "baton_core": ("baton/py.typed", "baton.runners = baton._builtin"),
         "baton_dask": ("baton_dask/py.typed", "dask = baton_dask._plugin"),
         "baton_ray": ("baton_ray/py.typed", "ray = baton_ray._plugin"),
+        "baton_pool": ("baton_pool/py.typed", "pool = baton_pool.plugin"),
     }
     for stem, (typed, entry_point) in expected.items():
         (wheel,) = wheels.glob(f"{stem}-*.whl")
