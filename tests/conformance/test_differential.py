@@ -78,7 +78,7 @@ def _seen(state: State) -> str:
 
 @task
 def returns_failed_state(message: str) -> State:
-    """Returns a failed State as its value (the run itself completes)."""
+    """Returns a failed State: the run ends in it, as in Prefect."""
     return State.failed(ValueError(message), message)
 
 
@@ -305,8 +305,8 @@ def test_the_programs_end_as_documented(table: dict[str, dict[str, Observations]
     assert on["allow_failure"]["run"] == "COMPLETED=KitError: up"
     assert on["SystemExit in a task"] == {"run": "CRASHED", "attempts": "1", "flow": "COMPLETED"}
     assert on["a task returning a failed State"] == {
-        "run": "COMPLETED",
-        "value": "FAILED",
+        "run": "FAILED",
+        "value": "ValueError('as a value')",
         "flow": "COMPLETED",
     }
 

@@ -1,5 +1,6 @@
-"""The distributions as users get them: wheels built from the three projects, installed
-into fresh virtual environments, a runner chosen by name, a flow run.
+"""The distributions as users get them: wheels built from the three projects (and the
+example plugin baton-pool), installed into fresh virtual environments, a runner chosen
+by name, a flow run.
 
 The environments are made by ``uv`` working offline: every third-party package comes
 from uv's cache, which the tox environment running these tests filled when it
@@ -24,6 +25,7 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
 PROJECTS = [ROOT / "core", ROOT / "plugins/dask", ROOT / "plugins/ray"]
+POOL_EXAMPLE = ROOT / "examples" / "plugins" / "baton-pool"
 
 UV = shutil.which("uv")
 if UV is None:
@@ -59,7 +61,7 @@ def uv(*args: str) -> None:
 
 
 class Venv:
-    def __init__(self, path: Path, wheels: Path, requirement: str) -> None:
+    def __init__(self, path: Path, wheels: Path, *requirements: str) -> None:
         self.path = path
         uv("venv", "--quiet", "--python", sys.executable, str(path))
         uv(
@@ -71,7 +73,7 @@ class Venv:
             str(path / "bin" / "python"),
             "--find-links",
             str(wheels),
-            requirement,
+            *requirements,
         )
 
     def run(self, *args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
@@ -92,7 +94,7 @@ class Venv:
 @pytest.fixture(scope="module")
 def wheels(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("wheels")
-    for project in PROJECTS:
+    for project in [*PROJECTS, POOL_EXAMPLE]:
         uv("build", "--quiet", "--offline", "--wheel", "--out-dir", str(out), str(project))
     return out
 
@@ -109,6 +111,7 @@ def test_each_wheel_carries_its_package_types_and_entry_points(wheels: Path) -> 
         "baton_core": ("baton/py.typed", "baton.runners = baton._builtin"),
         "baton_dask": ("baton_dask/py.typed", "dask = baton_dask._plugin"),
         "baton_ray": ("baton_ray/py.typed", "ray = baton_ray._plugin"),
+        "baton_pool": ("baton_pool/py.typed", "pool = baton_pool.plugin"),
     }
     for stem, (typed, entry_point) in expected.items():
         (wheel,) = wheels.glob(f"{stem}-*.whl")
@@ -177,3 +180,30 @@ def test_the_dask_extra_installs_the_runner_selected_by_name(
         "processes by importing the script again, so put the code that runs the flow under "
         'that guard (or pass cluster_kwargs={"processes": False})'
     ) in failed.stderr
+
+
+# The kit's tests of what the `pool` runner declares (processes, nested runs, async,
+# hard timeouts, crashes), each in a new runner with new worker processes. The whole
+# kit against it runs in tests/plugins/test_pool_example.py.
+POOL_TESTS = "timeout or dying or pickled or another_process or nested or async or cancel"
+
+
+def test_the_example_pool_plugin_installs_and_passes_the_conformance_kit(
+    wheels: Path, flow_file: Path, tmp_path: Path
+) -> None:
+    env = Venv(tmp_path / "pool", wheels, "baton-core[testing]", "baton-pool")
+    assert {"baton-core", "baton-pool", "pytest"} <= env.installed()
+
+    runners = env.run("baton", "runners")
+    assert runners.returncode == 0, runners.stderr
+    assert "pool" in [line.split()[0] for line in runners.stdout.splitlines()[2:]]
+
+    ran = env.run("python", str(flow_file), "pool")
+    assert ran.returncode == 0, ran.stderr
+    assert ran.stdout == "[1, 4, 9, 16] elsewhere\n"
+
+    kit = env.run("baton", "conformance", "pool", "-k", POOL_TESTS, cwd=tmp_path)
+    assert kit.returncode == 0, kit.stdout + kit.stderr
+    summary = kit.stdout[kit.stdout.index("Baton conformance kit") :]
+    assert "runner `pool` passes" in summary, summary
+    assert "hard-timeouts" in summary and "crash-detection" in summary, summary
