@@ -11,6 +11,7 @@
 [0, 1, 4, 9]
 """
 
+from baton._backoff import exponential_backoff
 from baton._errors import (
     BatonError,
     CancelledRun,
@@ -40,7 +41,7 @@ from baton._resolve import allow_failure, quote, unmapped
 from baton._runner import Capability, TaskRunner
 from baton._states import State, StateType
 from baton._tags import tags
-from baton._task import Task, exponential_backoff, task
+from baton._task import Task, task
 from baton._taskrun import TaskRun, current_task_run
 from baton.hookspecs import hookimpl
 

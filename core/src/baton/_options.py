@@ -16,6 +16,7 @@ from pydantic import (
     model_validator,
 )
 
+from baton._backoff import exponential_backoff
 from baton._errors import InvalidOptionsError
 
 __all__ = ["FlowOptions", "TaskOptions", "callable_arity", "validate_options"]
@@ -156,8 +157,6 @@ def _check_delay(delay: Any, spec: Any) -> None:
 
 def _check_delay_callable(fn: Callable[..., Any]) -> None:
     """Raise ValueError for a callable that cannot take the number of retries."""
-    from baton._task import exponential_backoff
-
     if fn is exponential_backoff:
         raise ValueError(
             "exponential_backoff must be called with a backoff factor: pass "

@@ -28,7 +28,7 @@ if TYPE_CHECKING:
     from baton._options import TaskOptions
     from baton._scope import RunScope
 
-__all__ = ["Task", "exponential_backoff", "task"]
+__all__ = ["Task", "task"]
 
 P = ParamSpec("P")
 R = TypeVar("R")
@@ -457,22 +457,3 @@ def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
     # Validate now, so a bad option fails where the decorator is written.
     validate_options(TaskOptions, owner, options)
     return decorate
-
-
-def exponential_backoff(backoff_factor: float) -> Callable[[int], list[float]]:
-    """Retry delays that double each time: `backoff_factor * 2 ** n` for retry n (from 0).
-
-    >>> exponential_backoff(10)(4)
-    [10.0, 20.0, 40.0, 80.0]
-
-    Use it as `@task(retries=4, retry_delay_seconds=exponential_backoff(10))`.
-    """
-    if not isinstance(backoff_factor, (int, float)) or backoff_factor < 0:
-        raise InvalidOptionsError(
-            f"exponential_backoff: backoff_factor must be a number >= 0, got {backoff_factor!r}"
-        )
-
-    def delays(retries: int) -> list[float]:
-        return [float(backoff_factor * 2**n) for n in range(retries)]
-
-    return delays
