@@ -1,5 +1,6 @@
 """Run the benchmarks: `python -m bench [--quick] [--runners thread,process]
-[--scenarios overhead,graphs] [--sizes 1000,10000] [--budget SECONDS] [--out DIR]`.
+[--scenarios overhead,graphs] [--sizes 1000,10000] [--budget SECONDS] [--out DIR]`,
+or redraw the plot of an earlier run: `python -m bench --plot-only RESULTS.json`.
 
 Every figure of Baton is measured beside the raw engine underneath it in the same
 process, in interleaved pairs so that drift of the machine hits both alike, and
@@ -408,15 +409,9 @@ def _cell(value: Any) -> str:
 
 
 def plot(rows: list[Row], path: Path) -> bool:
-    """µs per task against N (log-log), `.map` and `.submit` side by side: one colour per
-    runner, Baton solid and its raw engine dashed."""
-    series: dict[tuple[str, str], list[Row]] = {}
-    for row in sorted(rows, key=lambda r: r.get("n") or 0):
-        if row["scenario"].startswith("overhead-"):
-            mode = row["scenario"].removeprefix("overhead-")
-            series.setdefault((mode, row["runner"]), []).append(row)
-    if not series:
-        return False
+    """µs per task against N (log-log), `.map` above `.submit`: one colour per runner,
+    Baton solid and its raw engine dashed. False (and no file) without overhead rows
+    or without matplotlib."""
     try:
         import matplotlib
 
@@ -424,8 +419,35 @@ def plot(rows: list[Row], path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    fig, axes = plt.subplots(1, 2, figsize=(14, 4.8), sharey=True)
+    fig = figure(rows)
+    if fig is None:
+        return False
+    # The legend lies below the axes: bbox_inches="tight" keeps it inside the image.
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
+def figure(rows: list[Row]) -> Any:
+    """The matplotlib figure of `plot`, or None when `rows` hold no overhead row.
+
+    The panels are stacked, each the figure's full width, so that the image stays
+    readable when shown at the width of a page; the legend sits below both, where it
+    hides no line.
+    """
+    series: dict[tuple[str, str], list[Row]] = {}
+    for row in sorted(rows, key=lambda r: r.get("n") or 0):
+        if row["scenario"].startswith("overhead-"):
+            mode = row["scenario"].removeprefix("overhead-")
+            series.setdefault((mode, row["runner"]), []).append(row)
+    if not series:
+        return None
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 1, figsize=(8, 8.5), sharex=True, layout="constrained")
     colours = plt.get_cmap("tab10")
+    ours: dict[str, Any] = {}  # label -> line, in the order of ENGINES
+    theirs: dict[str, Any] = {}
     for ax, mode in zip(axes, ("map", "submit"), strict=True):
         for index, runner in enumerate(ENGINES):
             points = series.get((mode, runner))
@@ -435,24 +457,27 @@ def plot(rows: list[Row], path: Path) -> bool:
             ns = [r["n"] for r in points]
             baton_us = [r["baton_us_per_task"] for r in points]
             raw_us = [r["raw_us_per_task"] for r in points]
-            ax.plot(ns, baton_us, color=colour, marker="o", label=f"baton {runner}")
-            ax.plot(ns, raw_us, color=colour, marker="x", linestyle="--", label=points[0]["raw"])
+            ours.setdefault(f"baton {runner}", ax.plot(ns, baton_us, color=colour, marker="o")[0])
+            theirs.setdefault(
+                points[0]["raw"],
+                ax.plot(ns, raw_us, color=colour, marker="x", linestyle="--")[0],
+            )
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("tasks (N)")
-        ax.set_title(f".{mode}: Baton (solid) beside the raw engine (dashed)", fontsize=10)
+        ax.set_ylabel("µs per task")
+        ax.set_title(f".{mode}: Baton (solid) beside the raw engine (dashed)")
         ax.grid(True, which="both", alpha=0.3)
-    # One legend for both panels, beside them, where it hides no line.
-    labelled: dict[str, Any] = {}
-    for ax in axes:
-        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
-            labelled.setdefault(label, handle)
-    fig.legend(labelled.values(), labelled.keys(), loc="center right", fontsize=8)
-    axes[0].set_ylabel("µs per task")
-    fig.tight_layout(rect=(0, 0, 0.83, 1))
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return True
+    axes[-1].set_xlabel("tasks (N)")
+    # Two columns, filled column by column: Baton on each runner on the left, its raw
+    # engine on the same line to the right.
+    fig.legend(
+        [*ours.values(), *theirs.values()],
+        [*ours, *theirs],
+        loc="outside lower center",
+        ncols=2 if len(ours) == len(theirs) else 1,
+        frameon=False,
+    )
+    return fig
 
 
 def _csv(parser: argparse.ArgumentParser, option: str, text: str) -> list[str]:
@@ -474,7 +499,6 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--scenarios",
-        default=",".join(SCENARIOS),
         help=f"comma-separated scenarios to run (default: all of {','.join(SCENARIOS)})",
     )
     parser.add_argument(
@@ -490,9 +514,17 @@ def main(argv: list[str] | None = None) -> int:
         "smaller sizes, exceeds this many seconds (default 300)",
     )
     parser.add_argument(
-        "--out", default="bench/results", help="folder for results.json and overhead.png"
+        "--out", help="folder for results.json and overhead.png (default bench/results)"
+    )
+    parser.add_argument(
+        "--plot-only",
+        metavar="RESULTS.json",
+        help="measure nothing: draw overhead.png from the rows of an earlier run's "
+        "results.json, into --out (default: the folder of RESULTS.json)",
     )
     args = parser.parse_args(argv)
+    if args.plot_only is not None:
+        return _plot_only(parser, args)
     # A log line per task run would be timed along with Baton.
     os.environ.setdefault("BATON_LOG_LEVEL", "WARNING")
 
@@ -508,7 +540,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{', '.join(installed)}); install its package, such as baton-{missing[0]}, "
             "or leave it out of --runners"
         )
-    scenarios = _csv(parser, "--scenarios", args.scenarios)
+    scenarios = _csv(parser, "--scenarios", args.scenarios or ",".join(SCENARIOS))
     bad = [s for s in scenarios if s not in SCENARIOS]
     if bad:
         parser.error(f"unknown scenario {', '.join(bad)}; choose from {', '.join(SCENARIOS)}")
@@ -525,7 +557,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--budget must be a positive number of seconds, got {args.budget}")
     repeats = 1 if args.quick else 5
 
-    out = Path(args.out)
+    out = Path(args.out or "bench/results")
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, Any] = {
         "machine": {
@@ -569,6 +601,45 @@ def main(argv: list[str] | None = None) -> int:
         for row in skipped:
             print(f"  {_skipped(row)}")
     print(f"\nwrote {out / 'results.json'}" + (f" and {out / 'overhead.png'}" if plotted else ""))
+    return 0
+
+
+def _plot_only(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    """`--plot-only RESULTS.json`: overhead.png from recorded rows, nothing measured."""
+    measuring = [
+        option
+        for option, value in (
+            ("--quick", args.quick),
+            ("--runners", args.runners),
+            ("--scenarios", args.scenarios),
+            ("--sizes", args.sizes),
+        )
+        if value
+    ]
+    if measuring:
+        parser.error(
+            f"--plot-only measures nothing, so {', '.join(measuring)} has no effect with it; "
+            "leave it out, or run without --plot-only to measure"
+        )
+    source = Path(args.plot_only)
+    try:
+        rows = json.loads(source.read_text())["rows"]
+    except FileNotFoundError:
+        parser.error(f"--plot-only: no file {source}; give the results.json of a run")
+    except (ValueError, KeyError, TypeError):
+        parser.error(
+            f"--plot-only: {source} is not a results.json written by python -m bench "
+            '(JSON with a list of rows under "rows")'
+        )
+    out = Path(args.out) if args.out else source.parent
+    out.mkdir(parents=True, exist_ok=True)
+    if not any(str(row.get("scenario", "")).startswith("overhead-") for row in rows):
+        print(f"{source} has no overhead rows to plot (run the overhead scenario)")
+        return 1
+    if not plot(rows, out / "overhead.png"):
+        print("drawing overhead.png needs matplotlib: pip install matplotlib")
+        return 1
+    print(f"wrote {out / 'overhead.png'}")
     return 0
 
 

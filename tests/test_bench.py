@@ -125,7 +125,16 @@ def test_plot_has_a_panel_per_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPat
     monkeypatch.syspath_prepend(str(REPO))
     from bench.__main__ import plot
 
-    rows = [
+    rows = overhead_rows()
+    path = tmp_path / "overhead.png"
+    assert plot(rows, path)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plot([{"scenario": "import baton", "ms": 1.0}], tmp_path / "none.png")
+    assert not (tmp_path / "none.png").exists()
+
+
+def overhead_rows() -> list[dict[str, Any]]:
+    return [
         {
             "scenario": f"overhead-{mode}",
             "runner": runner,
@@ -138,11 +147,72 @@ def test_plot_has_a_panel_per_mode(tmp_path: Path, monkeypatch: pytest.MonkeyPat
         for runner, raw in (("thread", "ThreadPoolExecutor"), ("sync", "plain loop"))
         for n in (1_000, 10_000)
     ]
-    path = tmp_path / "overhead.png"
-    assert plot(rows, path)
-    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert not plot([{"scenario": "import baton", "ms": 1.0}], tmp_path / "none.png")
-    assert not (tmp_path / "none.png").exists()
+
+
+def test_plot_legend_hides_no_data(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("matplotlib")
+    import matplotlib
+
+    matplotlib.use("Agg")
+    monkeypatch.syspath_prepend(str(REPO))
+    from bench.__main__ import figure
+
+    fig = figure(overhead_rows())
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    [legend] = fig.legends
+    box = legend.get_window_extent(renderer)
+    assert len(fig.axes) == 2
+    for ax in fig.axes:
+        assert not box.overlaps(ax.get_window_extent(renderer)), ax.get_title()
+    # Baton's line for each runner, then its raw engine's: two columns, side by side.
+    assert [text.get_text() for text in legend.get_texts()] == [
+        "baton thread",
+        "baton sync",
+        "ThreadPoolExecutor",
+        "plain loop",
+    ]
+
+
+def test_plot_only_redraws_the_plot_of_a_results_json(tmp_path: Path) -> None:
+    pytest.importorskip("matplotlib")
+    recorded = tmp_path / "recorded"
+    recorded.mkdir()
+    (recorded / "results.json").write_text(json.dumps({"rows": overhead_rows()}))
+    done = subprocess.run(
+        [sys.executable, "-m", "bench", "--plot-only", str(recorded / "results.json")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert (recorded / "overhead.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert done.stdout == f"wrote {recorded / 'overhead.png'}\n"
+    # Nothing was measured: no new results.json beside the plot, none in bench/results.
+    assert sorted(p.name for p in recorded.iterdir()) == ["overhead.png", "results.json"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--quick"], "--plot-only measures nothing, so --quick has no effect with it"),
+        (["--runners", "thread"], "so --runners has no effect"),
+    ],
+)
+def test_plot_only_refuses_measuring_options(tmp_path: Path, args: list[str], message: str) -> None:
+    (tmp_path / "results.json").write_text(json.dumps({"rows": overhead_rows()}))
+    done = bench(tmp_path, "--plot-only", str(tmp_path / "results.json"), *args, timeout=60)
+    assert done.returncode == 2
+    assert message in done.stderr
+    assert not (tmp_path / "overhead.png").exists()
+
+
+def test_plot_only_of_a_file_that_is_not_results_json(tmp_path: Path) -> None:
+    (tmp_path / "other.json").write_text("[1, 2]")
+    done = bench(tmp_path, "--plot-only", str(tmp_path / "other.json"), timeout=60)
+    assert done.returncode == 2
+    assert "is not a results.json written by python -m bench" in done.stderr
 
 
 @pytest.mark.slow
