@@ -180,6 +180,25 @@ def test_runner_api_reference_documents_every_name() -> None:
     )
 
 
+def test_api_signatures_are_laid_out_over_several_lines() -> None:
+    # mkdocstrings lays a long signature out one parameter a line only with ruff or
+    # black importable in the build's environment: without one, every signature of
+    # the API pages is a single line, however long.
+    import configparser
+
+    yaml = pytest.importorskip("yaml")
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(REPO / "tox.ini")
+    deps = [line.strip() for line in tox["testenv:docs"]["deps"].splitlines()]
+    formatters = [d for d in deps if re.match(r"(ruff|black)\b", d)]
+    assert formatters, f"the docs env installs neither ruff nor black: {deps}"
+    config = yaml.safe_load((REPO / "mkdocs.yml").read_text())
+    [mkdocstrings] = [p["mkdocstrings"] for p in config["plugins"] if "mkdocstrings" in p]
+    options = mkdocstrings["handlers"]["python"]["options"]
+    assert options["separate_signature"] is True
+    assert options["line_length"] == 80
+
+
 def test_docstrings_get_fenced_blocks() -> None:
     pytest.importorskip("griffe", reason="the API reference needs mkdocstrings: tox -e docs")
     fence = load("griffe_docstrings").fence_docstring
