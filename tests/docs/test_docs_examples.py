@@ -28,6 +28,7 @@ WITHOUT_EXAMPLES = {
     "reference/ray.md",
     "reference/runners.md",
     "reliability.md",
+    "runners/matrix.md",
 }
 
 

@@ -46,6 +46,7 @@ def get_portal() -> BlockingPortal:
 def _set(portal: BlockingPortal) -> None:
     global _portal, _thread
     _thread = portal.call(threading.current_thread)
+    _thread.name = "baton-event-loop"
     _portal = portal
 
 
