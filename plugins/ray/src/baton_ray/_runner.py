@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any, final
 
 from baton import BatonError, Capability, InvalidOptionsError, RunnerClosedError, TaskRunner
@@ -28,6 +28,7 @@ _OWN_OPTIONS = {"address": "RayTaskRunner(address=...)"}
 _session_lock = threading.Lock()
 _session_users = 0
 _session_ours = False
+_sessions_ended = 0  # how many Ray sessions this module started and shut down
 
 
 @final
@@ -147,7 +148,7 @@ class RayTaskRunner(TaskRunner):
         from baton_ray._driver import Driver
 
         self._session = _join_session(self.address, self.init_kwargs)
-        self._driver = Driver(self.max_pending)
+        self._driver = Driver(self.max_pending, _session_watch())
 
     def on_shutdown(self, wait: bool) -> None:
         driver, self._driver = self._driver, None
@@ -212,7 +213,7 @@ def _join_session(address: str | None, init_kwargs: dict[str, Any]) -> bool:
 
 
 def _leave_session() -> None:
-    global _session_users, _session_ours
+    global _session_users, _session_ours, _sessions_ended
     import ray
 
     with _session_lock:
@@ -220,7 +221,21 @@ def _leave_session() -> None:
         if _session_users > 0 or not _session_ours:
             return
         _session_ours = False
+        _sessions_ended += 1
         ray.shutdown()
+
+
+def _session_watch() -> Callable[[], bool]:
+    """Whether the Ray session connected now has ended since (results kept in its object
+    store are gone with it)."""
+    import ray
+
+    ended = _sessions_ended
+
+    def session_ended() -> bool:
+        return _sessions_ended != ended or not ray.is_initialized()
+
+    return session_ended
 
 
 def _check_same_cluster(address: str | None) -> None:
