@@ -707,6 +707,16 @@ class _Watcher(threading.Thread):
                 logger.exception("The watcher of task runner 'ray' met an error")
 
     def _poll(self, timed: list[_Job], next_timer: float | None) -> None:
+        gone = [job for job in timed if job.gen is None]
+        if gone:
+            # Ended and waiting to be sent again: watched again once it is.
+            with self._cond:
+                for job in gone:
+                    if job.gen is None:
+                        self._timed.discard(job)
+            timed = [job for job in timed if job.gen is not None]
+            if not timed:
+                return
         now = time.monotonic()
         wake = [now + _POLL]
         if next_timer is not None:
@@ -720,9 +730,11 @@ class _Watcher(threading.Thread):
             time.sleep(timeout)
         for job in timed:
             gen = job.gen
+            if gen is None:
+                continue
             if self._read(job):
                 with self._cond:
-                    if job.gen is gen:  # not already sent again
+                    if job.gen is gen or job.gen is None:  # not already sent again
                         self._timed.discard(job)
             elif job.deadline is not None and job.stop is None and time.monotonic() >= job.deadline:
                 job.stop = "timeout"

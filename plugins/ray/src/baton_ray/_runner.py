@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, final
 
 from baton import BatonError, Capability, InvalidOptionsError, RunnerClosedError, TaskRunner
@@ -201,7 +203,8 @@ def _join_session(address: str | None, init_kwargs: dict[str, Any]) -> bool:
         else:
             kwargs["address"] = address
         try:
-            ray.init(**kwargs)
+            with _interruptible_start(starts_ray=address is None):
+                ray.init(**kwargs)
         except Exception as exc:
             where = f"connect to the Ray cluster at {address!r}" if address else "start Ray"
             raise BatonError(
@@ -210,6 +213,84 @@ def _join_session(address: str | None, init_kwargs: dict[str, Any]) -> bool:
         _session_ours = True
         _session_users = 1
         return True
+
+
+@contextlib.contextmanager
+def _interruptible_start(starts_ray: bool) -> Iterator[None]:
+    """Let a Ctrl-C interrupt ``ray.init`` starting a local Ray at once, and leave no
+    Ray process behind.
+
+    Ray's processes start in this process group, so a Ctrl-C at the terminal would
+    reach them too: killed half-way through their start, they would leave ``ray.init``
+    waiting on them for half a minute, and some of them running. Here they start with
+    SIGINT blocked (a process inherits the signal mask of the thread that starts it),
+    while a thread of this process that does not block it takes the signal, so that
+    the KeyboardInterrupt reaches ``ray.init`` as usual; the processes it started are
+    then stopped. Only in the main thread, where Python handles signals.
+    """
+    if (
+        not starts_ray
+        or threading.current_thread() is not threading.main_thread()
+        or not hasattr(signal, "pthread_sigmask")
+    ):
+        yield
+        return
+    psutil = _psutil()
+    before = _children(psutil)
+    idle = threading.Event()
+    catcher = threading.Thread(target=idle.wait, name="baton-ray-sigint", daemon=True)
+    catcher.start()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    except BaseException as exc:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if not isinstance(exc, Exception):
+            _stop_started(psutil, before)
+        raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        idle.set()
+
+
+def _psutil() -> Any:
+    try:
+        import importlib
+
+        return importlib.import_module("psutil")  # Ray ships it
+    except ImportError:
+        return None
+
+
+def _children(psutil: Any) -> set[int]:
+    if psutil is None:
+        return set()
+    try:
+        return {child.pid for child in psutil.Process().children()}
+    except Exception:
+        return set()
+
+
+def _stop_started(psutil: Any, before: set[int]) -> None:
+    """After an interrupted ``ray.init``: stop the Ray it started, and the processes it
+    left (those that became this process's children meanwhile, with theirs)."""
+    import ray
+
+    try:
+        ray.shutdown()
+    except BaseException:
+        pass
+    if psutil is None:
+        return
+    try:
+        started = [c for c in psutil.Process().children() if c.pid not in before]
+        tree = [p for child in started for p in (child, *child.children(recursive=True))]
+        for process in tree:
+            with contextlib.suppress(Exception):
+                process.kill()
+        psutil.wait_procs(tree, timeout=5)
+    except Exception:
+        pass
 
 
 def _leave_session() -> None:
