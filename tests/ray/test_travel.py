@@ -144,6 +144,7 @@ SCRIPT = textwrap.dedent(
     """
     import sys
     from baton import flow, task
+    from baton_ray import RayTaskRunner
 
 
     def double(x):
