@@ -68,6 +68,18 @@ def test_failed_state_message_describes_the_error_unless_given() -> None:
     assert State.crashed(SystemExit(3)).message == "SystemExit: 3"
 
 
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this error raises")
+
+
+def test_a_failed_state_keeps_an_error_whose_str_raises() -> None:
+    error = _Unprintable("hidden")
+    state = State.failed(error)
+    assert state.error is error
+    assert state.message == "_Unprintable: <str() raised RuntimeError>"
+
+
 def test_state_type_is_a_string_enum_with_a_readable_repr() -> None:
     assert StateType.FAILED == "FAILED"
     assert repr(StateType.FAILED) == "StateType.FAILED"

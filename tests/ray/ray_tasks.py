@@ -138,3 +138,73 @@ def hold(rv: Rendezvous, index: int) -> int:
 @task
 def noop(x: int) -> int:
     return x
+
+
+# -- what crosses between the workers and the flow ---------------------------------------
+
+
+@task
+def fails(x: int) -> None:
+    raise ValueError(f"lost subtask {x}")
+
+
+@task
+def forgets_a_failing_subtask() -> str:
+    """Submit a run that fails, and never read it."""
+    fails.submit(7)
+    return "parent done"
+
+
+class NeedsTwoArguments(Exception):
+    def __init__(self, code: int, detail: str) -> None:
+        super().__init__(f"code {code}: {detail}")
+        self.code = code
+        self.detail = detail
+
+
+class UnprintableError(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this error raises")
+
+
+@task
+def raises_two_argument_error() -> None:
+    raise NeedsTwoArguments(42, "the answer")
+
+
+@task
+def raises_unprintable() -> None:
+    raise UnprintableError("hidden")
+
+
+def _only_on_workers(driver_pid: int) -> OnlyOnWorkers:
+    if os.getpid() == driver_pid:
+        raise ModuleNotFoundError("No module named 'only_on_workers'")
+    return OnlyOnWorkers(driver_pid)
+
+
+class OnlyOnWorkers:
+    """A value that can be rebuilt on the workers but not in the flow's process."""
+
+    def __init__(self, driver_pid: int) -> None:
+        self.driver_pid = driver_pid
+
+    def __reduce__(self) -> Any:
+        return (_only_on_workers, (self.driver_pid,))
+
+
+@task
+def only_on_workers(driver_pid: int) -> OnlyOnWorkers:
+    return OnlyOnWorkers(driver_pid)
+
+
+@task
+def wait_for_release(rv: Rendezvous, tag: str) -> str:
+    rv.signal(f"started-{tag}")
+    rv.wait(f"release-{tag}", timeout=60)
+    return tag
+
+
+@task(retries=1, retry_delay_seconds=lambda retries: "soon")
+def fails_with_junk_delay() -> None:
+    raise ValueError("first attempt fails")

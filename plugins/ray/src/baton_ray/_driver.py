@@ -26,7 +26,7 @@ import time
 import uuid
 import weakref
 from collections import deque
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import partial
 from queue import SimpleQueue
 from typing import TYPE_CHECKING, Any, Final, final
@@ -39,13 +39,17 @@ from baton import (
     State,
     StateType,
 )
-from baton._engine import _retry_delay, _run_hooks
-from baton._resolve import Upstream
-from baton._runners._worker import RemoteTraceback
-from baton._states import LazyResult, upstream_failed
+from baton.runners import (
+    FINAL_STATE_TYPES,
+    Attempts,
+    RemoteResult,
+    Upstream,
+    dumps,
+    upstream_failed,
+)
 from ray import exceptions as ray_errors
 
-from baton_ray._failures import argument_error, failure_state, read_error
+from baton_ray._failures import argument_error, failure_state, first_line, read_error
 from baton_ray._options import current_options, merge, options_from_tags
 from baton_ray._worker import (
     FINAL,
@@ -61,17 +65,15 @@ from baton_ray._worker import (
 if TYPE_CHECKING:
     import concurrent.futures as cf
 
-    from baton import Future, TaskRun
-    from baton._task import Task
+    from baton import Future, Task
+    from baton.runners import TaskRun
 
 __all__ = ["Driver"]
 
 logger = logging.getLogger("baton")
 
 WHOLE, ATTEMPT, TIMED = "whole", "attempt", "timed"
-_FINAL: Final = frozenset(
-    {StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED}
-)
+_FINAL: Final = FINAL_STATE_TYPES
 _STORED_HEAD: Final = (STORED,)
 # A pickled task bigger than this goes to the object store once, instead of with each run.
 _BLOB_INLINE: Final = 32 * 1024
@@ -91,13 +93,9 @@ def _task_payload(run: TaskRun) -> tuple[str, Any]:
         found = _task_payloads.get(task)
     if found is not None:
         return found
-    from baton._runners._worker import dumps
-
     try:
         blob = dumps(task)
     except Exception as exc:
-        import pickle
-
         raise pickle.PicklingError(
             f"Task {task.name!r} cannot be pickled to send it to Ray workers "
             f"({type(exc).__name__}: {exc}). Its function, its options' hooks, or a global "
@@ -189,28 +187,59 @@ def _when_done(ref: Any, callback: Any) -> None:
 class _Fetch:
     """Loads a completed run's value from the object store, the first time it is read.
 
-    The state holds the value's ObjectRef only until then (`LazyResult` drops its
-    loader once it has the value), so the store frees the value as soon as nothing
-    else needs it; a downstream run handed over before that gets the ObjectRef.
+    It holds the value's ObjectRef only until then (`State.completed_lazily` drops
+    its loader once it has the value), so the store frees the value as soon as
+    nothing else needs it; a downstream run handed over before that gets the ObjectRef.
     """
 
-    __slots__ = ("ref",)
+    __slots__ = ("driver", "name", "ref", "task_name")
 
-    def __init__(self, ref: Any) -> None:
+    def __init__(self, driver: Driver, run: TaskRun, ref: Any) -> None:
+        self.driver = driver
+        self.name = run.name
+        self.task_name = run.task.name
         self.ref = ref
 
     def __call__(self) -> Any:
-        return ray.get(self.ref)
+        ref = self.ref
+        if ref is None or self.driver.session_ended():
+            raise self._gone()
+        try:
+            value = ray.get(ref)
+        except Exception as exc:
+            if self.driver.session_ended():
+                raise self._gone() from exc
+            if isinstance(exc, (ray_errors.RaySystemError, pickle.UnpicklingError)):
+                raise pickle.UnpicklingError(
+                    f"The result of task run {self.name!r} (task {self.task_name!r}) is in "
+                    "Ray's object store but cannot be unpickled here "
+                    f"({type(exc).__name__}: {first_line(str(exc))}). Return plain data, or "
+                    "types importable both on the workers and in the flow's process."
+                ) from exc
+            raise
+        self.ref = None
+        return value
+
+    def _gone(self) -> RunnerClosedError:
+        return RunnerClosedError(
+            f"The result of task run {self.name!r} stayed on the Ray cluster, and task runner "
+            "'ray' shut down the Ray it had started before anything read it. Read results "
+            "(or return them from the flow) before the flow ends, or connect to Ray yourself "
+            "(ray.init()) or start the runner yourself (`with runner:`) to keep them."
+        )
 
 
-def _stored_ref(state: State) -> Any:
+# The fetch of each completed run whose value is in the store, by its future: a
+# downstream run is given the value's ObjectRef while the fetch has not read it.
+_stored: weakref.WeakKeyDictionary[Future[Any], _Fetch] = weakref.WeakKeyDictionary()
+_stored_lock = threading.Lock()
+
+
+def _stored_ref(future: Future[Any]) -> Any:
     """The ObjectRef of a completed run's value still in the store, or None."""
-    data = state._data
-    if type(data) is LazyResult:
-        loader = data._load
-        if type(loader) is _Fetch:
-            return loader.ref
-    return None
+    with _stored_lock:
+        fetch = _stored.get(future)
+    return None if fetch is None else fetch.ref
 
 
 def _freeze(value: Any) -> Any:
@@ -227,6 +256,7 @@ class _Job:
 
     __slots__ = (
         "attempt",
+        "call",
         "deadline",
         "gen",
         "head",
@@ -236,6 +266,7 @@ class _Job:
         "remote",
         "run",
         "stop",
+        "unhandled",
         "upstreams",
         "value_ref",
     )
@@ -246,6 +277,8 @@ class _Job:
         self.kind = kind
         self.remote = remote
         self.head: Any = None
+        self.call: Any = None
+        self.unhandled: tuple[Any, ...] = ()  # left failing by earlier attempts
         self.attempt = 1
         self.outcome_ref: Any = None
         self.value_ref: Any = None
@@ -267,8 +300,10 @@ class _Job:
 class Driver:
     """Sends one runner's runs to Ray and reports their states."""
 
-    def __init__(self, max_pending: int) -> None:
+    def __init__(self, max_pending: int, session_ended: Callable[[], bool]) -> None:
         self.max_pending = max_pending
+        self.session_ended = session_ended
+        """Whether the Ray session this driver's results live in has been shut down."""
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
         self._queue: deque[_Job] = deque()
@@ -296,6 +331,7 @@ class Driver:
         key, blob = _task_payload(run)
         call, upstreams = run.native_call()
         job = _Job(run, upstreams, kind, remote)
+        job.call = call
         job.head = _pack((key, blob, run.id, run.name, call.args, call.kwargs, call.wait_for))
         with self._lock:
             if self._closing is not None:
@@ -312,7 +348,7 @@ class Driver:
         """Send `job` to Ray (it holds a place in `_active`), or park it on an upstream."""
         run = job.run
         if run.future.done():  # cancelled before it went
-            self._end(job, run.future._state)
+            self._end(job, run.state)
             return
         inputs = self._inputs(job)
         if not isinstance(inputs, list):
@@ -326,17 +362,21 @@ class Driver:
             else:
                 job.gen = job.remote.remote(job.head, job.attempt, *inputs)
         except Exception as exc:
-            error = argument_error(run, exc)
+            error = argument_error(run, exc, job.call)
             if raise_errors:
                 with self._lock:
                     self._active.pop(run.id, None)
                 raise error from exc
-            self._end(job, State.failed(error), hooks=True)
+            self._end(job, Attempts(run, job.attempt).finish(State.failed(error)))
             return
-        # Ray does not say when a task starts: the run stays PENDING (and can be
-        # cancelled) until it ends; a timed attempt reports when it starts.
-        if run.future._state.type is StateType.CANCELLED:
-            job.stop = "cancel"
+        if job.kind == TIMED:
+            # A timed attempt reports when it starts, and its clock starts then.
+            if run.state.type is StateType.CANCELLED:
+                job.stop = "cancel"
+        elif not run.set_running():
+            # Ray does not say when a task starts without a stream per run, which
+            # doubles its cost: a run reads RUNNING once Ray has it (see docs/runners/ray.md).
+            job.stop = "cancel"  # cancelled meanwhile
         if job.stop is not None:
             job.cancel_in_ray()
         if job.kind == TIMED:
@@ -355,10 +395,10 @@ class Driver:
         """
         inputs: list[Any] = []
         for upstream in job.upstreams:
-            state = upstream._state
+            state = upstream.task_run.state
             if state.type not in _FINAL:
                 return upstream
-            value_ref = _stored_ref(state)
+            value_ref = _stored_ref(upstream) if state.type is StateType.COMPLETED else None
             if value_ref is not None:
                 inputs += (_STORED_HEAD, value_ref)
             else:
@@ -424,67 +464,85 @@ class Driver:
             if item is None:
                 return
             job, ref, outcome = item
-            if job.outcome_ref is ref:  # else from an earlier launch of a job sent again
-                if isinstance(outcome, BaseException):
-                    self._failed_in_ray(job, outcome)
-                else:
-                    self.outcome(job, outcome)
+            try:
+                if job.outcome_ref is ref:  # else from an earlier launch of a job sent again
+                    if isinstance(outcome, BaseException):
+                        self._failed_in_ray(job, outcome)
+                    else:
+                        self.outcome(job, outcome)
+            except BaseException:
+                # A done callback that raised (SystemExit too): this thread serves every
+                # run of the runner, and goes on.
+                logger.exception("Reporting the end of %r raised", job.run)
             del job, ref, outcome, item
 
     def outcome(self, job: _Job, outcome: Any) -> None:
         """What the remote function returned for `job` (see `_worker` for the forms)."""
         kind = outcome[0] if type(outcome) is tuple and outcome else None
+        run = job.run
         if kind == INLINE:
-            self._end(job, State.completed(outcome[1]))
+            self._end(job, State.completed(outcome[1]), outcome[2])
         elif kind == STORED:
-            self._end(job, State.completed_lazily(_Fetch(job.value_ref)))
+            fetch = _Fetch(self, run, job.value_ref)
+            with _stored_lock:
+                _stored[run.future] = fetch
+            self._end(job, State.completed_lazily(fetch), outcome[1])
         elif kind == FINAL:
-            self._end(job, self._restore_error(job, outcome[1], outcome[2]))
+            result: RemoteResult = outcome[1]
+            self._end(job, self._restore_cause(job, result.state), result.unhandled)
         elif kind == RETRY:
-            self._retry(job, self._restore_error(job, outcome[1], outcome[3]), outcome[2])
+            result = outcome[1]
+            retry = result.retry
+            assert retry is not None
+            self._retry(job, retry.state, retry.attempt, retry.delay, result)
         else:
             self._failed_in_ray(job, TypeError(f"unexpected outcome {outcome!r}"))
 
-    def _restore_error(self, job: _Job, state: State, tb: str | None) -> State:
-        """The error's cause, which pickling drops: the upstream's error for UpstreamFailed,
-        else the traceback from the worker."""
-        error = state.error
-        if error is None:
+    def _restore_cause(self, job: _Job, state: State) -> State:
+        """An UpstreamFailed state with its upstream's own error as the cause, which
+        pickling drops."""
+        if state.name != "UpstreamFailed" or state.error is None:
             return state
-        if state.name == "UpstreamFailed":
-            for upstream in job.upstreams:
-                if upstream.done() and f"{upstream.name!r}" in str(state.message):
-                    upstream_state = upstream._state
-                    if not upstream_state.is_completed():
-                        return upstream_failed(job.run.name, upstream.name, upstream_state)
-        if tb and error.__cause__ is None:
-            error.__cause__ = RemoteTraceback(tb)
+        for upstream in job.upstreams:
+            upstream_state = upstream.task_run.state
+            if (
+                upstream_state.type in _FINAL
+                and not upstream_state.is_completed()
+                and f"{upstream.name!r}" in str(state.message)
+            ):
+                return upstream_failed(job.run.name, upstream.name, upstream_state)
         return state
 
     def _failed_in_ray(self, job: _Job, exc: BaseException) -> None:
         """The job's Ray task failed outside the engine (a worker died, a value could not
         be stored, the driver stopped it)."""
         read_error(job.value_ref)
-        state = failure_state(job.run, job.stop, exc)
-        if job.kind == WHOLE or job.stop in ("cancel", "shutdown"):
-            self._end(job, state, hooks=job.stop is None)
-            return
-        delay = (
-            None
-            if self._closing == "now"
-            else _retry_delay(job.run, state, job.attempt, retry_crashed=True)
-        )
-        if delay is None:
-            self._end(job, state, hooks=True)
-        else:
-            self._retry(job, state, delay)
-
-    def _retry(self, job: _Job, state: State, delay: float) -> None:
         run = job.run
-        run.set_state(
-            State.pending("Retrying", f"Attempt {job.attempt + 1} after: {state.message}")
-        )
-        job.attempt += 1
+        state = failure_state(run, job.stop, exc)
+        if job.stop in ("cancel", "shutdown"):
+            self._end(job, state)
+            return
+        attempts = Attempts(run, job.attempt)
+        retry = None if self._closing == "now" else attempts.after(state)
+        if retry is None:
+            self._end(job, attempts.finish(state))
+        else:
+            self._retry(job, retry.state, retry.attempt, retry.delay)
+
+    def _retry(
+        self,
+        job: _Job,
+        retrying: State,
+        attempt: int,
+        delay: float,
+        result: RemoteResult | None = None,
+    ) -> None:
+        run = job.run
+        if result is not None and result.unhandled:
+            # Reported with the run's end: the flow fails naming them, whatever comes next.
+            job.unhandled += result.unhandled
+        run.set_state(retrying)
+        job.attempt = attempt
         job.outcome_ref = job.value_ref = job.gen = None
         job.items = 0
         job.deadline = None
@@ -495,23 +553,21 @@ class Driver:
         self._pump()
         self._watch().after(delay, job)
 
-    def _end(self, job: _Job, state: State, hooks: bool = False) -> None:
+    def _end(self, job: _Job, state: State, unhandled: tuple[Any, ...] = ()) -> None:
         run = job.run
-        if hooks and not run.future.done():
-            options = run.task.options
-            if options.on_completion or options.on_failure:
-                _run_hooks(run, state)
         with self._lock:
             self._active.pop(run.id, None)
             self._parked.pop(run.id, None)
             queued = bool(self._queue)
-        if not run.future.done():
-            run.set_state(state)
-        if queued:
-            self._pump()
-        with self._lock:
-            if not self._active and not self._queue and not self._parked:
-                self._idle.notify_all()
+        try:
+            if not run.future.done():
+                run.finish(RemoteResult(state, unhandled=job.unhandled + unhandled))
+        finally:
+            if queued:
+                self._pump()
+            with self._lock:
+                if not self._active and not self._queue and not self._parked:
+                    self._idle.notify_all()
 
     # -- stopping ---------------------------------------------------------------------------
 
@@ -641,12 +697,26 @@ class _Watcher(threading.Thread):
                 if not due and not timed:
                     self._cond.wait(None if next_timer is None else next_timer - now)
                     continue
-            for job in due:
-                self.driver._unpark(job)
-            if timed:
-                self._poll(timed, next_timer)
+            try:
+                for job in due:
+                    self.driver._unpark(job)
+                if timed:
+                    self._poll(timed, next_timer)
+            except BaseException:
+                # A done callback that raised (SystemExit too): keep the clocks going.
+                logger.exception("The watcher of task runner 'ray' met an error")
 
     def _poll(self, timed: list[_Job], next_timer: float | None) -> None:
+        gone = [job for job in timed if job.gen is None]
+        if gone:
+            # Ended and waiting to be sent again: watched again once it is.
+            with self._cond:
+                for job in gone:
+                    if job.gen is None:
+                        self._timed.discard(job)
+            timed = [job for job in timed if job.gen is not None]
+            if not timed:
+                return
         now = time.monotonic()
         wake = [now + _POLL]
         if next_timer is not None:
@@ -660,9 +730,11 @@ class _Watcher(threading.Thread):
             time.sleep(timeout)
         for job in timed:
             gen = job.gen
+            if gen is None:
+                continue
             if self._read(job):
                 with self._cond:
-                    if job.gen is gen:  # not already sent again
+                    if job.gen is gen or job.gen is None:  # not already sent again
                         self._timed.discard(job)
             elif job.deadline is not None and job.stop is None and time.monotonic() >= job.deadline:
                 job.stop = "timeout"

@@ -7,11 +7,12 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import ray
-from baton import CrashedRun, InvalidOptionsError, State, TaskTimeoutError
+from baton import CrashedRun, InvalidOptionsError, State
+from baton.runners import timed_out, unpicklable_arguments, worker_lost
 from ray import exceptions as ray_errors
 
 if TYPE_CHECKING:
-    from baton import TaskRun
+    from baton.runners import RunCall, TaskRun
 
 __all__ = ["argument_error", "failure_state", "first_line", "read_error"]
 
@@ -30,12 +31,8 @@ def failure_state(run: TaskRun, stop: str | None, exc: BaseException) -> State:
     if isinstance(exc, ray_errors.TaskCancelledError) or stop is not None:
         if stop == "timeout":
             seconds = run.task.options.timeout_seconds or 0.0
-            return State.failed(
-                TaskTimeoutError(
-                    f"Task run {name!r} exceeded its timeout of {seconds:g} s; its Ray task "
-                    "was cancelled and its worker process killed."
-                ),
-                name="TimedOut",
+            return timed_out(
+                name, seconds, "its Ray task was cancelled and its worker process killed"
             )
         if stop == "shutdown":
             message = f"Task run {name!r} was stopped: task runner 'ray' shut down without waiting."
@@ -62,6 +59,15 @@ def failure_state(run: TaskRun, stop: str | None, exc: BaseException) -> State:
             error = RuntimeError(f"Task run {name!r} failed in Ray: {first_line(text)}")
         error.__cause__ = cause
         return State.failed(error)
+    if isinstance(exc, ray_errors.RaySystemError):
+        # Raised here, by ray.get of the outcome: it came back but cannot be rebuilt.
+        error = RuntimeError(
+            f"Task run {name!r} ended on its Ray worker, but what it reported cannot be "
+            f"unpickled here: {first_line(str(exc))}. Its result and errors must be of "
+            "types importable in the flow's process."
+        )
+        error.__cause__ = exc
+        return State.failed(error)
     if isinstance(exc, _REFUSED):
         failed = RuntimeError(
             f"Ray could not run task run {name!r}: {type(exc).__name__}: {first_line(str(exc))}"
@@ -72,9 +78,7 @@ def failure_state(run: TaskRun, stop: str | None, exc: BaseException) -> State:
         f"Task run {name!r} crashed: its Ray worker died while running it "
         f"({type(exc).__name__}: {first_line(str(exc))})."
     )
-    crashed = CrashedRun(message)
-    crashed.__cause__ = exc
-    return State.crashed(crashed, message)
+    return worker_lost(message, exc)
 
 
 def read_error(ref: Any) -> None:
@@ -93,22 +97,18 @@ def first_line(text: str) -> str:
     return lines[0] if lines else text
 
 
-def argument_error(run: TaskRun, exc: Exception) -> Exception:
-    """A clear error for arguments Ray could not send (they cannot be pickled)."""
-    from baton._resolve import to_portable
-    from baton._runners.process import argument_pickling_error
-
+def argument_error(run: TaskRun, exc: Exception, call: RunCall) -> Exception:
+    """A clear error for arguments Ray could not send (they cannot be pickled); `call`
+    is what was sent, upstream futures as placeholders."""
     if isinstance(exc, InvalidOptionsError):
         return exc
-    # What was sent: upstream futures travel as placeholders.
-    upstreams: list[Any] = []
-    return argument_pickling_error(
+    return unpicklable_arguments(
         run,
-        to_portable(run.args, upstreams),
-        to_portable(run.kwargs, upstreams),
         exc,
         "Ray",
         "Arguments travel to Ray workers pickled: pass something picklable instead (a "
         "path rather than an open file, settings rather than a client, lock or "
         "connection), or create the object inside the task.",
+        args=call.args,
+        kwargs=call.kwargs,
     )

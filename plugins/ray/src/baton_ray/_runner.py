@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import sys
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, final
 
 from baton import BatonError, Capability, InvalidOptionsError, RunnerClosedError, TaskRunner
@@ -28,6 +30,7 @@ _OWN_OPTIONS = {"address": "RayTaskRunner(address=...)"}
 _session_lock = threading.Lock()
 _session_users = 0
 _session_ours = False
+_sessions_ended = 0  # how many Ray sessions this module started and shut down
 
 
 @final
@@ -148,7 +151,7 @@ class RayTaskRunner(TaskRunner):
         from baton_ray._driver import Driver
 
         self._session = _join_session(self.address, self.init_kwargs)
-        self._driver = Driver(self.max_pending)
+        self._driver = Driver(self.max_pending, _session_watch())
 
     def on_shutdown(self, wait: bool) -> None:
         driver, self._driver = self._driver, None
@@ -201,7 +204,8 @@ def _join_session(address: str | None, init_kwargs: dict[str, Any]) -> bool:
         else:
             kwargs["address"] = address
         try:
-            ray.init(**kwargs)
+            with _interruptible_start(starts_ray=address is None):
+                ray.init(**kwargs)
         except Exception as exc:
             where = f"connect to the Ray cluster at {address!r}" if address else "start Ray"
             raise BatonError(
@@ -212,8 +216,86 @@ def _join_session(address: str | None, init_kwargs: dict[str, Any]) -> bool:
         return True
 
 
+@contextlib.contextmanager
+def _interruptible_start(starts_ray: bool) -> Iterator[None]:
+    """Let a Ctrl-C interrupt ``ray.init`` starting a local Ray at once, and leave no
+    Ray process behind.
+
+    Ray's processes start in this process group, so a Ctrl-C at the terminal would
+    reach them too: killed half-way through their start, they would leave ``ray.init``
+    waiting on them for half a minute, and some of them running. Here they start with
+    SIGINT blocked (a process inherits the signal mask of the thread that starts it),
+    while a thread of this process that does not block it takes the signal, so that
+    the KeyboardInterrupt reaches ``ray.init`` as usual; the processes it started are
+    then stopped. Only in the main thread, where Python handles signals.
+    """
+    if (
+        not starts_ray
+        or threading.current_thread() is not threading.main_thread()
+        or not hasattr(signal, "pthread_sigmask")
+    ):
+        yield
+        return
+    psutil = _psutil()
+    before = _children(psutil)
+    idle = threading.Event()
+    catcher = threading.Thread(target=idle.wait, name="baton-ray-sigint", daemon=True)
+    catcher.start()
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    except BaseException as exc:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        if not isinstance(exc, Exception):
+            _stop_started(psutil, before)
+        raise
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+        idle.set()
+
+
+def _psutil() -> Any:
+    try:
+        import importlib
+
+        return importlib.import_module("psutil")  # Ray ships it
+    except ImportError:
+        return None
+
+
+def _children(psutil: Any) -> set[int]:
+    if psutil is None:
+        return set()
+    try:
+        return {child.pid for child in psutil.Process().children()}
+    except Exception:
+        return set()
+
+
+def _stop_started(psutil: Any, before: set[int]) -> None:
+    """After an interrupted ``ray.init``: stop the Ray it started, and the processes it
+    left (those that became this process's children meanwhile, with theirs)."""
+    import ray
+
+    try:
+        ray.shutdown()
+    except BaseException:
+        pass
+    if psutil is None:
+        return
+    try:
+        started = [c for c in psutil.Process().children() if c.pid not in before]
+        tree = [p for child in started for p in (child, *child.children(recursive=True))]
+        for process in tree:
+            with contextlib.suppress(Exception):
+                process.kill()
+        psutil.wait_procs(tree, timeout=5)
+    except Exception:
+        pass
+
+
 def _leave_session() -> None:
-    global _session_users, _session_ours
+    global _session_users, _session_ours, _sessions_ended
     import ray
 
     with _session_lock:
@@ -221,7 +303,21 @@ def _leave_session() -> None:
         if _session_users > 0 or not _session_ours:
             return
         _session_ours = False
+        _sessions_ended += 1
         ray.shutdown()
+
+
+def _session_watch() -> Callable[[], bool]:
+    """Whether the Ray session connected now has ended since (results kept in its object
+    store are gone with it)."""
+    import ray
+
+    ended = _sessions_ended
+
+    def session_ended() -> bool:
+        return _sessions_ended != ended or not ray.is_initialized()
+
+    return session_ended
 
 
 def _check_same_cluster(address: str | None) -> None:
