@@ -205,6 +205,22 @@ def wait_for_release(rv: Rendezvous, tag: str) -> str:
     return tag
 
 
-@task(retries=1, retry_delay_seconds=lambda retries: "soon")
+class _TurnsToJunk:
+    """A retry_delay_seconds callable that passes the check at decoration, then returns
+    junk when the delay of a retry is computed (on a Ray worker, or in the driver)."""
+
+    broken = False
+
+    def __call__(self, retries: int) -> object:
+        return "soon" if self.broken else [0.0] * retries
+
+
+_junk_delays = _TurnsToJunk()
+
+
+@task(retries=1, retry_delay_seconds=_junk_delays)
 def fails_with_junk_delay() -> None:
     raise ValueError("first attempt fails")
+
+
+_junk_delays.broken = True  # after the check at decoration, wherever this module loads
