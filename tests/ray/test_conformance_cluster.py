@@ -34,6 +34,12 @@ class TestRayOnACluster(RunnerConformance):
     def runner(self, connected: Cluster) -> RayTaskRunner:
         return RayTaskRunner(address=connected.address)
 
+    @pytest.fixture
+    def runner_name(self, connected: Cluster, monkeypatch: pytest.MonkeyPatch) -> str:
+        """A new process selects "ray" and, through RAY_ADDRESS, joins this cluster."""
+        monkeypatch.setenv("RAY_ADDRESS", connected.address)
+        return "ray"
+
 
 def test_the_runner_connects_by_address_and_leaves_the_cluster_running(
     cluster: Cluster,
