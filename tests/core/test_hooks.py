@@ -279,10 +279,11 @@ def test_a_hook_raising_a_base_exception_is_logged_and_does_not_change_the_state
     )
 
 
-def test_a_keyboard_interrupt_from_a_hook_in_a_worker_thread_is_only_logged(
-    caplog: pytest.LogCaptureFixture,
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_keyboard_interrupt_from_a_hook_is_only_logged(
+    runner: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # Ctrl-C reaches the main thread only: in a worker it is the hook's own doing.
+    # As from a done callback: the run has ended, whatever the hook does.
     def interrupting_hook(task_: Any, task_run: Any, state: State) -> None:
         raise KeyboardInterrupt
 
@@ -296,19 +297,6 @@ def test_a_keyboard_interrupt_from_a_hook_in_a_worker_thread_is_only_logged(
         return [future.state]
 
     with engine_log(caplog) as records:
-        [state] = run_in_flow("thread", body)
+        [state] = run_in_flow(runner, body)
     assert state.type is StateType.COMPLETED
     assert any("interrupting_hook" in r.getMessage() for r in records), records
-
-
-def test_a_keyboard_interrupt_from_a_hook_in_the_main_thread_interrupts_the_flow() -> None:
-    # As from the task itself: in the main thread it may be Ctrl-C, which stops the flow.
-    def interrupting_hook(task_: Any, task_run: Any, state: State) -> None:
-        raise KeyboardInterrupt
-
-    @task(on_completion=interrupting_hook)
-    def f() -> str:
-        return "fine"
-
-    with pytest.raises(KeyboardInterrupt):
-        run_in_flow("sync", lambda: f.submit())

@@ -104,20 +104,16 @@ def failure_state(exc: BaseException, run: RunInfo) -> State:
 def run_hooks(run: RunInfo, state: State) -> None:
     """Call the task's `on_completion` or `on_failure` hooks for a run's final state.
 
-    A hook that raises is logged, a BaseException such as `SystemExit` included; the
-    state stays what it is. Only a `KeyboardInterrupt` in the main thread goes on, as
-    it does from the task itself: there it may be Ctrl-C, which stops the flow.
+    Whatever a hook raises, a BaseException such as `SystemExit` included, is logged
+    and changes nothing, as for a future's done callbacks: the run has ended, and the
+    worker that ended it (a thread, a process, a cluster's) must go on.
     """
     options = run.task.options
     hooks = options.on_completion if state.type is StateType.COMPLETED else options.on_failure
     for hook in hooks:
         try:
             hook(run.task, run, state)
-        except BaseException as exc:
-            if isinstance(exc, KeyboardInterrupt) and (
-                threading.current_thread() is threading.main_thread()
-            ):
-                raise
+        except BaseException:
             logger.exception(
                 "Hook %r of task run %r raised; the run's state stays %r",
                 getattr(hook, "__name__", hook),
