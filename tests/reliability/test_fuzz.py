@@ -5,9 +5,9 @@ wrong option, or run once in a flow; then the run ends, within its timeout and i
 retries' delays plus a margin, in the state a small oracle computes from the example:
 COMPLETED or FAILED (TimedOut when the body overran its timeout), after
 ``1 + min(retries, failures)`` attempts; CRASHED only when the body itself raised a
-BaseException that is not an Exception (and then it is not retried). Hooks and done
-callbacks that raise, whatever they raise, change nothing, except a KeyboardInterrupt in
-the main thread (the `sync` runner), which may be Ctrl-C and interrupts the flow.
+BaseException that is not an Exception (and then it is not retried; a KeyboardInterrupt
+raised in the main thread, on the `sync` runner, may be Ctrl-C and interrupts the flow).
+Hooks and done callbacks that raise, whatever they raise, change nothing.
 
 CI draws the same examples every time (``derandomize`` when ``CI`` is set); elsewhere each
 run draws new ones.
@@ -52,7 +52,7 @@ from fuzz_tasks import (
     async_body,
     body,
 )
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability_support import runners
 
@@ -376,12 +376,6 @@ def check(example: Example, runner: TaskRunner, runner_name: str) -> None:
             fuzzed = _build(example, rv)
         except (InvalidOptionsError, TypeError) as error:
             refused = str(error)
-        event("refused when defined" if refused is not None else "run")
-        if os.environ.get("FUZZ_TALLY"):
-            with open(os.environ["FUZZ_TALLY"], "a") as tally:
-                tally.write(
-                    ("refused " + refused.splitlines()[-1][:60] if refused else "run") + "\n"
-                )
         if refused is not None:
             named = _named_options(refused) or {n for n in example.options if n in refused}
             assert named, f"the error names no option: {refused}"
@@ -390,11 +384,6 @@ def check(example: Example, runner: TaskRunner, runner_name: str) -> None:
         assert not must_refuse, f"options accepted, but {may_name} should have been refused"
 
         expected = expected_outcome(example, runner_name)
-        event(f"expected {expected.type.value}{' TimedOut' if expected.timed_out else ''}")
-        event(f"attempts expected: {expected.attempts}")
-        if os.environ.get("FUZZ_TALLY"):
-            with open(os.environ["FUZZ_TALLY"], "a") as tally:
-                tally.write(f"{runner_name} {expected}\n")
         bound = bound_seconds(example, runner_name)
         submitted: list[Future[Any]] = []
 
