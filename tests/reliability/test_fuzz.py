@@ -56,7 +56,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from reliability_support import runners
 
-EXAMPLES: Final = {"thread": 60, "sync": 60, "process": 40, "dask": 20, "ray": 20}
+EXAMPLES: Final = {"thread": 150, "sync": 150, "process": 80, "dask": 30, "ray": 30}
 MARGIN_SECONDS: Final = {"thread": 15.0, "sync": 15.0, "process": 30.0, "dask": 60.0, "ray": 60.0}
 """Beyond the timeouts and delays of an example, how long its run may take to end: a
 bound that only a hang exceeds (a worker process killed on a timeout is replaced)."""
@@ -238,7 +238,8 @@ def examples(draw: st.DrawFn) -> Example:
     example = Example(
         options=options,
         is_async=draw(st.booleans()),
-        failures=draw(st.sampled_from([0, 1, 2, ALWAYS, ALWAYS])),
+        # Failing runs first: what Hypothesis draws first, and shrinks to, is the first.
+        failures=draw(st.sampled_from([1, ALWAYS, 2, 0])),
         fail_kind=draw(st.sampled_from(FAIL_KINDS)),
         ok_kind=draw(st.sampled_from(OK_KINDS)),
         on_completion=hooks_[0],
