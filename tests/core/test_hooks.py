@@ -240,3 +240,63 @@ def test_direct_call_result_is_unaffected_by_a_raising_hook(
     with engine_log(caplog) as records:
         assert f() == "fine"
     assert [r.levelno for r in records] == [logging.ERROR]
+
+
+class HookEscape(BaseException):
+    """A BaseException of the user's own, raised by a hook."""
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+@pytest.mark.parametrize(
+    "error", [SystemExit(3), GeneratorExit(), HookEscape("out")], ids=lambda e: type(e).__name__
+)
+@pytest.mark.parametrize("outcome", ["completed", "failed"])
+def test_a_hook_raising_a_base_exception_is_logged_and_does_not_change_the_state(
+    runner: str, error: BaseException, outcome: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    def escaping_hook(task_: Any, task_run: Any, state: State) -> None:
+        raise error
+
+    @task(on_completion=escaping_hook, on_failure=escaping_hook)
+    def ends(how: str) -> str:
+        if how == "failed":
+            raise KeyError("the real error")
+        return "fine"
+
+    def body() -> list[State]:
+        future = ends.submit(outcome)
+        future.wait(10)
+        return [future.state]
+
+    with engine_log(caplog) as records:
+        [state] = run_in_flow(runner, body)
+    if outcome == "completed":
+        assert state.type is StateType.COMPLETED and state.result() == "fine"
+    else:
+        assert state.type is StateType.FAILED and isinstance(state.error, KeyError)
+    assert any(r.levelno == logging.ERROR and "escaping_hook" in r.getMessage() for r in records), (
+        records
+    )
+
+
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_a_keyboard_interrupt_from_a_hook_is_only_logged(
+    runner: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # As from a done callback: the run has ended, whatever the hook does.
+    def interrupting_hook(task_: Any, task_run: Any, state: State) -> None:
+        raise KeyboardInterrupt
+
+    @task(on_completion=interrupting_hook)
+    def f() -> str:
+        return "fine"
+
+    def body() -> list[State]:
+        future = f.submit()
+        future.wait(10)
+        return [future.state]
+
+    with engine_log(caplog) as records:
+        [state] = run_in_flow(runner, body)
+    assert state.type is StateType.COMPLETED
+    assert any("interrupting_hook" in r.getMessage() for r in records), records

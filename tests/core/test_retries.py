@@ -615,3 +615,23 @@ def test_a_delay_callable_returning_junk_fails_the_run(runner: str) -> None:
     assert isinstance(state.error, InvalidOptionsError)
     assert "returned 'soon' when called with retries=2" in str(state.error)
     assert calls == [1]
+
+
+# -- delays too long to wait ----------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("delay", "jitter"), [(1e300, None), (0.01, 1e308), (10.0, 1e307)], ids=repr
+)
+def test_a_delay_longer_than_any_wait_is_cut_to_the_longest_wait_possible(
+    delay: float, jitter: float | None
+) -> None:
+    # time.sleep(1e300) raises OverflowError: the run would crash instead of waiting.
+    @task(retries=1, retry_delay_seconds=delay, retry_jitter_factor=jitter)
+    def f() -> None: ...
+
+    run = fake_run(f)
+    failed = State.failed(ValueError("x"))
+    for _ in range(20):
+        waited = _delay(run, failed, 1)
+        assert waited is not None and 0.0 <= waited <= threading.TIMEOUT_MAX, waited

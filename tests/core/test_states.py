@@ -77,7 +77,7 @@ def test_a_failed_state_keeps_an_error_whose_str_raises() -> None:
     error = _Unprintable("hidden")
     state = State.failed(error)
     assert state.error is error
-    assert state.message == "_Unprintable: <str() raised RuntimeError>"
+    assert state.message == "_Unprintable (its str() raised RuntimeError)"
 
 
 def test_state_type_is_a_string_enum_with_a_readable_repr() -> None:
@@ -226,6 +226,37 @@ def test_pickled_failed_state_result_still_raises() -> None:
     copy = pickle.loads(pickle.dumps(State.failed(KeyError("missing"))))
     with pytest.raises(KeyError, match="missing"):
         copy.result()
+
+
+class UnprintableError(Exception):
+    """An error whose `str()` raises."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text for you")
+
+
+def test_a_failed_state_of_an_error_that_cannot_be_printed_still_has_a_message() -> None:
+    error = UnprintableError()
+    state = State.failed(error)
+    assert state.error is error
+    assert state.message == "UnprintableError (its str() raised RuntimeError)"
+
+
+@pytest.mark.parametrize("runner", ["thread", "sync"])
+def test_a_run_raising_an_error_that_cannot_be_printed_fails_with_that_error(runner: str) -> None:
+    @task
+    def raises_it() -> None:
+        raise UnprintableError
+
+    @flow(task_runner=runner)
+    def body() -> list[State]:
+        future = raises_it.submit()
+        future.wait(10)
+        return [future.state]  # in a list: a returned failed state would fail the flow
+
+    [state] = body()
+    assert state.type is StateType.FAILED
+    assert isinstance(state.error, UnprintableError)
 
 
 # -- timestamps -----------------------------------------------------------------------

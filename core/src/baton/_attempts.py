@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import random
+import threading
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final, final
 
@@ -103,14 +104,16 @@ def failure_state(exc: BaseException, run: RunInfo) -> State:
 def run_hooks(run: RunInfo, state: State) -> None:
     """Call the task's `on_completion` or `on_failure` hooks for a run's final state.
 
-    A hook that raises is logged; the state stays what it is.
+    Whatever a hook raises, a BaseException such as `SystemExit` included, is logged
+    and changes nothing, as for a future's done callbacks: the run has ended, and the
+    worker that ended it (a thread, a process, a cluster's) must go on.
     """
     options = run.task.options
     hooks = options.on_completion if state.type is StateType.COMPLETED else options.on_failure
     for hook in hooks:
         try:
             hook(run.task, run, state)
-        except Exception:
+        except BaseException:
             logger.exception(
                 "Hook %r of task run %r raised; the run's state stays %r",
                 getattr(hook, "__name__", hook),
@@ -258,4 +261,5 @@ class Attempts:
         jitter = options.retry_jitter_factor
         if jitter and delay > 0:
             delay = max(0.0, delay * (1.0 + random.uniform(-jitter, jitter)))
-        return delay
+        # A wait longer than that overflows time.sleep and Event.wait; none ends sooner.
+        return min(delay, threading.TIMEOUT_MAX)

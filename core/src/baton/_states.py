@@ -250,6 +250,6 @@ def _rebuild_failure(
 def _describe(error: BaseException) -> str:
     try:
         text = str(error)
-    except Exception as exc:  # the error is still the run's: only its text is lost
-        text = f"<str() raised {type(exc).__name__}>"
+    except Exception as exc:  # the run failed all the same: say so, with what we have
+        return f"{type(error).__name__} (its str() raised {type(exc).__name__})"
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
