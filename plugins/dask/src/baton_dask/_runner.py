@@ -39,6 +39,14 @@ class DaskTaskRunner(TaskRunner):
       ``{"security": Security(...)}`` for TLS.
     - `performance_report_path`: write a Dask performance report (HTML) of the
       runner's whole life there; needs the ``bokeh`` package.
+    - `no_workers_timeout`: when the cluster has had no worker at all for this many
+      seconds (60 by default) while runs wait on it, those runs crash with a message
+      that says so, rather than wait for ever; None waits for ever (an adaptive
+      cluster that starts its workers from zero, slowly, may want that).
+
+    A cluster the runner starts does not run a task again after its worker died
+    (Dask's ``distributed.scheduler.allowed-failures`` is 0 there): the run is
+    retried as its task's `retries` say, by Baton.
 
     Upstream results move worker to worker: a run that takes another's future gets
     the result on its worker, never through this process. Results come here only
@@ -78,9 +86,11 @@ class DaskTaskRunner(TaskRunner):
         adapt_kwargs: dict[str, Any] | None = None,
         client_kwargs: dict[str, Any] | None = None,
         performance_report_path: str | PathLike[str] | None = None,
+        no_workers_timeout: float | None = 60.0,
     ) -> None:
         self._options = validate(
             {
+                "no_workers_timeout": no_workers_timeout,
                 "address": address,
                 "cluster_class": cluster_class,
                 "cluster_kwargs": cluster_kwargs,
@@ -198,7 +208,7 @@ class DaskTaskRunner(TaskRunner):
                 ) from exc
             self._report = report
         self._client, self._cluster = client, cluster
-        self._session = Session(client, self._label())
+        self._session = Session(client, self._label(), options.no_workers_timeout)
 
     def _start_cluster(self) -> Any:
         options = self._options
@@ -209,8 +219,13 @@ class DaskTaskRunner(TaskRunner):
             factory = LocalCluster
         kwargs = options.cluster_kwargs or {}
         name = getattr(factory, "__name__", repr(factory))
+        import dask
+
         try:
-            cluster = factory(**kwargs)
+            # Baton retries runs whose worker died, as their tasks' retries say; Dask must
+            # not run them again on its own as well.
+            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+                cluster = factory(**kwargs)
         except Exception as exc:
             raise BatonError(
                 f"Task runner 'dask' could not start its cluster, {name}(**{kwargs!r}): "
@@ -349,7 +364,7 @@ def get_dask_client(timeout: float | None = None) -> Iterator[Client]:
         with client.as_current():
             yield client
         return
-    from baton._futures import blocking_section
+    from baton.runners import blocking_section
 
     client = get_client(timeout=timeout)
     with blocking_section(), client.as_current():
@@ -357,10 +372,9 @@ def get_dask_client(timeout: float | None = None) -> Iterator[Client]:
 
 
 def _flow_client() -> Client:
-    from baton._scope import _current_scope
+    from baton.runners import current_runner
 
-    scope = _current_scope.get()
-    runner = scope.runner if scope is not None else None
+    runner = current_runner()
     if isinstance(runner, DaskTaskRunner) and runner._client is not None:
         return runner._client
     raise RuntimeError(
