@@ -248,5 +248,8 @@ def _rebuild_failure(
 
 
 def _describe(error: BaseException) -> str:
-    text = str(error)
+    try:
+        text = str(error)
+    except Exception as exc:  # the error still fails its run, under its own name
+        return f"{type(error).__name__} (its str() raised {type(exc).__name__})"
     return f"{type(error).__name__}: {text}" if text else type(error).__name__

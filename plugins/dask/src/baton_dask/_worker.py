@@ -163,7 +163,7 @@ def run_task(
 def _cannot_rebuild(call: RunCall, problem: str, result: RemoteResult) -> RemoteResult:
     error = pickle.UnpicklingError(
         f"The result of task run {call.name!r} (task {call.task.name!r}) cannot be "
-        f"unpickled here: it pickles, but cannot be rebuilt from its pickle ({problem}). "
+        f"unpickled: it pickles, but cannot be rebuilt from its pickle ({problem}). "
         "Return plain data, or types that pickle and unpickle everywhere."
     )
     return RemoteResult(State.failed(error), None, result.unhandled, result.attempt)
