@@ -45,7 +45,7 @@ def test_dask_does_not_retry_the_tasks_of_a_cluster_the_runner_starts(
 
 
 def test_no_workers_timeout_must_be_a_positive_number_of_seconds() -> None:
-    with pytest.raises(InvalidOptionsError, match="no_workers_timeout: .*seconds > 0"):
+    with pytest.raises(InvalidOptionsError, match=r"no_workers_timeout: .*seconds > 0"):
         DaskTaskRunner(no_workers_timeout=0)
     assert DaskTaskRunner(no_workers_timeout=None) is not None
 

@@ -211,6 +211,8 @@ class DaskTaskRunner(TaskRunner):
         self._session = Session(client, self._label(), options.no_workers_timeout)
 
     def _start_cluster(self) -> Any:
+        import dask
+
         options = self._options
         factory = options.cluster_class
         if factory is None:
@@ -219,12 +221,8 @@ class DaskTaskRunner(TaskRunner):
             factory = LocalCluster
         kwargs = options.cluster_kwargs or {}
         name = getattr(factory, "__name__", repr(factory))
-        import dask
-
         try:
-            # Baton retries runs whose worker died, as their tasks' retries say; Dask must
-            # not run them again on its own as well.
-            with dask.config.set({"distributed.scheduler.allowed-failures": 0}):
+            with dask.config.set(_started_cluster_config()):
                 cluster = factory(**kwargs)
         except Exception as exc:
             raise BatonError(
@@ -243,6 +241,17 @@ class DaskTaskRunner(TaskRunner):
         return cluster
 
     def on_shutdown(self, wait: bool) -> None:
+        if isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            # Ctrl-C: Baton reports the interrupt in one line; what Dask would log of the
+            # shutdown (workers that took the signal too, tasks lost) is noise then.
+            from baton_dask._preload import quiet_distributed
+
+            with quiet_distributed():
+                self._shut_down(wait)
+        else:
+            self._shut_down(wait)
+
+    def _shut_down(self, wait: bool) -> None:
         session, self._session = self._session, None
         client, self._client = self._client, None
         cluster, self._cluster = self._cluster, None
@@ -296,6 +305,21 @@ class DaskTaskRunner(TaskRunner):
             factory = self._options.cluster_class
             where = f"cluster={getattr(factory, '__name__', None) or 'LocalCluster'}"
         return f"<DaskTaskRunner {where} {self._status}>"
+
+
+def _started_cluster_config() -> dict[str, Any]:
+    """Dask settings of a cluster the runner starts: Dask does not run a task again after
+    its worker died (Baton retries, as the task's retries say), and its worker
+    processes leave Ctrl-C to the flow's process (see `baton_dask._preload`)."""
+    import dask
+
+    preload = dask.config.get("distributed.worker.preload", default=None) or []
+    if isinstance(preload, str):
+        preload = [preload]
+    return {
+        "distributed.scheduler.allowed-failures": 0,
+        "distributed.worker.preload": [*preload, "baton_dask._preload"],
+    }
 
 
 def _unguarded_main_hint() -> str:
