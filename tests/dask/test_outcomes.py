@@ -5,6 +5,7 @@ tasks made from functions of a script's ``__main__``."""
 from __future__ import annotations
 
 import importlib
+import pickle
 import subprocess
 import sys
 import textwrap
@@ -66,17 +67,20 @@ def inc(x: int) -> int:
 class RefusesToLoad:
     """Pickles, but cannot be rebuilt from its pickle."""
 
+    def __init__(self, size: int) -> None:
+        self.payload = b"x" * size
+
     def __reduce__(self) -> tuple[Any, ...]:
-        return (_refuse, ())
+        return (_refuse, (self.payload,))
 
 
-def _refuse() -> None:
+def _refuse(payload: bytes) -> None:
     raise RuntimeError("this object refuses to be rebuilt")
 
 
 @task
-def returns_refusing() -> RefusesToLoad:
-    return RefusesToLoad()
+def returns_refusing(size: int) -> RefusesToLoad:
+    return RefusesToLoad(size)
 
 
 @task
@@ -124,7 +128,7 @@ def test_a_run_reads_running_while_it_runs_on_a_worker(
 def test_a_result_that_cannot_be_rebuilt_fails_its_run(runner: DaskTaskRunner) -> None:
     @flow(task_runner=runner)
     def refused() -> tuple[State]:
-        future = returns_refusing.submit()
+        future = returns_refusing.submit(10)
         future.wait()
         return (future.state,)
 
@@ -133,6 +137,20 @@ def test_a_result_that_cannot_be_rebuilt_fails_its_run(runner: DaskTaskRunner) -
     assert "returns_refusing-" in str(state.message)
     assert "cannot be unpickled" in str(state.message)
     assert "refuses to be rebuilt" in str(state.message)
+
+
+def test_a_large_result_that_cannot_be_rebuilt_says_so_when_read(runner: DaskTaskRunner) -> None:
+    # A large result stays on the cluster until read: only reading it finds the problem.
+    @flow(task_runner=runner)
+    def refused() -> str:
+        future = returns_refusing.submit(1_000_000)
+        with pytest.raises(pickle.UnpicklingError) as raised:
+            future.result()
+        return str(raised.value)
+
+    message = refused()
+    assert "returns_refusing-" in message
+    assert "cannot be unpickled here" in message
 
 
 def test_a_result_whose_class_only_the_workers_have_fails_its_run(

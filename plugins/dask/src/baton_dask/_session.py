@@ -519,6 +519,9 @@ class Session:
             while events:
                 self._started(events.popleft())
             while finished:
+                # What a worker reported of a run comes before the run's end.
+                while events:
+                    self._started(events.popleft())
                 self._report(finished.popleft())
             if self._closed and not finished:
                 return
@@ -715,7 +718,12 @@ class Session:
                 since = None
 
     def _no_workers(self, limit: float) -> None:
-        items = list(self._items.values())
+        while True:
+            try:
+                items = list(self._items.values())
+                break
+            except RuntimeError:  # the collector thread changed it meanwhile
+                continue
         for item in items:
             run = item.run
             if run.state.type in _FINAL or self.native.get(run.future) is not item.future:
@@ -841,6 +849,7 @@ class Session:
         for run in left:
             run.set_state(_shut_down(run))
         self.native.clear()
+        self._items.clear()
         with self._lock:
             self._unread.clear()
 

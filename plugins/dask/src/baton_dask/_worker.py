@@ -219,7 +219,9 @@ _reports_lock = threading.Lock()
 
 def _reporter(topic: str, number: int) -> Any:
     """What `run_call` calls with each state of a run: the first, RUNNING, goes as the run's
-    number; later ones (Retrying, RUNNING again) pickled, with it."""
+    number, with the starts of other runs; later ones (Retrying, RUNNING again) pickled,
+    with it, at once and waiting for the scheduler to have it: the flow's process counts
+    a run's attempts from them, and the next attempt may kill this worker."""
     from distributed import get_worker
 
     try:
@@ -238,8 +240,11 @@ def _reporter(topic: str, number: int) -> Any:
             reports.add(topic, number)
         else:
             try:
-                reports.add(topic, [number, dumps(state)])
-            except Exception:
+                from distributed.utils import sync
+
+                rpc: Any = worker.scheduler
+                sync(worker.loop, rpc.log_event, topic=topic, msg=[[number, dumps(state)]])
+            except Exception:  # the scheduler is out of reach: the run goes on regardless
                 pass
 
     return report
