@@ -56,7 +56,8 @@ class DaskTaskRunner(TaskRunner):
     >>> @task
     ... def square(x):
     ...     return x * x
-    >>> runner = DaskTaskRunner(cluster_kwargs={"n_workers": 2, "processes": True})
+    >>> local = {"n_workers": 2, "processes": True, "dashboard_address": ":0"}
+    >>> runner = DaskTaskRunner(cluster_kwargs=local)
     >>> @flow(task_runner=runner)
     ... def squares(n):
     ...     return square.map(range(n)).result()
