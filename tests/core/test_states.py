@@ -455,3 +455,15 @@ def test_base_exception_caught_from_a_direct_call_is_not_reported_as_unhandled(
     unhandled = [f.name for f in current_scope().unobserved_failures()]
     assert len(names) == 1
     assert names[0] not in unhandled
+
+
+class _StrRaises(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("str() of this error raises")
+
+
+def test_a_failed_state_of_an_error_whose_str_raises_names_its_type() -> None:
+    error = _StrRaises()
+    state = State.failed(error)
+    assert state.is_failed() and state.error is error
+    assert state.message == "_StrRaises (its str() raised RuntimeError)"

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from baton import CrashedRun, State, TaskTimeoutError, flow, task, wait
+from baton.runners import WorkerLostError
 from baton_dask import DaskTaskRunner
 from dask_clusters import local_cluster
 from distributed import KilledWorker, LocalCluster
@@ -58,6 +59,21 @@ def die_first(directory: str, tag: str) -> int:
     if number == 1:
         os._exit(3)
     return number
+
+
+@task
+def fails_then_dies(directory: str, tag: str) -> int:
+    number = _attempt(directory, tag)
+    if number == 1:
+        raise ValueError("first attempt fails")
+    if number == 2:
+        os._exit(3)
+    return number
+
+
+@task
+def exits(code: int) -> None:
+    raise SystemExit(code)
 
 
 @task
@@ -125,6 +141,40 @@ def test_without_retries_left_the_crash_is_final(runner: DaskTaskRunner, tmp_pat
 
     assert no_retries()[0].is_crashed()
     assert len(_started(directory, "n")) == 1
+
+
+def test_a_crash_after_a_retry_on_the_worker_continues_the_count_of_attempts(
+    runner: DaskTaskRunner, tmp_path: Path
+) -> None:
+    # retries=1: attempt 1 fails (retried on its worker), attempt 2 kills the worker; no
+    # retry is left, so the crash is final, and there is no third attempt.
+    directory = str(tmp_path)
+
+    @flow(task_runner=runner)
+    def counted() -> tuple[State]:
+        future = fails_then_dies.with_options(retries=1).submit(directory, "c")
+        future.wait()
+        return (future.state,)
+
+    [state] = counted()
+    assert state.is_crashed(), state
+    assert isinstance(state.error, WorkerLostError)
+    assert len(_started(directory, "c")) == 2
+
+
+def test_a_task_that_raises_system_exit_crashes_and_is_not_retried(
+    runner: DaskTaskRunner,
+) -> None:
+    @flow(task_runner=runner)
+    def exiting() -> tuple[State]:
+        future = exits.with_options(retries=2).submit(4)
+        future.wait()
+        return (future.state,)
+
+    [state] = exiting()
+    assert state.is_crashed(), state
+    assert isinstance(state.error, SystemExit)
+    assert "SystemExit" in str(state.message)
 
 
 def test_a_downstream_of_a_crashed_upstream_gets_the_retried_result(

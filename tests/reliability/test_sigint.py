@@ -1,10 +1,15 @@
 """Interruption: Ctrl-C (SIGINT) reaches a flow script in the middle of a long map. The
 script exits promptly, says what happened, cancels the runs that had not started, and
 leaves no process behind (its worker processes, and a cluster it started, are gone).
+
+Ctrl-C in a terminal signals the script's whole process group, workers of a local
+cluster included: then too the script says what happened once, with no traceback or
+log of the workers or of the engine underneath.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import signal
 import subprocess
@@ -68,6 +73,9 @@ SCRIPT = textwrap.dedent(
     """
 )
 
+# A log line of Dask (distributed) or Ray, or a worker process's own traceback.
+ENGINE_NOISE = re.compile(r"- distributed\.[\w.]+ - |\(raylet\)|^Process .*:$", re.MULTILINE)
+
 INTERRUPTED = re.compile(
     r"Flow run '[^']+' was interrupted by KeyboardInterrupt; (\d+) task run\(s\) that had "
     r"not started were cancelled\."
@@ -81,10 +89,20 @@ def _descendants(pid: int) -> list[psutil.Process]:
         return []
 
 
+CASES = [(name, False) for name in runners()] + [
+    (name, True) for name in runners("thread", "process", "dask")
+]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("runner_name", runners(), scope="module")
+@pytest.mark.parametrize(
+    ("runner_name", "whole_group"),
+    CASES,
+    scope="module",
+    ids=[f"{name}-{'group' if group else 'script'}" for name, group in CASES],
+)
 def test_sigint_mid_map_exits_promptly_cancels_the_rest_and_leaves_no_process(
-    tmp_path: Path, runner_name: str, report: Report
+    tmp_path: Path, runner_name: str, whole_group: bool, report: Report
 ) -> None:
     script = tmp_path / "long_map.py"
     script.write_text(SCRIPT)
@@ -99,6 +117,8 @@ def test_sigint_mid_map_exits_promptly_cancels_the_rest_and_leaves_no_process(
             stderr=stderr_file,
             env={**subprocess_env(), "BATON_LOG_LEVEL": "WARNING"},
             cwd=tmp_path,
+            # A group of its own, to signal it whole as a terminal does.
+            start_new_session=whole_group,
         )
     started: list[psutil.Process] = []
     try:
@@ -109,7 +129,10 @@ def test_sigint_mid_map_exits_promptly_cancels_the_rest_and_leaves_no_process(
             time.sleep(0.02)
         started = _descendants(proc.pid)
         sent = time.monotonic()
-        proc.send_signal(signal.SIGINT)
+        if whole_group:
+            os.killpg(proc.pid, signal.SIGINT)
+        else:
+            proc.send_signal(signal.SIGINT)
         try:
             proc.wait(EXIT_SECONDS[runner_name])
         except subprocess.TimeoutExpired:
@@ -141,8 +164,11 @@ def test_sigint_mid_map_exits_promptly_cancels_the_rest_and_leaves_no_process(
     if runner_name != "sync":
         # The sync runner runs each run as .map submits it: nothing waits to be cancelled.
         assert cancelled > 0
+    if whole_group:
+        assert stderr.count("Traceback") == 1, stderr[-4000:]
+        assert not ENGINE_NOISE.search(stderr), stderr[-4000:]
     report.record(
-        "SIGINT mid-map",
+        "SIGINT to the process group mid-map" if whole_group else "SIGINT mid-map",
         runner_name,
         runs=RUNS,
         cancelled=cancelled,

@@ -38,6 +38,7 @@ class RunnerOptions(BaseModel):
     adapt_kwargs: dict[str, Any] | None = None
     client_kwargs: dict[str, Any] | None = None
     performance_report_path: str | None = None
+    no_workers_timeout: float | None = 60.0
 
     @field_validator("address", mode="before")
     @classmethod
@@ -77,6 +78,18 @@ class RunnerOptions(BaseModel):
             "must be a cluster class (or a function returning a cluster), or its import path "
             "such as 'distributed.LocalCluster' or 'dask_jobqueue:SLURMCluster'"
         )
+
+    @field_validator("no_workers_timeout", mode="before")
+    @classmethod
+    def _no_workers_timeout(cls, value: Any) -> Any:
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+            raise _invalid(
+                "must be a number of seconds > 0 (how long runs wait while the cluster has "
+                "no worker), or None to wait for ever"
+            )
+        return float(value)
 
     @field_validator("performance_report_path", mode="before")
     @classmethod
@@ -133,7 +146,7 @@ def _import_cluster_class(path: str) -> Callable[..., Any]:
 
 def validate(values: dict[str, Any]) -> RunnerOptions:
     """Build `RunnerOptions`, raising `InvalidOptionsError` that lists every problem."""
-    from baton._options import validate_options
+    from baton.runners import validate_options
 
     options: RunnerOptions = validate_options(RunnerOptions, "task runner 'dask'", values)
     return options

@@ -39,6 +39,14 @@ class DaskTaskRunner(TaskRunner):
       ``{"security": Security(...)}`` for TLS.
     - `performance_report_path`: write a Dask performance report (HTML) of the
       runner's whole life there; needs the ``bokeh`` package.
+    - `no_workers_timeout`: when the cluster has had no worker at all for this many
+      seconds (60 by default) while runs wait on it, those runs crash with a message
+      that says so, rather than wait for ever; None waits for ever (an adaptive
+      cluster that starts its workers from zero, slowly, may want that).
+
+    A cluster the runner starts does not run a task again after its worker died
+    (Dask's ``distributed.scheduler.allowed-failures`` is 0 there): the run is
+    retried as its task's `retries` say, by Baton.
 
     Upstream results move worker to worker: a run that takes another's future gets
     the result on its worker, never through this process. Results come here only
@@ -79,9 +87,11 @@ class DaskTaskRunner(TaskRunner):
         adapt_kwargs: dict[str, Any] | None = None,
         client_kwargs: dict[str, Any] | None = None,
         performance_report_path: str | PathLike[str] | None = None,
+        no_workers_timeout: float | None = 60.0,
     ) -> None:
         self._options = validate(
             {
+                "no_workers_timeout": no_workers_timeout,
                 "address": address,
                 "cluster_class": cluster_class,
                 "cluster_kwargs": cluster_kwargs,
@@ -199,9 +209,11 @@ class DaskTaskRunner(TaskRunner):
                 ) from exc
             self._report = report
         self._client, self._cluster = client, cluster
-        self._session = Session(client, self._label())
+        self._session = Session(client, self._label(), options.no_workers_timeout)
 
     def _start_cluster(self) -> Any:
+        import dask
+
         options = self._options
         factory = options.cluster_class
         if factory is None:
@@ -211,7 +223,8 @@ class DaskTaskRunner(TaskRunner):
         kwargs = options.cluster_kwargs or {}
         name = getattr(factory, "__name__", repr(factory))
         try:
-            cluster = factory(**kwargs)
+            with dask.config.set(_started_cluster_config()):
+                cluster = factory(**kwargs)
         except Exception as exc:
             raise BatonError(
                 f"Task runner 'dask' could not start its cluster, {name}(**{kwargs!r}): "
@@ -229,6 +242,17 @@ class DaskTaskRunner(TaskRunner):
         return cluster
 
     def on_shutdown(self, wait: bool) -> None:
+        if isinstance(sys.exc_info()[1], KeyboardInterrupt):
+            # Ctrl-C: Baton reports the interrupt in one line; what Dask would log of the
+            # shutdown (workers that took the signal too, tasks lost) is noise then.
+            from baton_dask._preload import quiet_distributed
+
+            with quiet_distributed():
+                self._shut_down(wait)
+        else:
+            self._shut_down(wait)
+
+    def _shut_down(self, wait: bool) -> None:
         session, self._session = self._session, None
         client, self._client = self._client, None
         cluster, self._cluster = self._cluster, None
@@ -282,6 +306,21 @@ class DaskTaskRunner(TaskRunner):
             factory = self._options.cluster_class
             where = f"cluster={getattr(factory, '__name__', None) or 'LocalCluster'}"
         return f"<DaskTaskRunner {where} {self._status}>"
+
+
+def _started_cluster_config() -> dict[str, Any]:
+    """Dask settings of a cluster the runner starts: Dask does not run a task again after
+    its worker died (Baton retries, as the task's retries say), and its worker
+    processes leave Ctrl-C to the flow's process (see `baton_dask._preload`)."""
+    import dask
+
+    preload = dask.config.get("distributed.worker.preload", default=None) or []
+    if isinstance(preload, str):
+        preload = [preload]
+    return {
+        "distributed.scheduler.allowed-failures": 0,
+        "distributed.worker.preload": [*preload, "baton_dask._preload"],
+    }
 
 
 def _unguarded_main_hint() -> str:
@@ -350,7 +389,7 @@ def get_dask_client(timeout: float | None = None) -> Iterator[Client]:
         with client.as_current():
             yield client
         return
-    from baton._futures import blocking_section
+    from baton.runners import blocking_section
 
     client = get_client(timeout=timeout)
     with blocking_section(), client.as_current():
@@ -358,10 +397,9 @@ def get_dask_client(timeout: float | None = None) -> Iterator[Client]:
 
 
 def _flow_client() -> Client:
-    from baton._scope import _current_scope
+    from baton.runners import current_runner
 
-    scope = _current_scope.get()
-    runner = scope.runner if scope is not None else None
+    runner = current_runner()
     if isinstance(runner, DaskTaskRunner) and runner._client is not None:
         return runner._client
     raise RuntimeError(

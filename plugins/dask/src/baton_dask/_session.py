@@ -10,10 +10,14 @@ always reaches the scheduler no later than its downstream runs.
 Outcomes come back from the status of the Dask futures, which the scheduler
 reports without any data: one coroutine on the client's event loop per graph sent
 waits for them, and one collector thread turns them into States, a batch at a
-time. A finished future completes its run lazily: the result stays on the cluster
-until something reads it. Reading one small result fetches, in the same message, the other finished
-small results of the same task that nobody has read yet, so that reading the
-results of a large ``.map`` one by one costs a few messages, not one each.
+time. The same thread hears from the workers, through an event topic of the
+session, which runs started (they then read RUNNING) and which were retried.
+
+A finished future completes its run lazily: the result stays on the cluster until
+something reads it. Reading one small result fetches, in the same message, the
+other finished small results of the same task that nobody has read yet, so that
+reading the results of a large ``.map`` one by one costs a few messages, not one
+each.
 """
 
 from __future__ import annotations
@@ -21,6 +25,8 @@ from __future__ import annotations
 import collections
 import functools
 import itertools
+import logging
+import pickle
 import secrets
 import threading
 import time
@@ -28,18 +34,27 @@ import weakref
 from typing import TYPE_CHECKING, Any, final
 
 from baton import BatonError, CrashedRun, RunnerClosedError, State, StateType
+from baton.runners import (
+    Attempts,
+    RemoteResult,
+    RunCall,
+    unpicklable_arguments,
+    upstream_failed,
+    worker_lost,
+)
 from distributed import Future as DaskFuture
 from distributed import KilledWorker
 
 from baton_dask._options import Placement
-from baton_dask._worker import Large, RunEnded, decode, run_task, unwrap
+from baton_dask._worker import Finished, Large, RunEnded, decode, run_task, unwrap
 
 if TYPE_CHECKING:
     from baton import Future, TaskRun
-    from baton._engine import NativeCall
     from distributed import Client
 
 __all__ = ["Session"]
+
+logger = logging.getLogger("baton.dask")
 
 # How many small results one read may fetch along with its own.
 PREFETCH_LIMIT = 2048
@@ -65,6 +80,7 @@ class _Item:
         "future",
         "inputs",
         "key",
+        "number",
         "placement",
         "run",
         "upstreams",
@@ -73,13 +89,14 @@ class _Item:
     def __init__(
         self,
         run: TaskRun,
-        call: NativeCall,
+        call: RunCall,
         upstreams: list[Future[Any]],
-        allowed: set[int],
+        allowed: frozenset[int],
         inputs: list[Any],
         placement: Placement | None,
         attempt: int,
         key: str,
+        number: int,
         future: DaskFuture[Any],
     ) -> None:
         self.run = run
@@ -88,21 +105,49 @@ class _Item:
         self.allowed = allowed
         self.inputs = inputs
         self.placement = placement
-        self.attempt = attempt
+        # The attempt being made: the worker reports each retry it makes (`Attempts.note`).
+        self.attempt = Attempts(run, attempt)
         self.key = key
+        self.number = number
         self.future = future
+
+    def blamable(self) -> list[Future[Any]]:
+        """The upstreams whose failure ends this run: not those taken through allow_failure,
+        which were final when the run was sent, and went in as their States."""
+        allowed = self.allowed
+        return [u for i, u in enumerate(self.upstreams) if i not in allowed]
 
 
 @final
 class _Fetch:
     """Loads one completed run's result from the cluster, when the run's State is read."""
 
-    __slots__ = ("__weakref__", "future", "group", "key", "loaded", "session", "small", "value")
+    __slots__ = (
+        "__weakref__",
+        "future",
+        "group",
+        "key",
+        "loaded",
+        "run_name",
+        "session",
+        "small",
+        "task_name",
+        "value",
+    )
 
     def __init__(
-        self, session: Session, future: DaskFuture[Any], key: str, group: str, small: bool
+        self,
+        session: Session,
+        future: DaskFuture[Any],
+        key: str,
+        group: str,
+        small: bool,
+        run_name: str,
+        task_name: str,
     ) -> None:
         self.session = session
+        self.run_name = run_name
+        self.task_name = task_name
         self.future: DaskFuture[Any] | None = future
         self.key = key
         self.group = group
@@ -117,30 +162,22 @@ class _Fetch:
         return self.session.load(self)
 
 
-def allowed_upstreams(run: TaskRun) -> set[int]:
-    """The ids of the upstream futures that `run` takes through `allow_failure`."""
-    from baton._resolve import resolve
-
-    found: set[int] = set()
-
-    def note(future: Future[Any], allowed: bool) -> None:
-        if allowed:
-            found.add(id(future))
-
-    for part in (run.args, run.kwargs, run.wait_for):
-        if part:
-            resolve(part, note)
-    return found
-
-
 class Session:
     """What a started runner holds: its client (and the cluster it started), the Dask
     future of each of its runs, and the threads that move runs and outcomes."""
 
-    def __init__(self, client: Client | None, label: str) -> None:
+    def __init__(
+        self, client: Client | None, label: str, no_workers_timeout: float | None = None
+    ) -> None:
         self._client = client
         self.label = label
+        self.no_workers_timeout = no_workers_timeout
         self.token = secrets.token_hex(8)
+        self.topic = f"baton-runs-{self.token}"
+        self._subscribed = False
+        # The runs sent and not ended yet, by the number in their key.
+        self._items: dict[int, _Item] = {}
+        self._events: collections.deque[Any] = collections.deque()
         self._keys = itertools.count(1)
         self.native: weakref.WeakKeyDictionary[Future[Any], DaskFuture[Any]] = (
             weakref.WeakKeyDictionary()
@@ -156,6 +193,7 @@ class Session:
         self._finished: collections.deque[_Item] = collections.deque()
         self._finished_wake = threading.Event()
         self._collector: threading.Thread | None = None
+        self._watchdog: threading.Thread | None = None
         self._closed = False
         self._inflight: dict[int, TaskRun] = {}
         self._idle = threading.Condition(threading.Lock())
@@ -184,7 +222,7 @@ class Session:
             if upstreams:
                 self.prepare(run, call, upstreams, placement, 1)
             else:
-                self.enqueue(run, call, upstreams, set(), [], placement, 1)
+                self.enqueue(run, call, upstreams, frozenset(), [], placement, 1)
         except BaseException:
             # The error reaches the caller of .submit(); the run never existed for Dask.
             self._untrack(run.future)
@@ -199,7 +237,7 @@ class Session:
     def prepare(
         self,
         run: TaskRun,
-        call: NativeCall,
+        call: RunCall,
         upstreams: list[Future[Any]],
         placement: Placement | None,
         attempt: int,
@@ -207,17 +245,15 @@ class Session:
         """Work out each upstream's input and send the run, or wait for the upstreams that
         must be final first: those taken through `allow_failure` (Dask would not run a
         task whose dependency failed), and those not sent to Dask yet."""
-        from baton._states import upstream_failed
-
-        allowed = allowed_upstreams(run)
+        allowed = call.allowed_upstreams()
         inputs: list[Any] = []
         waiting: list[Future[Any]] = []
         native = self.native
-        for upstream in upstreams:
-            state = upstream._state
+        for index, upstream in enumerate(upstreams):
+            state = upstream.task_run.state
             final = state.type in _FINAL
             mine = native.get(upstream)
-            if allowed and id(upstream) in allowed:
+            if allowed and index in allowed:
                 if not final:
                     waiting.append(upstream)
                 elif state.type is _COMPLETED and mine is not None:
@@ -269,38 +305,59 @@ class Session:
     def enqueue(
         self,
         run: TaskRun,
-        call: NativeCall,
+        call: RunCall,
         upstreams: list[Future[Any]],
-        allowed: set[int],
+        allowed: frozenset[int],
         inputs: list[Any],
         placement: Placement | None,
         attempt: int,
     ) -> None:
-        if run.future._state.type in _FINAL:
+        if run.state.type in _FINAL:
             return  # cancelled while it waited
         # A new key for every submission: a run sent again (after a crash) must not meet the
         # erred task of its earlier submission on the scheduler.
-        key = f"{run.task.name}-{self.token}-{next(self._keys)}"
+        number = next(self._keys)
+        key = f"{run.task.name}-{self.token}-{number}"
         client = self.client
+        shut = False
         with self._lock:
             if self._closed:
-                run.set_state(_shut_down(run))
-                return
-            future: DaskFuture[Any] = DaskFuture(key, client)
-            self._queue.append(
-                _Item(run, call, upstreams, allowed, inputs, placement, attempt, key, future)
-            )
-            self.native[run.future] = future
-            if self._thread is None:
-                self._thread = threading.Thread(
-                    target=self._send_loop, name="baton-dask-submit", daemon=True
+                shut = True
+            else:
+                future: DaskFuture[Any] = DaskFuture(key, client)
+                item = _Item(
+                    run, call, upstreams, allowed, inputs, placement, attempt, key, number, future
                 )
-                self._thread.start()
-                self._collector = threading.Thread(
-                    target=self._collect_loop, name="baton-dask-outcomes", daemon=True
-                )
-                self._collector.start()
+                self._queue.append(item)
+                self._items[number] = item
+                self.native[run.future] = future
+                if self._thread is None:
+                    self._start_threads(client)
+        if shut:
+            run.set_state(_shut_down(run))
+            return
         self._wake.set()
+
+    def _start_threads(self, client: Client) -> None:
+        try:
+            subscribe: Any = client.subscribe_topic
+            subscribe(self.topic, self._on_event)
+            self._subscribed = True
+        except Exception:  # runs then read PENDING until they end; nothing else changes
+            logger.debug("Could not subscribe to the reports of runs that start", exc_info=True)
+        self._thread = threading.Thread(
+            target=self._send_loop, name="baton-dask-submit", daemon=True
+        )
+        self._thread.start()
+        self._collector = threading.Thread(
+            target=self._collect_loop, name="baton-dask-outcomes", daemon=True
+        )
+        self._collector.start()
+        if self.no_workers_timeout is not None:
+            self._watchdog = threading.Thread(
+                target=self._watch_workers, name="baton-dask-workers", daemon=True
+            )
+            self._watchdog.start()
 
     def cancel(self, run: TaskRun) -> bool:
         future = self.native.pop(run.future, None)
@@ -325,7 +382,10 @@ class Session:
                 cancels, self._cancels = self._cancels, []
                 stopping = self._stopping
             if items:
-                self._send(items)
+                try:
+                    self._send(items)
+                except BaseException:  # a done callback that raised: others still go out
+                    logger.exception("Sending runs to the Dask cluster raised")
             if cancels:
                 try:
                     client: Any = self.client
@@ -362,7 +422,7 @@ class Session:
         unsent = self._unsent
         group: list[_Item] = []
         for item in items:
-            if item.run.future._state.type in _FINAL:
+            if item.run.state.type in _FINAL:
                 unsent.add(item.future)
                 continue
             if unsent and any(type(i) is DaskFuture and i in unsent for i in item.inputs):
@@ -385,7 +445,9 @@ class Session:
                 run_task,
                 [item.call for item in group],
                 [item.inputs for item in group],
-                [item.attempt for item in group],
+                [item.attempt.number for item in group],
+                [self.topic] * len(group),
+                [item.number for item in group],
                 key=[item.key for item in group],
                 pure=False,
                 **extra,
@@ -404,11 +466,10 @@ class Session:
         loop.add_callback(self._watch, group)
 
     def _unsendable(self, item: _Item, exc: Exception) -> None:
-        from baton._runners.process import argument_pickling_error
-
         run = item.run
         self._unsent.add(item.future)
         self.native.pop(run.future, None)
+        self._items.pop(item.number, None)
         if self.client.status != "running":
             message = (
                 f"Task run {run.name!r} could not be sent to the Dask cluster: the client is "
@@ -416,15 +477,15 @@ class Session:
             )
             run.set_state(State.crashed(exc, message))
             return
-        error = argument_pickling_error(
+        error = unpicklable_arguments(
             run,
-            item.call.args,
-            item.call.kwargs,
             exc,
             "the Dask cluster",
             "Arguments travel to Dask workers pickled (with cloudpickle): pass something "
             "picklable instead (a path rather than an open file, settings rather than a "
             "client, lock or connection), or create the object inside the task.",
+            item.call.args,
+            item.call.kwargs,
         )
         run.set_state(State.failed(error))
 
@@ -445,25 +506,63 @@ class Session:
         self._finished.append(item)
         self._finished_wake.set()
 
+    def _on_event(self, event: Any) -> None:
+        """On the client's event loop: workers report runs that started (and retries)."""
+        self._events.append(event[1])
+        self._finished_wake.set()
+
     def _collect_loop(self) -> None:
-        finished, wake = self._finished, self._finished_wake
+        finished, events, wake = self._finished, self._events, self._finished_wake
         while True:
             wake.wait()
             wake.clear()
+            while events:
+                self._started(events.popleft())
             while finished:
+                # What a worker reported of a run comes before the run's end.
+                while events:
+                    self._started(events.popleft())
                 self._report(finished.popleft())
             if self._closed and not finished:
                 return
 
+    def _started(self, entries: Any) -> None:
+        """What a worker reported: the numbers of runs that started, and `[number, state]`
+        for a later state of one (Retrying, then RUNNING again)."""
+        items = self._items
+        for entry in entries:
+            try:
+                if type(entry) is int:
+                    item = items.get(entry)
+                    if item is not None:
+                        item.run.set_running()
+                    continue
+                item = items.get(entry[0])
+                if item is None:
+                    continue
+                state: State = pickle.loads(entry[1])
+                item.attempt.note(state)
+                item.run.set_state(state)
+            except BaseException:  # an observer that raised: the run goes on regardless
+                logger.exception("Reporting that a task run started on Dask raised")
+
     def _report(self, item: _Item) -> None:
+        self._items.pop(item.number, None)
         try:
             self._done(item)
-        except Exception as exc:  # a broken state must not stop the reports of other runs
-            item.run.set_state(State.crashed(exc))
+        except BaseException as exc:
+            # A done callback (or an observer) that raised, even SystemExit: the reports of
+            # other runs must go on. If the run did not end, it crashes, with that error.
+            logger.exception("Reporting the end of task run %r raised", item.run.name)
+            try:
+                if item.run.state.type not in _FINAL:
+                    item.run.set_state(State.crashed(exc))
+            except BaseException:
+                logger.exception("Reporting the end of task run %r raised", item.run.name)
 
     def _done(self, item: _Item) -> None:
         run = item.run
-        if run.future._state.type in _FINAL or self.native.get(run.future) is not item.future:
+        if run.state.type in _FINAL or self.native.get(run.future) is not item.future:
             return  # cancelled, or resubmitted under another key
         future: Any = item.future
         status = future.status
@@ -476,23 +575,41 @@ class Session:
 
     def _completed(self, item: _Item, future: DaskFuture[Any]) -> None:
         kind = future.type
-        small = kind is not None and kind is not Large
-        group = item.run.task.name
+        run = item.run
+        if kind is Finished or kind is None:
+            # Finished: failures of runs it submitted come with the value, to report now.
+            # None: the type of the result could not be loaded here; nor may the result.
+            self._fetch_now(item, future)
+            return
+        small = kind is not Large
+        group = run.task.name
         key = item.key
-        fetch = _Fetch(self, future, key, group, small)
+        fetch = _Fetch(self, future, key, group, small, run.name, run.task.name)
         if small:
             with self._lock:
                 unread = self._unread.get(group)
                 if unread is None:
                     unread = self._unread[group] = {}
                 unread[key] = weakref.ref(fetch, functools.partial(_forget, unread, key))
-        item.run.set_state(State.completed_lazily(fetch))
+        run.set_state(State.completed_lazily(fetch))
+
+    def _fetch_now(self, item: _Item, future: DaskFuture[Any]) -> None:
+        run = item.run
+        try:
+            value = future.result()
+        except Exception as exc:
+            run.finish(RemoteResult(State.failed(_cannot_load(run.name, run.task.name, exc))))
+            return
+        if type(value) is Finished:
+            run.finish(RemoteResult(State.completed(value.value), unhandled=value.unhandled))
+        else:
+            run.set_state(State.completed(unwrap(value)))
 
     def _erred(self, item: _Item, error: BaseException | None) -> None:
         run = item.run
         if isinstance(error, RunEnded):
             if error.run_id == run.id and error.run_name == run.name:
-                run.set_state(decode(error))
+                run.finish(decode(error, run))
             else:
                 self._blamed(item, None)
         elif isinstance(error, KilledWorker):
@@ -514,25 +631,21 @@ class Session:
     def _blamed(self, item: _Item, cause: BaseException | None) -> None:
         """Dask ended the run's task because of another one (a failed or crashed upstream),
         or cancelled it. Decide once the run's own upstreams are final."""
-        from baton._states import upstream_failed
-
         run = item.run
-        # Upstreams taken through allow_failure were final when the run was sent, and went
-        # in as their States: they cannot be what Dask ended the run for.
-        blamable = [u for u in item.upstreams if id(u) not in item.allowed]
+        blamable = item.blamable()
         for upstream in blamable:
-            state = upstream._state
+            state = upstream.task_run.state
             if state.type in _FINAL and state.type is not _COMPLETED:
                 run.set_state(upstream_failed(run.name, upstream.name, state))
                 return
-        waiting = [u for u in blamable if u._state.type not in _FINAL]
+        waiting = [u for u in blamable if u.task_run.state.type not in _FINAL]
         if waiting:
             self._after(waiting, run, lambda: self._blamed(item, cause))
         elif item.upstreams and isinstance(cause, KilledWorker):
             # An upstream's worker died and the upstream ran again, under another key:
             # run this one again on the new result.
             self.native.pop(run.future, None)
-            self.prepare(run, item.call, item.upstreams, item.placement, item.attempt)
+            self.prepare(run, item.call, item.upstreams, item.placement, item.attempt.number)
         else:
             reason = f"{type(cause).__name__}: {cause}" if cause is not None else "no reason given"
             error = cause if cause is not None else BatonError(reason)
@@ -543,38 +656,90 @@ class Session:
             )
 
     def _crashed(self, item: _Item, error: BaseException, message: str | None = None) -> None:
-        from baton._engine import _retry_delay
-
+        """The run's worker died (or Dask dropped its task): retried as the task's retries
+        allow (`Attempts`), continuing its count of attempts."""
         run = item.run
         if message is None:
             message = (
                 f"Task run {run.name!r} crashed: the Dask worker running it died "
                 f"({type(error).__name__}: {error})."
             )
-        crashed = CrashedRun(message)
-        crashed.__cause__ = error
-        state = State.crashed(crashed, message)
-        delay = _retry_delay(run, state, item.attempt, retry_crashed=True)
-        if delay is None:
-            run.set_state(state)
+        state = worker_lost(message, error)
+        attempts = item.attempt
+        retry = attempts.after(state)
+        if retry is None:
+            run.set_state(attempts.finish(state))
             return
         self.native.pop(run.future, None)
-        run.set_state(State.pending("Retrying", f"Attempt {item.attempt + 1} after: {message}"))
+        run.set_state(retry.state)
 
         def again() -> None:
-            if run.future._state.type in _FINAL:
+            if run.state.type in _FINAL:
                 return  # cancelled during the delay
             try:
-                self.prepare(run, item.call, item.upstreams, item.placement, item.attempt + 1)
+                self.prepare(run, item.call, item.upstreams, item.placement, retry.attempt)
             except Exception as exc:
                 run.set_state(State.crashed(exc, f"{message} Sending it again failed: {exc}"))
 
-        if delay:
-            timer = threading.Timer(delay, again)
+        if retry.delay:
+            timer = threading.Timer(retry.delay, again)
             timer.daemon = True
             timer.start()
         else:
             again()
+
+    # -- workers gone -------------------------------------------------------------
+
+    def _watch_workers(self) -> None:
+        """Crash the runs waiting on the cluster once it has had no worker for
+        `no_workers_timeout` seconds: Dask would keep them waiting for ever."""
+        limit = self.no_workers_timeout
+        assert limit is not None
+        period = min(1.0, max(limit / 4, 0.05))
+        since: float | None = None
+        while not self._closed:
+            time.sleep(period)
+            if not self._items:
+                since = None
+                continue
+            try:
+                client: Any = self.client
+                count = client.scheduler_info(n_workers=0).get("n_workers", 1)
+            except Exception:
+                continue  # the scheduler cannot be asked now: its own timeouts apply
+            if count:
+                since = None
+                continue
+            now = time.monotonic()
+            if since is None:
+                since = now
+            elif now - since >= limit:
+                self._no_workers(limit)
+                since = None
+
+    def _no_workers(self, limit: float) -> None:
+        while True:
+            try:
+                items = list(self._items.values())
+                break
+            except RuntimeError:  # the collector thread changed it meanwhile
+                continue
+        for item in items:
+            run = item.run
+            if run.state.type in _FINAL or self.native.get(run.future) is not item.future:
+                continue
+            message = (
+                f"Task run {run.name!r} crashed: the Dask cluster ({self.label}) has had no "
+                f"worker for {limit:g} s, so nothing could run it. Start workers (or check "
+                "why they left: their logs, memory limits), or raise the runner's "
+                "no_workers_timeout option (None waits for ever)."
+            )
+            self.cancel(run)
+            self._items.pop(item.number, None)
+            try:
+                run.set_state(State.crashed(CrashedRun(message), message))
+            except BaseException:
+                logger.exception("Reporting the end of task run %r raised", run.name)
 
     # -- results ------------------------------------------------------------------
 
@@ -600,17 +765,29 @@ class Session:
                         if other is not None and other.future is not None:
                             others.append(other)
         if not others:
-            value = future.result()
+            value = self._own(fetch, future)
         else:
             values = self._gather([future, *(o.future for o in others if o.future is not None)])
             if values is None:
-                value = future.result()
+                value = self._own(fetch, future)
             else:
                 value = values[0]
                 for other, loaded in zip(others, values[1:], strict=True):
                     other.value, other.loaded, other.future = unwrap(loaded), True, None
         fetch.future = None
         return unwrap(value)
+
+    @staticmethod
+    def _own(fetch: _Fetch, future: DaskFuture[Any]) -> Any:
+        """One result, read on its own; one that came back but cannot be rebuilt here
+        raises an error that names the run and says so."""
+        try:
+            return future.result()
+        except Exception as exc:
+            status = getattr(future, "status", None)
+            if status != "finished":
+                raise
+            raise _cannot_load(fetch.run_name, fetch.task_name, exc) from exc
 
     def _gather(self, futures: list[DaskFuture[Any]]) -> list[Any] | None:
         try:
@@ -654,6 +831,13 @@ class Session:
             self._stopping = True
             self._closed = True
             thread, collector = self._thread, self._collector
+        if self._subscribed:
+            self._subscribed = False
+            try:
+                client: Any = self.client
+                client.unsubscribe_topic(self.topic)
+            except Exception:  # the client is closing: the subscription goes with it
+                pass
         self._wake.set()
         if thread is not None:
             thread.join()
@@ -665,12 +849,23 @@ class Session:
         for run in left:
             run.set_state(_shut_down(run))
         self.native.clear()
+        self._items.clear()
         with self._lock:
             self._unread.clear()
 
 
 def _forget(unread: dict[str, weakref.ref[_Fetch]], key: str, _: object) -> None:
     unread.pop(key, None)
+
+
+def _cannot_load(run_name: str, task_name: str, exc: BaseException) -> pickle.UnpicklingError:
+    """The error of a result that came back but cannot be rebuilt here (as `decode_result`
+    words it)."""
+    return pickle.UnpicklingError(
+        f"The result of task run {run_name!r} (task {task_name!r}) came back from its "
+        f"worker but cannot be unpickled here ({type(exc).__name__}: {exc}). Return plain "
+        "data, or types importable in both places."
+    )
 
 
 def _shut_down(run: TaskRun) -> State:

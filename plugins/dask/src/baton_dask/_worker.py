@@ -1,16 +1,19 @@
-"""What runs on a Dask worker: the task that executes one run's engine call.
+"""What runs on a Dask worker: the task that executes one run with `run_call`.
 
-Each run is one Dask task, `run_task(call, inputs, attempt)`. Its inputs are the
-results of upstream runs (Dask puts them in, worker to worker) or, for upstream
-runs the driver waited for, their final States. It returns the run's plain result
-when the run completed, so that downstream tasks receive it as any Dask result;
-otherwise it raises `RunEnded`, which carries the small final State. Dask then
-errs every downstream task without running it, and the driver learns each run's
-outcome from the status of its Dask future, without fetching any result.
+Each run is one Dask task, `run_task(call, inputs, attempt, topic, number)`. Its
+inputs are the results of upstream runs (Dask puts them in, worker to worker) or,
+for upstream runs the driver waited for, their final States. It returns the run's
+plain result when the run completed, so that downstream tasks receive it as any
+Dask result; otherwise it raises `RunEnded`, which carries the run's small
+`RemoteResult`. Dask then errs every downstream task without running it, and the
+driver learns each run's outcome from the status of its Dask future, without
+fetching any result.
 
-While the engine runs, the worker thread lends its slot to Dask whenever the task
-blocks on other runs (`secede`/`rejoin`), and task runs submitted by the task go to
-the same cluster through the worker's own client.
+The driver hears that a run started (and of its retries) through a Dask event
+topic of its session: the starts a worker sees within a few milliseconds go in one
+event. While the run executes, the worker thread lends its slot to Dask whenever
+the task blocks on other runs (`secede`/`rejoin`), and task runs submitted by the
+task go to the same cluster through the worker's own client.
 """
 
 from __future__ import annotations
@@ -20,20 +23,34 @@ import threading
 from typing import TYPE_CHECKING, Any, final
 
 from baton import State, StateType
-from baton._runners._worker import _describe_failure
+from baton.runners import (
+    NestedFailure,
+    RemoteResult,
+    RunCall,
+    decode_result,
+    dumps,
+    encode_result,
+    lend_slot,
+    run_call,
+)
 
 if TYPE_CHECKING:
-    from baton._engine import NativeCall
+    from baton import TaskRun
+    from distributed import Worker
 
     from baton_dask._runner import DaskTaskRunner
 
-__all__ = ["LARGE_RESULT_BYTES", "Large", "RunEnded", "run_task"]
+__all__ = ["LARGE_RESULT_BYTES", "Finished", "Large", "RunEnded", "run_task"]
 
 LARGE_RESULT_BYTES = 16 * 1024
 """Results that pickle to more than this stay on the cluster, wrapped in `Large`, until
 read one by one; smaller ones may be fetched together with others of the same task."""
 
+REPORT_SECONDS = 0.005
+"""How long a worker gathers the starts of runs before it reports them in one event."""
+
 _PLAIN = frozenset({int, float, bool, type(None), complex})
+_REBUILT = _PLAIN | {str, bytes}
 
 
 @final
@@ -50,15 +67,33 @@ class Large:
         return (Large, (self.value,))
 
 
+@final
+class Finished:
+    """The result of a run that completed while runs it submitted failed with nothing
+    handling them: the driver sees the wrapper's type, fetches it at once and reports
+    those failures to the flow (`TaskRun.finish`)."""
+
+    __slots__ = ("unhandled", "value")
+
+    def __init__(self, value: Any, unhandled: tuple[NestedFailure, ...]) -> None:
+        self.value = value
+        self.unhandled = unhandled
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Finished, (self.value, self.unhandled))
+
+
 def unwrap(value: Any) -> Any:
     """A result as the driver reads it."""
-    return value.value if type(value) is Large else value
+    kind = type(value)
+    return value.value if kind is Large or kind is Finished else value
 
 
 def as_input(value: Any) -> Any:
     """An upstream's value as the engine takes it: a plain State stands for the outcome of
     an upstream the driver waited for; a State that a task returned is its result."""
-    if type(value) is Large:
+    kind = type(value)
+    if kind is Large or kind is Finished:
         value = value.value
         if isinstance(value, State):
             return State.completed(value)
@@ -66,97 +101,153 @@ def as_input(value: Any) -> Any:
 
 
 class RunEnded(Exception):
-    """Ends the Dask task of a run that did not complete; carries the run's final State.
+    """Ends the Dask task of a run that did not complete; carries its `RemoteResult`,
+    pickled (`encode_result`), with a short summary for Dask's own messages.
 
-    The State travels pickled, with a plain description of its error beside it, so
-    that the driver can rebuild the failure even if the error's class cannot be
-    imported there. Dask hands this same exception to every downstream task, which
-    is how the driver tells a run that failed from one whose upstream failed.
+    Dask hands this same exception to every downstream task, which is how the driver
+    tells a run that failed from one whose upstream failed.
     """
 
-    def __init__(
-        self,
-        run_id: int,
-        run_name: str,
-        blob: bytes,
-        failure: tuple[str, str, str | None, str, str, str],
-    ) -> None:
-        super().__init__(run_id, run_name, blob, failure)
+    def __init__(self, run_id: int, run_name: str, blob: bytes, summary: str) -> None:
+        super().__init__(run_id, run_name, blob, summary)
         self.run_id = run_id
         self.run_name = run_name
         self.blob = blob
-        self.failure = failure
+        self.summary = summary
 
     def __repr__(self) -> str:
-        return f"RunEnded({str(self)!r})"
+        return f"RunEnded({self.summary!r})"
 
     def __str__(self) -> str:
         # Short: Dask replaces exceptions with long messages by plain ones.
-        kind, name, message = self.failure[:3]
-        text = (message or "")[:300]
-        return f"Task run {self.run_name!r} ended {name or kind}" + (f": {text}" if text else "")
+        return self.summary
 
 
 # -- the task --------------------------------------------------------------------------
 
 
-def run_task(call: NativeCall, inputs: list[Any], attempt: int = 1) -> Any:
-    """The Dask task of one run: run the engine, return the result or raise `RunEnded`."""
-    from baton import _futures
-    from baton._scope import RunScope
-
-    local = _futures._worker
-    previous = getattr(local, "pool", None)
-    local.pool = _SECESSION
-    scope = RunScope(_worker_runner(), f"task run {call.name!r} on a Dask worker")
-    token = scope.enter()
-    try:
-        values = [as_input(v) for v in inputs] if inputs else ()
-        # A run sent again after its worker died continues its count of attempts.
-        state = call(*values, first_attempt=attempt)
-        del values
-        if scope.pending_count() or scope._lazy_maps:
-            state = _after_nested(call, scope, state)
-    finally:
-        scope.exit(token)
-        local.pool = previous
+def run_task(
+    call: RunCall, inputs: list[Any], attempt: int = 1, topic: str = "", number: int = 0
+) -> Any:
+    """The Dask task of one run: run it, return the result or raise `RunEnded`."""
+    values = [as_input(v) for v in inputs] if inputs else ()
+    report = _reporter(topic, number) if topic else None
+    with lend_slot(_SECESSION):
+        result = run_call(call, values, attempt=attempt, on_state=report, nested=_worker_runner())
+    del values
+    state = result.state
     if state.type is StateType.COMPLETED:
         value = state.result()
         del state
         size = _pickled_size(value)
         if isinstance(size, int):
+            if result.unhandled:
+                return Finished(value, result.portable().unhandled)
             # A State as a result is wrapped too, so that it cannot pass for an outcome.
-            large = size > LARGE_RESULT_BYTES or isinstance(value, State)
-            return Large(value) if large else value
-        state = State.failed(
-            pickle.PicklingError(
-                f"Task run {call.name!r} (task {call.task.name!r}) returned a value that "
-                f"cannot be pickled ({size}), so it cannot travel from its Dask worker. Return "
-                "something picklable (plain data, or a path to where the value was written)."
-            )
+            if size > LARGE_RESULT_BYTES or isinstance(value, State):
+                return Large(value)
+            if type(value) not in _REBUILT:
+                problem = _reload_problem(value)
+                if problem:
+                    raise ended(call, _cannot_rebuild(call, problem, result))
+            return value
+        error = pickle.PicklingError(
+            f"Task run {call.name!r} (task {call.task.name!r}) returned a value that "
+            f"cannot be pickled ({size}), so it cannot travel from its Dask worker. Return "
+            "something picklable (plain data, or a path to where the value was written)."
         )
-    raise ended(call.id, call.name, state)
+        result = RemoteResult(State.failed(error), None, result.unhandled, result.attempt)
+    raise ended(call, result)
 
 
-def _after_nested(call: NativeCall, scope: Any, state: State) -> State:
-    """Wait for the runs the task submitted and left running; fail a run that returned
-    while some of them failed unhandled, as a flow would."""
-    from baton import BatonError
-    from baton._futures import blocking_section
-
-    with blocking_section():
-        scope.drain_lazy_maps()
-        scope.wait_all()
-    unhandled = scope.unobserved_failures()
-    if not unhandled or not state.is_completed():
-        return state
-    error = BatonError(
-        f"Task run {call.name!r} returned, but {len(unhandled)} task run(s) it submitted "
-        f"failed and nothing in the task handled them: {scope.name_runs(unhandled)}. Call "
-        ".result(), read .state or use wait() on their futures inside the task."
+def _cannot_rebuild(call: RunCall, problem: str, result: RemoteResult) -> RemoteResult:
+    error = pickle.UnpicklingError(
+        f"The result of task run {call.name!r} (task {call.task.name!r}) cannot be "
+        f"unpickled: it pickles, but cannot be rebuilt from its pickle ({problem}). "
+        "Return plain data, or types that pickle and unpickle everywhere."
     )
-    error.__cause__ = unhandled[0]._state.error
-    return State.failed(error)
+    return RemoteResult(State.failed(error), None, result.unhandled, result.attempt)
+
+
+def _reload_problem(value: Any) -> str:
+    """Why a small result that pickles cannot be rebuilt from its pickle ('' if it can):
+    found here, so that the run fails rather than completing with a result nobody can read."""
+    try:
+        pickle.loads(dumps(value))
+        return ""
+    except Exception as exc:
+        return f"{type(exc).__name__}: {exc}"
+
+
+class _Reports:
+    """The starts (and retries) of runs on this worker not reported yet, per topic: sent as
+    one event per topic a few milliseconds after the first, from the worker's event loop."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.lock = threading.Lock()
+        self.pending: dict[str, list[Any]] = {}
+
+    def add(self, topic: str, entry: Any) -> None:
+        with self.lock:
+            entries = self.pending.get(topic)
+            if entries is not None:
+                entries.append(entry)
+                return
+            self.pending[topic] = [entry]
+        loop: Any = self.worker.loop
+        loop.add_callback(self._later)
+
+    def _later(self) -> None:
+        import asyncio
+
+        asyncio.get_running_loop().call_later(REPORT_SECONDS, self.flush)
+
+    def flush(self) -> None:
+        with self.lock:
+            pending, self.pending = self.pending, {}
+        for topic, entries in pending.items():
+            try:
+                self.worker.log_event(topic, entries)
+            except Exception:  # the worker is closing: nobody is left to tell
+                pass
+
+
+_reports: dict[int, _Reports] = {}
+_reports_lock = threading.Lock()
+
+
+def _reporter(topic: str, number: int) -> Any:
+    """What `run_call` calls with each state of a run: the first, RUNNING, goes as the run's
+    number, with the starts of other runs; later ones (Retrying, RUNNING again) pickled,
+    with it, at once and waiting for the scheduler to have it: the flow's process counts
+    a run's attempts from them, and the next attempt may kill this worker."""
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:
+        return None
+    reports = _reports.get(id(worker))
+    if reports is None or reports.worker is not worker:
+        with _reports_lock:
+            reports = _reports[id(worker)] = _Reports(worker)
+    first = [True]
+
+    def report(state: State) -> None:
+        if first[0]:
+            first[0] = False
+            reports.add(topic, number)
+        else:
+            try:
+                from distributed.utils import sync
+
+                rpc: Any = worker.scheduler
+                sync(worker.loop, rpc.log_event, topic=topic, msg=[[number, dumps(state)]])
+            except Exception:  # the scheduler is out of reach: the run goes on regardless
+                pass
+
+    return report
 
 
 # -- results and failures that travel -----------------------------------------------------
@@ -210,50 +301,19 @@ def _pickled_size(value: Any) -> int | str:
         return problem
 
 
-def ended(run_id: int, run_name: str, state: State) -> RunEnded:
-    failure = _describe_failure(state)
-    error = state.error
-    if error is not None:
-        # As Dask does for the errors of its own tasks: the error's causes and traceback
-        # travel along with it.
-        try:
-            from tblib import pickling_support  # type: ignore[import-untyped]
-
-            pickling_support.install(error)
-        except Exception:
-            pass
-    try:
-        blob = pickle.dumps(state, 5)
-    except Exception:
-        try:
-            from baton._runners._worker import cloudpickle_dumps
-
-            blob = cloudpickle_dumps(state)
-        except Exception:
-            blob = b""
-    return RunEnded(run_id, run_name, blob, failure)
+def ended(call: RunCall, result: RemoteResult) -> RunEnded:
+    """The exception that ends the Dask task of a run that did not complete."""
+    state = result.state
+    blob = encode_result(result, call.task.name, call.name)
+    name = state.name or state.type.value
+    text = (state.message or "")[:300]
+    summary = f"Task run {call.name!r} ended {name}" + (f": {text}" if text else "")
+    return RunEnded(call.id, call.name, blob, summary)
 
 
-def decode(error: RunEnded) -> State:
-    """The State a `RunEnded` carries, rebuilt in the driver."""
-    from baton._runners._worker import RemoteTaskError, RemoteTraceback
-
-    kind, name, message, type_name, text, tb = error.failure
-    state: State | None = None
-    if error.blob:
-        try:
-            state = pickle.loads(error.blob)
-        except Exception:
-            state = None
-    if state is None:
-        remote = RemoteTaskError(type_name or kind, text, tb)
-        if tb:
-            remote.__cause__ = RemoteTraceback(tb)
-        return State(StateType(kind), name, message, data=remote)
-    found = state.error
-    if tb and found is not None and found.__cause__ is None and found.__traceback__ is None:
-        found.__cause__ = RemoteTraceback(tb)
-    return state
+def decode(error: RunEnded, run: TaskRun) -> RemoteResult:
+    """The `RemoteResult` a `RunEnded` carries, rebuilt in the driver."""
+    return decode_result(error.blob, run)
 
 
 # -- waiting inside a task ----------------------------------------------------------------
