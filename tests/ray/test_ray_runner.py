@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import itertools
 import os
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -30,17 +28,6 @@ from baton_ray import RayTaskRunner, remote_options
 from raysetup import CPUS
 
 pytestmark = pytest.mark.usefixtures("ray_local")
-
-
-@pytest.fixture
-def rv() -> Iterator[Rendezvous]:
-    directory = tempfile.mkdtemp(prefix="baton-ray-")
-    rendezvous = Rendezvous(directory)
-    try:
-        yield rendezvous
-    finally:
-        rendezvous.abort()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def _alive(pid: int) -> bool:

@@ -10,7 +10,6 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -27,17 +26,6 @@ from baton.testing._rendezvous import Rendezvous
 from raysetup import RAY_ENV, import_path
 
 pytestmark = pytest.mark.usefixtures("ray_local")
-
-
-@pytest.fixture
-def rv() -> Iterator[Rendezvous]:
-    directory = tempfile.mkdtemp(prefix="baton-ray-")
-    rendezvous = Rendezvous(directory)
-    try:
-        yield rendezvous
-    finally:
-        rendezvous.abort()
-        shutil.rmtree(directory, ignore_errors=True)
 
 
 def test_a_failing_subtask_nobody_read_fails_the_flow_and_its_parent_completes() -> None:
