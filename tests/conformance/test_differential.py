@@ -82,6 +82,18 @@ def returns_failed_state(message: str) -> State:
     return State.failed(ValueError(message), message)
 
 
+@task
+def yields_items(n: int) -> Iterator[int]:
+    """A generator task: its body runs inside the run, the items are the result."""
+    yield from range(n)
+
+
+@task
+def returns_a_future(x: int) -> object:
+    """Returns the future of a run it submitted: the run ends with that run's result."""
+    return inc.submit(x)
+
+
 @dataclass(frozen=True)
 class Program:
     name: str
@@ -176,6 +188,20 @@ def _returns_failed_state(rv: Rendezvous, seen: Observations) -> None:
     seen["value"] = _seen(value) if isinstance(value, State) else repr(value)
 
 
+def _generator(rv: Rendezvous, seen: Observations) -> None:
+    future = yields_items.submit(3)
+    future.wait()
+    seen["run"] = _seen(future.state)
+    seen["value"] = repr(future.result(raise_on_failure=False))
+
+
+def _returned_future(rv: Rendezvous, seen: Observations) -> None:
+    future = returns_a_future.submit(41)
+    future.wait()
+    seen["run"] = _seen(future.state)
+    seen["value"] = repr(future.result(raise_on_failure=False))
+
+
 PROGRAMS = (
     Program("a raising task", _failure),
     Program("a failure nobody looked at", _unhandled_failure),
@@ -189,6 +215,8 @@ PROGRAMS = (
     Program("async runs", _async, frozenset({Capability.ASYNC})),
     Program("SystemExit in a task", _base_exception),
     Program("a task returning a failed State", _returns_failed_state),
+    Program("a generator task", _generator),
+    Program("a task returning a future", _returned_future, frozenset({Capability.NESTED})),
 )
 
 
@@ -304,6 +332,12 @@ def test_the_programs_end_as_documented(table: dict[str, dict[str, Observations]
     assert on["upstream failures"]["after"] == "FAILED/UpstreamFailed"
     assert on["allow_failure"]["run"] == "COMPLETED=KitError: up"
     assert on["SystemExit in a task"] == {"run": "CRASHED", "attempts": "1", "flow": "COMPLETED"}
+    assert on["a generator task"] == {"run": "COMPLETED", "value": "[0, 1, 2]", "flow": "COMPLETED"}
+    assert on["a task returning a future"] == {
+        "run": "COMPLETED",
+        "value": "42",
+        "flow": "COMPLETED",
+    }
     assert on["a task returning a failed State"] == {
         "run": "FAILED",
         "value": "ValueError('as a value')",
