@@ -31,11 +31,10 @@ import secrets
 import threading
 import time
 import weakref
-from typing import TYPE_CHECKING, Any, final
+from typing import TYPE_CHECKING, Any
 
-from baton import BatonError, CrashedRun, RunnerClosedError, State, StateType
+from baton import BatonError, RunnerClosedError, State, StateType
 from baton.runners import (
-    Attempts,
     RemoteResult,
     RunCall,
     unpicklable_arguments,
@@ -45,6 +44,15 @@ from baton.runners import (
 from distributed import Future as DaskFuture
 from distributed import KilledWorker
 
+from baton_dask._items import (
+    Fetch,
+    Item,
+    cancel_reason,
+    cannot_load,
+    forget,
+    shut_down,
+    watch_workers,
+)
 from baton_dask._options import Placement
 from baton_dask._worker import Finished, Large, RunEnded, decode, run_task, unwrap
 
@@ -69,99 +77,6 @@ _COMPLETED = StateType.COMPLETED
 _FINAL = frozenset({StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
 
 
-@final
-class _Item:
-    """One submission of a run to Dask (a run resubmitted after a crash gets a new one)."""
-
-    __slots__ = (
-        "allowed",
-        "attempt",
-        "call",
-        "future",
-        "inputs",
-        "key",
-        "number",
-        "placement",
-        "run",
-        "upstreams",
-    )
-
-    def __init__(
-        self,
-        run: TaskRun,
-        call: RunCall,
-        upstreams: list[Future[Any]],
-        allowed: frozenset[int],
-        inputs: list[Any],
-        placement: Placement | None,
-        attempt: int,
-        key: str,
-        number: int,
-        future: DaskFuture[Any],
-    ) -> None:
-        self.run = run
-        self.call = call
-        self.upstreams = upstreams
-        self.allowed = allowed
-        self.inputs = inputs
-        self.placement = placement
-        # The attempt being made: the worker reports each retry it makes (`Attempts.note`).
-        self.attempt = Attempts(run, attempt)
-        self.key = key
-        self.number = number
-        self.future = future
-
-    def blamable(self) -> list[Future[Any]]:
-        """The upstreams whose failure ends this run: not those taken through allow_failure,
-        which were final when the run was sent, and went in as their States."""
-        allowed = self.allowed
-        return [u for i, u in enumerate(self.upstreams) if i not in allowed]
-
-
-@final
-class _Fetch:
-    """Loads one completed run's result from the cluster, when the run's State is read."""
-
-    __slots__ = (
-        "__weakref__",
-        "future",
-        "group",
-        "key",
-        "loaded",
-        "run_name",
-        "session",
-        "small",
-        "task_name",
-        "value",
-    )
-
-    def __init__(
-        self,
-        session: Session,
-        future: DaskFuture[Any],
-        key: str,
-        group: str,
-        small: bool,
-        run_name: str,
-        task_name: str,
-    ) -> None:
-        self.session = session
-        self.run_name = run_name
-        self.task_name = task_name
-        self.future: DaskFuture[Any] | None = future
-        self.key = key
-        self.group = group
-        self.small = small
-        self.loaded = False
-        self.value: Any = None
-
-    def __call__(self) -> Any:
-        if self.loaded:
-            value, self.value = self.value, None
-            return value
-        return self.session.load(self)
-
-
 class Session:
     """What a started runner holds: its client (and the cluster it started), the Dask
     future of each of its runs, and the threads that move runs and outcomes."""
@@ -176,28 +91,28 @@ class Session:
         self.topic = f"baton-runs-{self.token}"
         self._subscribed = False
         # The runs sent and not ended yet, by the number in their key.
-        self._items: dict[int, _Item] = {}
+        self._items: dict[int, Item] = {}
         self._events: collections.deque[Any] = collections.deque()
         self._keys = itertools.count(1)
         self.native: weakref.WeakKeyDictionary[Future[Any], DaskFuture[Any]] = (
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
-        self._queue: collections.deque[_Item] = collections.deque()
+        self._queue: collections.deque[Item] = collections.deque()
         self._cancels: list[DaskFuture[Any]] = []
         # Futures of runs that never reached the scheduler, while a queued run refers to them.
         self._unsent: weakref.WeakSet[DaskFuture[Any]] = weakref.WeakSet()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._finished: collections.deque[_Item] = collections.deque()
+        self._finished: collections.deque[Item] = collections.deque()
         self._finished_wake = threading.Event()
         self._collector: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
         self._closed = False
         self._inflight: dict[int, TaskRun] = {}
         self._idle = threading.Condition(threading.Lock())
-        self._unread: dict[str, dict[str, weakref.ref[_Fetch]]] = {}
+        self._unread: dict[str, dict[str, weakref.ref[Fetch]]] = {}
 
     @property
     def client(self) -> Client:
@@ -325,7 +240,7 @@ class Session:
                 shut = True
             else:
                 future: DaskFuture[Any] = DaskFuture(key, client)
-                item = _Item(
+                item = Item(
                     run, call, upstreams, allowed, inputs, placement, attempt, key, number, future
                 )
                 self._queue.append(item)
@@ -334,7 +249,7 @@ class Session:
                 if self._thread is None:
                     self._start_threads(client)
         if shut:
-            run.set_state(_shut_down(run))
+            run.set_state(shut_down(run))
             return
         self._wake.set()
 
@@ -355,7 +270,9 @@ class Session:
         self._collector.start()
         if self.no_workers_timeout is not None:
             self._watchdog = threading.Thread(
-                target=self._watch_workers, name="baton-dask-workers", daemon=True
+                target=functools.partial(watch_workers, self),
+                name="baton-dask-workers",
+                daemon=True,
             )
             self._watchdog.start()
 
@@ -415,12 +332,12 @@ class Session:
             count = grown
         wake.set()
 
-    def _send(self, items: list[_Item]) -> None:
+    def _send(self, items: list[Item]) -> None:
         # The scheduler drops a whole graph that depends on a key it never got, so a run
         # whose upstream was not sent (cancelled first, or not picklable) is not sent either:
         # it ends here, UpstreamFailed, and so do the runs that depend on it in turn.
         unsent = self._unsent
-        group: list[_Item] = []
+        group: list[Item] = []
         for item in items:
             if item.run.state.type in _FINAL:
                 unsent.add(item.future)
@@ -436,7 +353,7 @@ class Session:
         if group:
             self._send_group(group)
 
-    def _send_group(self, group: list[_Item]) -> None:
+    def _send_group(self, group: list[Item]) -> None:
         client = self.client
         placement = group[0].placement
         extra = placement.submit_kwargs() if placement is not None else {}
@@ -465,7 +382,7 @@ class Session:
         loop: Any = client.loop
         loop.add_callback(self._watch, group)
 
-    def _unsendable(self, item: _Item, exc: Exception) -> None:
+    def _unsendable(self, item: Item, exc: Exception) -> None:
         run = item.run
         self._unsent.add(item.future)
         self.native.pop(run.future, None)
@@ -491,7 +408,7 @@ class Session:
 
     # -- outcomes -----------------------------------------------------------------
 
-    async def _watch(self, group: list[_Item]) -> None:
+    async def _watch(self, group: list[Item]) -> None:
         """On the client's event loop: hand each run of `group` to the collector thread as
         its Dask future ends. One coroutine per graph sent and one thread wake-up per batch
         of outcomes, rather than a callback thread hop per run."""
@@ -499,7 +416,7 @@ class Session:
 
         await asyncio.gather(*[self._await_outcome(item) for item in group])
 
-    async def _await_outcome(self, item: _Item) -> None:
+    async def _await_outcome(self, item: Item) -> None:
         state: Any = item.future._state
         while state.status == "pending":
             await state.wait()
@@ -546,7 +463,7 @@ class Session:
             except BaseException:  # an observer that raised: the run goes on regardless
                 logger.exception("Reporting that a task run started on Dask raised")
 
-    def _report(self, item: _Item) -> None:
+    def _report(self, item: Item) -> None:
         self._items.pop(item.number, None)
         try:
             self._done(item)
@@ -560,7 +477,7 @@ class Session:
             except BaseException:
                 logger.exception("Reporting the end of task run %r raised", item.run.name)
 
-    def _done(self, item: _Item) -> None:
+    def _done(self, item: Item) -> None:
         run = item.run
         if run.state.type in _FINAL or self.native.get(run.future) is not item.future:
             return  # cancelled, or resubmitted under another key
@@ -571,9 +488,9 @@ class Session:
         elif status == "error":
             self._erred(item, future._state.exception)
         else:
-            self._blamed(item, _cancel_reason(future))
+            self._blamed(item, cancel_reason(future))
 
-    def _completed(self, item: _Item, future: DaskFuture[Any]) -> None:
+    def _completed(self, item: Item, future: DaskFuture[Any]) -> None:
         kind = future.type
         run = item.run
         if kind is Finished or kind is None:
@@ -584,28 +501,28 @@ class Session:
         small = kind is not Large
         group = run.task.name
         key = item.key
-        fetch = _Fetch(self, future, key, group, small, run.name, run.task.name)
+        fetch = Fetch(self, future, key, group, small, run.name, run.task.name)
         if small:
             with self._lock:
                 unread = self._unread.get(group)
                 if unread is None:
                     unread = self._unread[group] = {}
-                unread[key] = weakref.ref(fetch, functools.partial(_forget, unread, key))
+                unread[key] = weakref.ref(fetch, functools.partial(forget, unread, key))
         run.set_state(State.completed_lazily(fetch))
 
-    def _fetch_now(self, item: _Item, future: DaskFuture[Any]) -> None:
+    def _fetch_now(self, item: Item, future: DaskFuture[Any]) -> None:
         run = item.run
         try:
             value = future.result()
         except Exception as exc:
-            run.finish(RemoteResult(State.failed(_cannot_load(run.name, run.task.name, exc))))
+            run.finish(RemoteResult(State.failed(cannot_load(run.name, run.task.name, exc))))
             return
         if type(value) is Finished:
             run.finish(RemoteResult(State.completed(value.value), unhandled=value.unhandled))
         else:
             run.set_state(State.completed(unwrap(value)))
 
-    def _erred(self, item: _Item, error: BaseException | None) -> None:
+    def _erred(self, item: Item, error: BaseException | None) -> None:
         run = item.run
         if isinstance(error, RunEnded):
             if error.run_id == run.id and error.run_name == run.name:
@@ -628,7 +545,7 @@ class Session:
             message = f"Task run {run.name!r} could not run on its Dask worker: {detail}.{hint}"
             run.set_state(State.failed(error or BatonError(message), message))
 
-    def _blamed(self, item: _Item, cause: BaseException | None) -> None:
+    def _blamed(self, item: Item, cause: BaseException | None) -> None:
         """Dask ended the run's task because of another one (a failed or crashed upstream),
         or cancelled it. Decide once the run's own upstreams are final."""
         run = item.run
@@ -655,7 +572,7 @@ class Session:
                 f"Task run {run.name!r} crashed: the Dask cluster dropped its task ({reason}).",
             )
 
-    def _crashed(self, item: _Item, error: BaseException, message: str | None = None) -> None:
+    def _crashed(self, item: Item, error: BaseException, message: str | None = None) -> None:
         """The run's worker died (or Dask dropped its task): retried as the task's retries
         allow (`Attempts`), continuing its count of attempts."""
         run = item.run
@@ -688,62 +605,9 @@ class Session:
         else:
             again()
 
-    # -- workers gone -------------------------------------------------------------
-
-    def _watch_workers(self) -> None:
-        """Crash the runs waiting on the cluster once it has had no worker for
-        `no_workers_timeout` seconds: Dask would keep them waiting for ever."""
-        limit = self.no_workers_timeout
-        assert limit is not None
-        period = min(1.0, max(limit / 4, 0.05))
-        since: float | None = None
-        while not self._closed:
-            time.sleep(period)
-            if not self._items:
-                since = None
-                continue
-            try:
-                client: Any = self.client
-                count = client.scheduler_info(n_workers=0).get("n_workers", 1)
-            except Exception:
-                continue  # the scheduler cannot be asked now: its own timeouts apply
-            if count:
-                since = None
-                continue
-            now = time.monotonic()
-            if since is None:
-                since = now
-            elif now - since >= limit:
-                self._no_workers(limit)
-                since = None
-
-    def _no_workers(self, limit: float) -> None:
-        while True:
-            try:
-                items = list(self._items.values())
-                break
-            except RuntimeError:  # the collector thread changed it meanwhile
-                continue
-        for item in items:
-            run = item.run
-            if run.state.type in _FINAL or self.native.get(run.future) is not item.future:
-                continue
-            message = (
-                f"Task run {run.name!r} crashed: the Dask cluster ({self.label}) has had no "
-                f"worker for {limit:g} s, so nothing could run it. Start workers (or check "
-                "why they left: their logs, memory limits), or raise the runner's "
-                "no_workers_timeout option (None waits for ever)."
-            )
-            self.cancel(run)
-            self._items.pop(item.number, None)
-            try:
-                run.set_state(State.crashed(CrashedRun(message), message))
-            except BaseException:
-                logger.exception("Reporting the end of task run %r raised", run.name)
-
     # -- results ------------------------------------------------------------------
 
-    def load(self, fetch: _Fetch) -> Any:
+    def load(self, fetch: Fetch) -> Any:
         """Fetch a completed run's result, and finished small results of its task that
         nobody has read yet along with it."""
         future = fetch.future
@@ -754,7 +618,7 @@ class Session:
                 "(or return them from the flow) before the flow ends, or start the runner "
                 "yourself (`with runner:`) to keep it running."
             )
-        others: list[_Fetch] = []
+        others: list[Fetch] = []
         with self._lock:
             unread = self._unread.get(fetch.group)
             if unread is not None:
@@ -778,7 +642,7 @@ class Session:
         return unwrap(value)
 
     @staticmethod
-    def _own(fetch: _Fetch, future: DaskFuture[Any]) -> Any:
+    def _own(fetch: Fetch, future: DaskFuture[Any]) -> Any:
         """One result, read on its own; one that came back but cannot be rebuilt here
         raises an error that names the run and says so."""
         try:
@@ -787,7 +651,7 @@ class Session:
             status = getattr(future, "status", None)
             if status != "finished":
                 raise
-            raise _cannot_load(fetch.run_name, fetch.task_name, exc) from exc
+            raise cannot_load(fetch.run_name, fetch.task_name, exc) from exc
 
     def _gather(self, futures: list[DaskFuture[Any]]) -> list[Any] | None:
         try:
@@ -847,34 +711,8 @@ class Session:
         with self._idle:
             left = list(self._inflight.values())
         for run in left:
-            run.set_state(_shut_down(run))
+            run.set_state(shut_down(run))
         self.native.clear()
         self._items.clear()
         with self._lock:
             self._unread.clear()
-
-
-def _forget(unread: dict[str, weakref.ref[_Fetch]], key: str, _: object) -> None:
-    unread.pop(key, None)
-
-
-def _cannot_load(run_name: str, task_name: str, exc: BaseException) -> pickle.UnpicklingError:
-    """The error of a result that came back but cannot be rebuilt here (as `decode_result`
-    words it)."""
-    return pickle.UnpicklingError(
-        f"The result of task run {run_name!r} (task {task_name!r}) came back from its "
-        f"worker but cannot be unpickled here ({type(exc).__name__}: {exc}). Return plain "
-        "data, or types importable in both places."
-    )
-
-
-def _shut_down(run: TaskRun) -> State:
-    return State.cancelled(
-        f"Task run {run.name!r} was cancelled: task runner 'dask' shut down before it finished."
-    )
-
-
-def _cancel_reason(future: DaskFuture[Any]) -> BaseException | None:
-    state = getattr(future, "_state", None)
-    reason = getattr(state, "exception", None)
-    return reason if isinstance(reason, BaseException) else None
