@@ -190,20 +190,18 @@ def make_state(failed: bool) -> State:
     return State.failed(ValueError("a value")) if failed else State.completed("inner")
 
 
-@task
-def describe_state(state: State) -> str:
-    return f"{state.type.value}: {state.result(raise_on_failure=False)}"
-
-
-def test_a_state_returned_as_a_result_is_a_result(runner: DaskTaskRunner) -> None:
+def test_a_state_a_task_returns_is_the_state_its_run_ends_in(runner: DaskTaskRunner) -> None:
     @flow(task_runner=runner)
-    def states_as_values() -> tuple[list[str], str]:
+    def adopted() -> tuple[list[str], Any, str]:
         made = make_state.map([False, True])
-        return describe_state.map(made).result(), made[1].result().type.value
+        wait(made)
+        failed = made[1].result(raise_on_failure=False)
+        return [f.state.type.value for f in made], made[0].result(), repr(failed)
 
-    described, read = states_as_values()
-    assert described == ["COMPLETED: inner", "FAILED: a value"]
-    assert read == "FAILED"
+    kinds, value, error = adopted()
+    assert kinds == ["COMPLETED", "FAILED"]
+    assert value == "inner"
+    assert error == "ValueError('a value')"
 
 
 @task

@@ -308,7 +308,8 @@ def _one_attempt(task: Task[..., Any]) -> Task[..., Any]:
     cached = _single.get(id(task))
     if cached is not None and cached[0] is task:
         return cached[1]
-    single = task.with_options(retries=0, on_completion=(), on_failure=())
+    # No retries here: nor a delay, whose callable need not be called again to check it.
+    single = task.with_options(retries=0, retry_delay_seconds=0, on_completion=(), on_failure=())
     if len(_single) > 256:
         _single.clear()
     _single[id(task)] = (task, single)

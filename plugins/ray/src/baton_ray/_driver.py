@@ -518,7 +518,11 @@ class Driver:
             self._end(job, state)
             return
         attempts = Attempts(run, job.attempt)
-        retry = None if self._closing == "now" else attempts.after(state)
+        # Retried like any attempt: a lost worker, a timeout. Not a failure outside the
+        # task's own code (a result Ray cannot store, a task it cannot load): the engine
+        # ended the attempt already, as it does on every runner.
+        again = state.is_crashed() or state.name == "TimedOut"
+        retry = None if self._closing == "now" or not again else attempts.after(state)
         if retry is None:
             self._end(job, attempts.finish(state))
         else:
