@@ -10,6 +10,7 @@ from collections.abc import Callable, Generator, Iterable, Iterator
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any, Generic, NamedTuple, TypeVar, final
 
+from baton._attempts import FINAL_STATE_TYPES
 from baton._states import LazyResult, State, StateType
 
 if TYPE_CHECKING:
@@ -32,8 +33,8 @@ logger = logging.getLogger("baton")
 _PENDING = StateType.PENDING
 _RUNNING = StateType.RUNNING
 _COMPLETED = StateType.COMPLETED
-_FAILED_TYPES = frozenset({StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
-_FINAL_TYPES = _FAILED_TYPES | {StateType.COMPLETED}
+_FINAL_TYPES = FINAL_STATE_TYPES
+_FAILED_TYPES = FINAL_STATE_TYPES - {StateType.COMPLETED}
 
 # A worker thread of a bounded pool registers itself here while it runs a task, so
 # that a task which blocks on other futures gives its slot up for as long as it

@@ -33,7 +33,7 @@ __all__ = ["RunScope", "current_scope", "flow_ended", "flow_started"]
 
 logger = logging.getLogger("baton")
 
-_FAILED = frozenset({StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
+_FAILED = FINAL_STATE_TYPES - {StateType.COMPLETED}
 _COMPLETED = StateType.COMPLETED
 
 _current_scope: contextvars.ContextVar[RunScope | None] = contextvars.ContextVar(

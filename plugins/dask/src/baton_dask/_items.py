@@ -8,8 +8,8 @@ import pickle
 import time
 from typing import TYPE_CHECKING, Any, final
 
-from baton import CrashedRun, State, StateType
-from baton.runners import Attempts
+from baton import CrashedRun, State
+from baton.runners import FINAL_STATE_TYPES, Attempts
 
 if TYPE_CHECKING:
     import weakref
@@ -33,7 +33,7 @@ __all__ = [
 
 logger = logging.getLogger("baton.dask")
 
-_FINAL = frozenset({StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
+_FINAL = FINAL_STATE_TYPES
 
 
 @final

@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 from baton import BatonError, RunnerClosedError, State, StateType
 from baton.runners import (
+    FINAL_STATE_TYPES,
     RemoteResult,
     RunCall,
     unpicklable_arguments,
@@ -74,7 +75,7 @@ _LINGER_GAP_SECONDS = 0.0003
 
 _PENDING = StateType.PENDING
 _COMPLETED = StateType.COMPLETED
-_FINAL = frozenset({StateType.COMPLETED, StateType.FAILED, StateType.CRASHED, StateType.CANCELLED})
+_FINAL = FINAL_STATE_TYPES
 
 
 class Session:
