@@ -109,6 +109,10 @@ def _call_with_timeout(
     raise value
 
 
+# Results that are neither a State nor a future: no need to look closer.
+_PLAIN_RESULTS = frozenset({int, float, str, bytes, bool, type(None), list, dict, tuple, set})
+
+
 class _ReturnedState(Exception):
     """A task returned a State that is not COMPLETED: it ends the attempt like a raise."""
 
@@ -122,6 +126,8 @@ def _adopt(value: Any) -> State:
     failed one counts as a failure, for retries too), a returned `Future` is waited
     for and stands for its result (its failure is this attempt's), anything else is
     the result."""
+    if type(value) in _PLAIN_RESULTS:
+        return State.completed(value)
     from baton._futures import Future, FutureList
 
     if isinstance(value, Future):

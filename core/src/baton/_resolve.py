@@ -261,6 +261,9 @@ def resolve(
     passed through as the same object. `quote` is unwrapped (kept with
     `keep_quotes`), untraversed.
     """
+    kind = type(obj)
+    if kind in _ATOMIC or (kind is tuple and all(type(v) in _ATOMIC for v in obj)):
+        return obj  # the arguments of most runs: nothing to look into
     from baton._futures import Future
 
     def visit(value: Any, depth: int, allowed: bool = False) -> Any:
