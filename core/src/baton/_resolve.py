@@ -215,6 +215,12 @@ def collect_futures(
     from baton._futures import Future
     from baton._states import State
 
+    if type(obj) in _ATOMIC:
+        return obj
+    if type(obj) is Future:  # an upstream passed as it is: the common case
+        found.append(obj)
+        return obj
+
     states: list[State] = []
     collected: list[Future[Any]] = []
 
@@ -265,6 +271,11 @@ def resolve(
     if kind in _ATOMIC or (kind is tuple and all(type(v) in _ATOMIC for v in obj)):
         return obj  # the arguments of most runs: nothing to look into
     from baton._futures import Future
+
+    if kind is Future:
+        return result_of(obj, False)
+    if kind is tuple and all(type(v) in _ATOMIC or type(v) is Future for v in obj):
+        return tuple(v if type(v) in _ATOMIC else result_of(v, False) for v in obj)
 
     def visit(value: Any, depth: int, allowed: bool = False) -> Any:
         kind = type(value)
