@@ -37,6 +37,7 @@ from baton._plugins import (
     list_plugins,
     list_runners,
 )
+from baton._public import report_public_module as _report_public_module
 from baton._resolve import allow_failure, quote, unmapped
 from baton._runner import Capability, TaskRunner
 from baton._states import State, StateType
@@ -93,11 +94,4 @@ __all__ = [
 ]
 
 # Public names report the public module, so reprs and docs show `baton.Future`.
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("baton._"):
-        try:
-            _obj.__module__ = __name__
-        except (AttributeError, TypeError):
-            pass
-del _name, _obj
+_report_public_module(globals(), __all__, __name__)

@@ -61,6 +61,7 @@ from baton._deadlines import Deadlines
 from baton._engine import RunInfo
 from baton._errors import RemoteTaskError, RemoteTraceback
 from baton._futures import blocking_section
+from baton._public import report_public_module as _report_public_module
 from baton._remote import (
     NestedFailure,
     RemoteResult,
@@ -138,11 +139,4 @@ def validate_options(model: type[BaseModel], owner: str, values: dict[str, Any])
 
 # Names defined here report this module, so that docs and reprs show `baton.runners.X`;
 # those that `baton` itself exports keep reporting `baton`.
-for _name in __all__:
-    _obj = globals()[_name]
-    if getattr(_obj, "__module__", "").startswith("baton._"):
-        try:
-            _obj.__module__ = __name__
-        except (AttributeError, TypeError):
-            pass
-del _name, _obj
+_report_public_module(globals(), __all__, __name__)
