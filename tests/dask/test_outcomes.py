@@ -5,7 +5,6 @@ tasks made from functions of a script's ``__main__``."""
 from __future__ import annotations
 
 import importlib
-import pickle
 import subprocess
 import sys
 import textwrap
@@ -139,18 +138,20 @@ def test_a_result_that_cannot_be_rebuilt_fails_its_run(runner: DaskTaskRunner) -
     assert "refuses to be rebuilt" in str(state.message)
 
 
-def test_a_large_result_that_cannot_be_rebuilt_says_so_when_read(runner: DaskTaskRunner) -> None:
-    # A large result stays on the cluster until read: only reading it finds the problem.
+def test_a_large_result_that_cannot_be_rebuilt_fails_its_run(runner: DaskTaskRunner) -> None:
+    # A large result stays on the cluster until read; its worker checks that it can be
+    # rebuilt, so that the run does not complete with a result nobody can read.
     @flow(task_runner=runner)
-    def refused() -> str:
+    def refused() -> tuple[State]:
         future = returns_refusing.submit(1_000_000)
-        with pytest.raises(pickle.UnpicklingError) as raised:
-            future.result()
-        return str(raised.value)
+        future.wait()
+        return (future.state,)
 
-    message = refused()
-    assert "returns_refusing-" in message
-    assert "cannot be unpickled here" in message
+    [state] = refused()
+    assert state.is_failed(), state
+    assert "returns_refusing-" in str(state.message)
+    assert "cannot be unpickled" in str(state.message)
+    assert "refuses to be rebuilt" in str(state.message)
 
 
 def test_a_result_whose_class_only_the_workers_have_fails_its_run(

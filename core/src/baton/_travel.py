@@ -20,7 +20,9 @@ __all__ = [
     "cloudpickle_dumps",
     "dumps",
     "portable_state",
+    "rebuild_problem",
     "unpicklable_arguments",
+    "unrebuildable_result",
 ]
 
 PROTOCOL = pickle.HIGHEST_PROTOCOL
@@ -36,6 +38,50 @@ def dumps(obj: Any) -> bytes:
 
 
 _pickler: Any = None
+
+# Results of these types are rebuilt from their pickle wherever they were pickled.
+_REBUILT_TYPES = frozenset({int, float, bool, complex, type(None), str, bytes, bytearray})
+
+
+def rebuild_problem(value: Any) -> str:
+    """Why `value` pickles but cannot be rebuilt from its pickle, or ``''`` if it can.
+
+    A worker calls it on a result that will not travel to the flow's process at once
+    (it stays in the engine's store until read), so that such a run fails, with
+    `unrebuildable_result`, instead of completing with a result that nobody can read.
+    Plain data returns at once; anything else is pickled and unpickled here, with large
+    buffers (NumPy arrays, `pickle.PickleBuffer`) passed out of band, so not copied.
+    A value that does not pickle at all is not judged here: `''`.
+    """
+    if type(value) in _REBUILT_TYPES:
+        return ""
+    buffers: list[pickle.PickleBuffer] = []
+    try:
+        data = pickle.dumps(value, 5, buffer_callback=buffers.append)
+    except Exception:
+        import cloudpickle  # type: ignore[import-untyped]
+
+        buffers = []
+        try:
+            data = cloudpickle.dumps(value, 5, buffer_callback=buffers.append)
+        except Exception:
+            return ""
+    try:
+        pickle.loads(data, buffers=buffers)
+    except Exception as exc:
+        return _brief(exc)
+    return ""
+
+
+def unrebuildable_result(task_name: str, run_name: str, problem: str) -> State:
+    """The FAILED state of a run whose result pickles but cannot be rebuilt (`problem`, as
+    `rebuild_problem` says it): the same words on every runner."""
+    error = pickle.UnpicklingError(
+        f"The result of task run {run_name!r} (task {task_name!r}) cannot be unpickled: "
+        f"it pickles, but cannot be rebuilt from its pickle ({problem}). Return plain "
+        "data, or types that pickle and unpickle everywhere."
+    )
+    return State.failed(error)
 
 
 def cloudpickle_dumps(obj: Any) -> bytes:
@@ -58,7 +104,7 @@ def _filename_keeping_pickler() -> Any:
     import collections
     import types
 
-    import cloudpickle  # type: ignore[import-untyped]
+    import cloudpickle
 
     code_reduce = getattr(getattr(cloudpickle, "cloudpickle", None), "_code_reduce", None)
     if code_reduce is None:

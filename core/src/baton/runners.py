@@ -81,7 +81,9 @@ from baton._travel import (
     cloudpickle_dumps,
     dumps,
     portable_state,
+    rebuild_problem,
     unpicklable_arguments,
+    unrebuildable_result,
 )
 
 if TYPE_CHECKING:
@@ -114,10 +116,12 @@ __all__ = [
     "failure_state",
     "lend_slot",
     "portable_state",
+    "rebuild_problem",
     "run_call",
     "run_hooks",
     "timed_out",
     "unpicklable_arguments",
+    "unrebuildable_result",
     "upstream_failed",
     "validate_options",
     "worker_lost",

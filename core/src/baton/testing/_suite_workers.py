@@ -26,6 +26,7 @@ from baton.testing._tasks import (
     fire_and_forget,
     hold_connection,
     inc,
+    returns_unloadable,
     stoppable,
 )
 
@@ -227,6 +228,27 @@ class WorkerTests:
             f"timeout; a quick run submitted meanwhile had not completed after "
             f"{timeout + MARGIN_SECONDS:g} s"
         )
+
+    # -- results --------------------------------------------------------------------------
+
+    @conformance(level=2, requires=(Capability.PROCESSES,))
+    def test_a_result_that_cannot_be_rebuilt_fails_its_run(self, kit: Kit) -> None:
+        # Small and large: a runner may keep a large result where it was made until it
+        # is read, but the run must not read COMPLETED with a result nobody can read.
+        def body() -> list[tuple[str, State]]:
+            futures = [returns_unloadable.submit(size) for size in (10, 2_000_000)]
+            return [(future.name, _final(future)) for future in futures]
+
+        for name, state in kit.run(body):
+            assert state.is_failed(), (
+                "rule: a run whose result pickles but cannot be rebuilt from its pickle "
+                f"ends FAILED saying so, on every runner; {name!r} ended {state!r}"
+            )
+            message = str(state.message)
+            assert "cannot be unpickled" in message and "refuses to be rebuilt" in message, (
+                "rule: the failure says that the result cannot be unpickled, and why; "
+                f"{name!r} says {message!r}"
+            )
 
     # -- states reported from workers ----------------------------------------------------
 

@@ -26,6 +26,7 @@ __all__ = [
     "KitError",
     "Pair",
     "Payload",
+    "RefusesToLoad",
     "Tracer",
     "UnpicklableError",
     "abort",
@@ -60,6 +61,7 @@ __all__ = [
     "meet",
     "never_retry",
     "raise_unpicklable",
+    "returns_unloadable",
     "scale",
     "square",
     "stoppable",
@@ -238,6 +240,25 @@ def make_lock() -> Any:
 @task
 def raise_unpicklable(message: str) -> NoReturn:
     raise UnpicklableError(message)
+
+
+class RefusesToLoad:
+    """A value that pickles but cannot be rebuilt from its pickle, anywhere."""
+
+    def __init__(self, size: int) -> None:
+        self.payload = b"x" * size
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (_refuse_to_load, (self.payload,))
+
+
+def _refuse_to_load(payload: bytes) -> NoReturn:
+    raise RuntimeError(f"this value of {len(payload)} bytes refuses to be rebuilt")
+
+
+@task
+def returns_unloadable(size: int) -> RefusesToLoad:
+    return RefusesToLoad(size)
 
 
 @_loose

@@ -31,7 +31,9 @@ from baton.runners import (
     dumps,
     encode_result,
     lend_slot,
+    rebuild_problem,
     run_call,
+    unrebuildable_result,
 )
 
 if TYPE_CHECKING:
@@ -141,15 +143,18 @@ def run_task(
         del state
         size = _pickled_size(value)
         if isinstance(size, int):
+            if type(value) not in _REBUILT:
+                # Found here, so that the run fails rather than completing with a result
+                # nobody can read (a large one is read only later, one by one).
+                problem = rebuild_problem(value)
+                if problem:
+                    failed = unrebuildable_result(call.task.name, call.name, problem)
+                    raise ended(call, RemoteResult(failed, None, result.unhandled, result.attempt))
             if result.unhandled:
                 return Finished(value, result.portable().unhandled)
             # A State as a result is wrapped too, so that it cannot pass for an outcome.
             if size > LARGE_RESULT_BYTES or isinstance(value, State):
                 return Large(value)
-            if type(value) not in _REBUILT:
-                problem = _reload_problem(value)
-                if problem:
-                    raise ended(call, _cannot_rebuild(call, problem, result))
             return value
         error = pickle.PicklingError(
             f"Task run {call.name!r} (task {call.task.name!r}) returned a value that "
@@ -158,25 +163,6 @@ def run_task(
         )
         result = RemoteResult(State.failed(error), None, result.unhandled, result.attempt)
     raise ended(call, result)
-
-
-def _cannot_rebuild(call: RunCall, problem: str, result: RemoteResult) -> RemoteResult:
-    error = pickle.UnpicklingError(
-        f"The result of task run {call.name!r} (task {call.task.name!r}) cannot be "
-        f"unpickled: it pickles, but cannot be rebuilt from its pickle ({problem}). "
-        "Return plain data, or types that pickle and unpickle everywhere."
-    )
-    return RemoteResult(State.failed(error), None, result.unhandled, result.attempt)
-
-
-def _reload_problem(value: Any) -> str:
-    """Why a small result that pickles cannot be rebuilt from its pickle ('' if it can):
-    found here, so that the run fails rather than completing with a result nobody can read."""
-    try:
-        pickle.loads(dumps(value))
-        return ""
-    except Exception as exc:
-        return f"{type(exc).__name__}: {exc}"
 
 
 class _Reports:

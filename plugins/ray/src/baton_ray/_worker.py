@@ -36,7 +36,15 @@ from typing import TYPE_CHECKING, Any, Final, Literal, cast, final
 
 import ray
 from baton import State, StateType
-from baton.runners import NestedFailure, RemoteResult, RunCall, lend_slot, run_call
+from baton.runners import (
+    NestedFailure,
+    RemoteResult,
+    RunCall,
+    lend_slot,
+    rebuild_problem,
+    run_call,
+    unrebuildable_result,
+)
 
 if TYPE_CHECKING:
     from baton import Task
@@ -74,7 +82,7 @@ def run_whole(head: Head | bytes, *inputs: Any) -> tuple[Any, tuple[Any, ...]]:
     call = _load(head)
     if type(call) is State:
         return None, _outcome(RemoteResult(call))
-    return _split(_execute(call, inputs, 1, "here"))
+    return _split(call, _execute(call, inputs, 1, "here"))
 
 
 @ray.remote(num_returns=2, max_retries=0)
@@ -82,7 +90,7 @@ def run_attempt(head: Head | bytes, attempt: int, *inputs: Any) -> tuple[Any, tu
     call = _load(head)
     if type(call) is State:
         return None, _outcome(RemoteResult(call, attempt=attempt))
-    return _split(_execute(call, inputs, attempt, "runner"))
+    return _split(call, _execute(call, inputs, attempt, "runner"))
 
 
 @ray.remote(num_returns="streaming", max_retries=0)
@@ -93,7 +101,7 @@ def run_timed_attempt(head: Head | bytes, attempt: int, *inputs: Any) -> Iterato
         yield None
         yield _outcome(RemoteResult(call, attempt=attempt))
         return
-    value, outcome = _split(_execute(call, inputs, attempt, "runner"))
+    value, outcome = _split(call, _execute(call, inputs, attempt, "runner"))
     yield value
     yield outcome
 
@@ -170,7 +178,7 @@ def _execute(
         )
 
 
-def _split(result: RemoteResult) -> tuple[Any, tuple[Any, ...]]:
+def _split(call: RunCall, result: RemoteResult) -> tuple[Any, tuple[Any, ...]]:
     """(value, outcome) to return: the value stays in the store unless it is small."""
     state = result.state
     if state.type is StateType.COMPLETED and result.retry is None:
@@ -179,6 +187,12 @@ def _split(result: RemoteResult) -> tuple[Any, tuple[Any, ...]]:
         kind = type(value)
         if kind in _INLINE_TYPES or ((kind is str or kind is bytes) and len(value) <= _INLINE_SIZE):
             return None, (INLINE, value, unhandled)
+        # Found here, so that the run fails rather than completing with a result that
+        # nobody can read: the driver reads a stored value only when asked to.
+        problem = rebuild_problem(value)
+        if problem:
+            failed = unrebuildable_result(call.task.name, call.name, problem)
+            return None, _outcome(RemoteResult(failed, None, result.unhandled, result.attempt))
         return value, (STORED, unhandled)
     return None, _outcome(result)
 
