@@ -16,6 +16,7 @@ from baton import (
     allow_failure,
 )
 from baton.testing._rendezvous import WAIT_SECONDS
+from baton.testing._suite_workers import MARGIN_SECONDS
 from baton.testing._spec import conformance
 from baton.testing._tasks import (
     KitAbort,
@@ -24,6 +25,7 @@ from baton.testing._tasks import (
     async_fail,
     async_flaky,
     async_stoppable,
+    async_blocks_loop,
     blocked_attempt,
     describe,
     die,
@@ -296,6 +298,32 @@ class FailureTests:
         )
         assert isinstance(state.error, TaskTimeoutError), state.error
         kit.expect_work_stopped("slow", "when an async run times out")
+
+    @conformance(
+        requires=(Capability.ASYNC,),
+        concurrent="the flow reads the run's state while its coroutine still blocks",
+    )
+    def test_an_async_run_blocking_its_loop_times_out_on_time(self, kit: Kit) -> None:
+        rv = kit.rv
+
+        def body() -> tuple[bool, State]:
+            future = async_blocks_loop.with_options(timeout_seconds=0.3).submit(rv, "hog")
+            try:
+                rv.wait("started-hog")
+                ended = future.wait(MARGIN_SECONDS)
+                state = future.state
+            finally:
+                rv.signal("release-hog")
+            return ended, state
+
+        ended, state = kit.run(body)
+        assert ended and state.name == "TimedOut", (
+            "rule: an async run whose coroutine blocks its event loop past its timeout "
+            "ends TimedOut on time, before the coroutine returns (the loop's own timer "
+            f"cannot fire: watch it from outside); {MARGIN_SECONDS:g} s after it started it "
+            f"was {state!r}"
+        )
+        assert isinstance(state.error, TaskTimeoutError), state.error
 
     @conformance(requires=(Capability.HARD_TIMEOUTS,))
     def test_a_hard_timeout_stops_the_work(self, kit: Kit) -> None:

@@ -37,6 +37,7 @@ __all__ = [
     "async_fail",
     "async_flaky",
     "async_meet",
+    "async_blocks_loop",
     "async_stoppable",
     "blocked_attempt",
     "combine",
@@ -416,6 +417,16 @@ async def async_stoppable(rv: Rendezvous, tag: str) -> None:
         rv.signal(f"interrupted-{tag}")
         raise
     rv.signal(f"finished-{tag}")
+
+
+@_loose
+@task
+async def async_blocks_loop(rv: Rendezvous, tag: str) -> str:
+    """Block the event loop (a wait that never awaits) until `release-<tag>`."""
+    rv.signal(f"started-{tag}")
+    rv.wait(f"release-{tag}")
+    rv.signal(f"finished-{tag}")
+    return "returned"
 
 
 # -- nested ------------------------------------------------------------------------------
