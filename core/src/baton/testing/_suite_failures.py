@@ -16,16 +16,16 @@ from baton import (
     allow_failure,
 )
 from baton.testing._rendezvous import WAIT_SECONDS
-from baton.testing._suite_workers import MARGIN_SECONDS
 from baton.testing._spec import conformance
+from baton.testing._suite_workers import MARGIN_SECONDS
 from baton.testing._tasks import (
     KitAbort,
     KitError,
     abort,
+    async_blocks_loop,
     async_fail,
     async_flaky,
     async_stoppable,
-    async_blocks_loop,
     blocked_attempt,
     describe,
     die,
