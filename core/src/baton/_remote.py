@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, final
 
 from baton._attempts import Attempts, Retry, failure_state
-from baton._states import State, StateType
+from baton._states import LazyResult, State, StateType
 from baton._travel import dumps, portable_state
 
 if TYPE_CHECKING:
@@ -415,6 +415,22 @@ def encode_result(result: RemoteResult, task_name: str, run_name: str) -> bytes:
     """`result` pickled to travel to the flow's process. A result value that cannot be
     pickled fails the run with an error that says so; errors that cannot travel are
     replaced (see `portable_state`)."""
+    state = result.state
+    if (
+        state.type is StateType.COMPLETED
+        and not result.unhandled
+        and result.retry is None
+        and state.name == "Completed"
+        and state.message is None
+    ):
+        # The common case, as a plain tuple: a quarter of the cost, both ways.
+        data = state._data
+        if type(data) is not LazyResult and not isinstance(data, State):
+            try:
+                return dumps((data, state.timestamp, result.attempt))
+            except Exception as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+                return _unpicklable_result(result, task_name, run_name, problem)
     result = result.portable()
     try:
         return dumps(result)
@@ -422,6 +438,10 @@ def encode_result(result: RemoteResult, task_name: str, run_name: str) -> bytes:
         if result.state.type is not StateType.COMPLETED:
             raise
         problem = f"{type(exc).__name__}: {exc}"
+    return _unpicklable_result(result, task_name, run_name, problem)
+
+
+def _unpicklable_result(result: RemoteResult, task_name: str, run_name: str, problem: str) -> bytes:
     error = pickle.PicklingError(
         f"Task run {run_name!r} (task {task_name!r}) returned a value that cannot be "
         f"pickled ({problem}), so it cannot travel back from its worker. Return something "
@@ -437,7 +457,12 @@ def decode_result(blob: bytes | bytearray | memoryview, run: TaskRun) -> RemoteR
     unpickled here (its type is not importable in this process) fails the run with an
     error that says so."""
     try:
-        result: RemoteResult = pickle.loads(blob)
+        loaded: Any = pickle.loads(blob)
+        if type(loaded) is tuple:
+            value, timestamp, attempt = loaded
+            state = State(StateType.COMPLETED, "Completed", data=value, timestamp=timestamp)
+            return RemoteResult(state, None, (), attempt)
+        result: RemoteResult = loaded
         return result
     except Exception as exc:
         error = pickle.UnpicklingError(
