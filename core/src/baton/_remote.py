@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, final
 
 from baton._attempts import Attempts, Retry, failure_state
+from baton._engine import run_async, run_sync
 from baton._states import LazyResult, State, StateType
 from baton._travel import dumps, portable_state
 
@@ -262,16 +263,12 @@ def run_call(
             on_state(State.running())
         try:
             if call.task.is_async:
-                from baton._engine import run_async
-
                 state = _run_coroutine(
                     run_async(
                         run, args, kwargs, on_state, first_attempt=attempt, enforce_timeout=enforce
                     )
                 )
             else:
-                from baton._engine import run_sync
-
                 state = run_sync(
                     run, args, kwargs, on_state, first_attempt=attempt, enforce_timeout=enforce
                 )
