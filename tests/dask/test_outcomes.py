@@ -63,25 +63,6 @@ def inc(x: int) -> int:
     return x + 1
 
 
-class RefusesToLoad:
-    """Pickles, but cannot be rebuilt from its pickle."""
-
-    def __init__(self, size: int) -> None:
-        self.payload = b"x" * size
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (_refuse, (self.payload,))
-
-
-def _refuse(payload: bytes) -> None:
-    raise RuntimeError("this object refuses to be rebuilt")
-
-
-@task
-def returns_refusing(size: int) -> RefusesToLoad:
-    return RefusesToLoad(size)
-
-
 @task
 def returns_worker_only(module: str) -> Any:
     return importlib.import_module(module).OnlyOnWorkers(3)
@@ -122,36 +103,6 @@ def test_a_run_reads_running_while_it_runs_on_a_worker(
         return seen, future.result()
 
     assert watched() == (StateType.RUNNING, "released")
-
-
-def test_a_result_that_cannot_be_rebuilt_fails_its_run(runner: DaskTaskRunner) -> None:
-    @flow(task_runner=runner)
-    def refused() -> tuple[State]:
-        future = returns_refusing.submit(10)
-        future.wait()
-        return (future.state,)
-
-    [state] = refused()
-    assert state.is_failed(), state
-    assert "returns_refusing-" in str(state.message)
-    assert "cannot be unpickled" in str(state.message)
-    assert "refuses to be rebuilt" in str(state.message)
-
-
-def test_a_large_result_that_cannot_be_rebuilt_fails_its_run(runner: DaskTaskRunner) -> None:
-    # A large result stays on the cluster until read; its worker checks that it can be
-    # rebuilt, so that the run does not complete with a result nobody can read.
-    @flow(task_runner=runner)
-    def refused() -> tuple[State]:
-        future = returns_refusing.submit(1_000_000)
-        future.wait()
-        return (future.state,)
-
-    [state] = refused()
-    assert state.is_failed(), state
-    assert "returns_refusing-" in str(state.message)
-    assert "cannot be unpickled" in str(state.message)
-    assert "refuses to be rebuilt" in str(state.message)
 
 
 def test_a_result_whose_class_only_the_workers_have_fails_its_run(
