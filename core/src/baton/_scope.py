@@ -25,6 +25,7 @@ from baton._states import LazyResult, State, StateType, upstream_failed
 
 if TYPE_CHECKING:
     from baton._map import LazyMap
+    from baton._otel import Trace
     from baton._remote import NestedFailure
     from baton._runner import TaskRunner
     from baton._taskrun import TaskRun
@@ -79,6 +80,8 @@ class RunScope:
         self._pending: set[Future[Any]] = set()
         self._unobserved: dict[int, Future[Any]] = {}
         self._lazy_maps: list[LazyMap[Any]] = []
+        self.trace: Trace | None = None
+        """With OpenTelemetry on: the trace the runs submitted here start in."""
 
     # -- context ------------------------------------------------------------------
 
