@@ -82,6 +82,9 @@ class RunScope:
         self._lazy_maps: list[LazyMap[Any]] = []
         self.trace: Trace | None = None
         """With OpenTelemetry on: the trace the runs submitted here start in."""
+        self.on_submit: Callable[[TaskRun], None] | None = None
+        """Told of each run submitted (or called directly) here: the progress bar
+        counts them."""
 
     # -- context ------------------------------------------------------------------
 
@@ -106,6 +109,8 @@ class RunScope:
         run.future = future
         with self._lock:
             self._pending.add(future)
+        if self.on_submit is not None:
+            self.on_submit(run)
         if upstreams:
             if runner.native_dependencies:
                 # The runner wires upstream runs of its own into its engine's graph;
@@ -206,6 +211,8 @@ class RunScope:
         upstreams, resolve its inputs, and (with `execute`) run it."""
         future: Future[Any] = Future(run)
         run.future = future
+        if self.on_submit is not None:
+            self.on_submit(run)
         if upstreams:
             wait(upstreams)
         try:

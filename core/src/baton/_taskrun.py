@@ -54,6 +54,8 @@ class TaskRun:
         "future",
         "id",
         "kwargs",
+        "map_id",
+        "map_index",
         "scope",
         "task",
         "trace",
@@ -77,6 +79,11 @@ class TaskRun:
         self.future: Future[Any]
         self._name: str | None = None
         self._native_upstreams: list[Future[Any]] | None = None
+        self.map_id: int | None = None
+        """For a run of a `.map`: the map's id (the same for all its runs, unique in
+        this process); None for a run of `.submit` or a direct call."""
+        self.map_index: int | None = None
+        """For a run of a `.map`: its position in the map's input (0 for the first)."""
         # OpenTelemetry on: the trace context of the code that created the run.
         self.trace: Trace | None = (
             None if scope.trace is None else scope.trace.child(scope.runner.name)
