@@ -224,3 +224,26 @@ def test_on_without_opentelemetry_says_what_to_install(
     with pytest.raises(ImportError, match=r'pip install "baton-core\[otel\]"'):
         wanted_traces()
     assert ran == []
+
+
+def test_an_async_flow_is_a_span_too(spans: InMemorySpanExporter) -> None:
+    import asyncio
+
+    @task
+    async def later(x: int) -> str:
+        await asyncio.sleep(0)
+        return current_trace_id()
+
+    @flow(task_runner="thread")
+    async def waiting() -> list[str]:
+        return [await later(1), await later.submit(2)]
+
+    ids = asyncio.run(waiting())
+    finished = spans.get_finished_spans()
+    flow_span = one(finished, "flow waiting")
+    assert ids == [hex_id(flow_span.context.trace_id)] * 2
+    attempts = [s for s in finished if s.name == "task later"]
+    assert len(attempts) == 2
+    assert all(
+        s.parent is not None and s.parent.span_id == flow_span.context.span_id for s in attempts
+    )
