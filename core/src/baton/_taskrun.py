@@ -84,10 +84,11 @@ class TaskRun:
         this process); None for a run of `.submit` or a direct call."""
         self.map_index: int | None = None
         """For a run of a `.map`: its position in the map's input (0 for the first)."""
-        # OpenTelemetry on: the trace context of the code that created the run.
         self.trace: Trace | None = (
             None if scope.trace is None else scope.trace.child(scope.runner.name)
         )
+        """With OpenTelemetry on: the trace context of the code that created the run, in
+        which its attempts' spans are made (`call` carries it along). None otherwise."""
 
     @property
     def name(self) -> str:
