@@ -15,6 +15,7 @@ from baton import FlowRunFailed, State, flow, task, wait
 from baton_dask import DaskTaskRunner, get_dask_client
 from dask_clusters import local_cluster
 from distributed import LocalCluster, get_worker
+from otel_spans import hex_id, one, recorded_spans
 
 TEXTS = [
     "Just visited #Paris! Contact me at visitor@example.com #travel #vacation",
@@ -226,3 +227,28 @@ def test_a_failure_a_task_left_unhandled_fails_the_flow_not_the_task(
     assert left.is_completed() and left.result() == "returned", left
     assert "nobody looked" in str(raised.value)
     assert "looked at" not in str(raised.value)
+
+
+def test_runs_and_the_runs_they_submit_are_in_the_flows_trace(
+    runner: DaskTaskRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With OpenTelemetry on, the trace context travels with each run to its worker."""
+
+    @task
+    def trace_id() -> str:
+        from opentelemetry import trace
+
+        return format(trace.get_current_span().get_span_context().trace_id, "032x")
+
+    @task(retries=1)
+    def submits() -> list[str]:
+        return [trace_id(), trace_id.submit().result()]
+
+    @flow(task_runner=runner)
+    def traced() -> list[str]:
+        return [trace_id.submit().result(), *submits.submit().result()]
+
+    with recorded_spans(monkeypatch) as spans:
+        ids = traced()
+    flow_span = one(spans.get_finished_spans(), "flow traced")
+    assert ids == [hex_id(flow_span.context.trace_id)] * 3

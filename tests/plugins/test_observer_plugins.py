@@ -151,9 +151,20 @@ def test_make_observer_calls_only_the_plugins_that_listen(
     class Scope:
         pass
 
+    class Task:
+        name = "probe"
+
+    class Future:
+        def done(self) -> bool:
+            return False
+
     class Run:
         scope = Scope()
         name = "probe-1"
+        id = 1
+        task = Task()
+        map_id = None
+        future = Future()
 
     tracker = _progress._Tracker(Run())  # type: ignore[arg-type]
     monkeypatch.setitem(_progress._trackers, id(Run.scope), tracker)

@@ -6,14 +6,17 @@ from __future__ import annotations
 import io
 import logging
 import os
+import re
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from types import SimpleNamespace
 
 import pytest
 from baton import _progress, flow, get_runner, task
 from baton._settings import Settings
+from baton._states import State
 from pydantic import ValidationError
 
 GATE_SECONDS = 10
@@ -198,6 +201,8 @@ def test_a_long_flow_shows_a_bar_and_log_lines_stay_whole(
     assert "between bars" in shown
     assert shown[-1] == ""  # the bar is cleared at the end
     assert not [line for line in shown if "task runs" in line]  # never glued to a log line
+    assert "\x1b" not in stream.getvalue()  # no terminal control sequences in a file
+    assert "held.map" not in stream.getvalue()  # nor the lines of maps and tasks
     assert any(line.startswith("Flow run ") for line in shown)
 
 
@@ -260,3 +265,160 @@ class Fixed:
 
     def line(self, now: float) -> str:
         return self.text
+
+    def lines(self, now: float) -> list[str]:
+        return [self.text]
+
+
+# -- maps and tasks, a line each -----------------------------------------------------------
+
+_CONTROL = re.compile(r"\x1b\[(\d*)([AJK])|[\r\n]|[^\x1b\r\n]")
+
+
+def terminal_screen(text: str) -> list[str]:
+    """What a terminal shows for `text`, with the control sequences the bar uses: ``\\r``,
+    ``\\n``, cursor up (``ESC[nA``), erase to the end of the line (``ESC[K``) and to the
+    end of the screen (``ESC[J``)."""
+    rows: list[list[str]] = [[]]
+    row = column = 0
+    for match in _CONTROL.finditer(text):
+        token = match.group(0)
+        if token == "\r":
+            column = 0
+        elif token == "\n":
+            row, column = row + 1, 0
+            while len(rows) <= row:
+                rows.append([])
+        elif match.group(2) == "A":
+            row = max(0, row - int(match.group(1) or 1))
+        elif match.group(2) == "K":
+            del rows[row][column:]
+        elif match.group(2) == "J":
+            del rows[row][column:]
+            del rows[row + 1 :]
+        else:
+            cells = rows[row]
+            cells.extend(" " * (column + 1 - len(cells)))
+            cells[column] = token
+            column += 1
+    return ["".join(cells).rstrip() for cells in rows]
+
+
+def test_the_terminal_screen_of_the_tests() -> None:
+    assert terminal_screen("abc\rX") == ["Xbc"]
+    assert terminal_screen("one\ntwo\nthree\r\x1b[2Ahi\x1b[K\nz\x1b[J") == ["hi", "z"]
+
+
+def _run(run_id: int, task_name: str, map_id: int | None = None) -> SimpleNamespace:
+    return SimpleNamespace(
+        id=run_id,
+        map_id=map_id,
+        task=SimpleNamespace(name=task_name),
+        future=SimpleNamespace(done=lambda: False),
+    )
+
+
+def test_each_map_and_each_submitted_task_gets_a_line_of_counts(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(_progress, "DELAY", 0.0)
+    tracker = _progress._Tracker(FlowRunStub(pending=7))  # type: ignore[arg-type]
+    mapped = [_run(i, "double", map_id=41) for i in range(5)]
+    again = [_run(10 + i, "double", map_id=42) for i in range(2)]
+    load = [_run(20 + i, "load") for i in range(2)]
+    for run in mapped + again + load:
+        tracker.submitted(run)  # type: ignore[arg-type]
+    events = [
+        (mapped[0], State.running()),
+        (mapped[0], State.completed(0)),
+        (mapped[1], State.running()),
+        (mapped[1], State.failed(ValueError("no"))),
+        (mapped[2], State.running()),
+        (mapped[3], State.running()),
+        (mapped[3], State.pending("Retrying")),  # between attempts: pending again
+        (load[0], State.running()),
+        (load[0], State.completed(1)),
+        (load[1], State.running()),
+        (load[1], State.completed(2)),
+    ]
+    for run, state in events:
+        tracker.changed(run, state)  # type: ignore[arg-type]
+    lines = tracker.lines(tracker.started + 1)
+    assert lines == [
+        "calm-otter: [########----------------] 4/11 task runs 36% 1s eta 1s, 1 failed",
+        "  double.map: 1 done, 1 failed, 1 running, 2 pending",
+        "  double.map #2: 0 done, 0 failed, 0 running, 2 pending",
+        "  load: 2 done, 0 failed, 0 running, 0 pending",
+    ]
+
+
+def test_past_the_limit_the_other_groups_share_a_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_progress, "DELAY", 0.0)
+    monkeypatch.setattr(_progress, "MAX_GROUPS", 3)
+    tracker = _progress._Tracker(FlowRunStub(pending=5))  # type: ignore[arg-type]
+    for number in range(5):
+        run = _run(number, f"step{number}")
+        tracker.submitted(run)  # type: ignore[arg-type]
+        if number == 0:
+            tracker.changed(run, State.completed())  # type: ignore[arg-type]
+    lines = tracker.lines(tracker.started + 1)
+    assert lines is not None
+    assert lines[1:] == [  # those with runs to go first
+        "  step1: 0 done, 0 failed, 0 running, 1 pending",
+        "  step2: 0 done, 0 failed, 0 running, 1 pending",
+        "  3 more: 1 done, 0 failed, 0 running, 2 pending",
+    ]
+
+
+def test_on_a_terminal_a_flow_shows_its_maps_and_tasks_a_line_each(
+    no_progress_env: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    stream = FakeStream(tty=True)
+    monkeypatch.setattr(sys, "stderr", stream)
+    monkeypatch.setenv("BATON_LOG_LEVEL", "WARNING")
+    release = threading.Event()
+    during: list[list[str]] = []
+
+    @task
+    def held(i: int) -> int:
+        assert release.wait(GATE_SECONDS)
+        return i
+
+    @task
+    def quick(i: int) -> int:
+        return i
+
+    @task
+    def failing() -> None:
+        raise ValueError("expected")
+
+    def shown() -> list[str]:
+        return terminal_screen(stream.getvalue())
+
+    @flow(task_runner=get_runner("thread", max_workers=2))
+    def grouped() -> int:
+        quick.submit(1).result()
+        failed = failing.submit()
+        failed.wait()
+        assert failed.state.is_failed()
+        first = held.map(range(5))
+        second = held.map([7])
+        wait_until(lambda: "  held.map: 0 done, 0 failed, 2 running, 3 pending" in shown())
+        wait_until(lambda: "  held.map #2: 0 done, 0 failed, 0 running, 1 pending" in shown())
+        during.append(shown())
+        release.set()
+        return sum(first.result()) + sum(second.result())
+
+    try:
+        assert grouped() == 17
+    finally:
+        release.set()
+    [screen_then] = during
+    assert " 2/8 task runs " in screen_then[0]
+    assert screen_then[1:] == [
+        "  held.map: 0 done, 0 failed, 2 running, 3 pending",
+        "  held.map #2: 0 done, 0 failed, 0 running, 1 pending",
+        "  quick: 1 done, 0 failed, 0 running, 0 pending",
+        "  failing: 0 done, 1 failed, 0 running, 0 pending",
+    ]
+    assert shown() == [""]  # all of it erased at the end

@@ -21,8 +21,10 @@ from baton import (
     State,
     StateType,
     flow,
+    task,
 )
 from baton.testing._rendezvous import Rendezvous
+from otel_spans import hex_id, one, recorded_spans
 from raysetup import RAY_ENV, import_path
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -179,3 +181,28 @@ def test_tasks_of_a_scripts_main_run_on_ray(tmp_path: Path) -> None:
         shutil.rmtree(temp_dir, ignore_errors=True)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "(6, 30)", done.stdout
+
+
+def test_runs_and_the_runs_they_submit_are_in_the_flows_trace(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With OpenTelemetry on, the trace context travels with each run to its worker."""
+
+    @task
+    def trace_id() -> str:
+        from opentelemetry import trace
+
+        return format(trace.get_current_span().get_span_context().trace_id, "032x")
+
+    @task(retries=1)
+    def submits() -> list[str]:
+        return [trace_id(), trace_id.submit().result()]
+
+    @flow(task_runner="ray")
+    def traced() -> list[str]:
+        return [trace_id.submit().result(), *submits.submit().result()]
+
+    with recorded_spans(monkeypatch) as spans:
+        ids = traced()
+    flow_span = one(spans.get_finished_spans(), "flow traced")
+    assert ids == [hex_id(flow_span.context.trace_id)] * 3

@@ -22,6 +22,7 @@ from baton._errors import TaskTimeoutError
 from baton._states import State, StateType
 
 if TYPE_CHECKING:
+    from baton._otel import Trace
     from baton._task import Task
 
 __all__ = ["RunInfo", "run_async", "run_sync"]
@@ -169,16 +170,20 @@ def run_sync(
     *,
     first_attempt: int = 1,
     enforce_timeout: bool = True,
+    trace: Trace | None = None,
 ) -> State:
     """Run a synchronous task function to a final State. Never raises.
 
     `first_attempt` numbers the first attempt made here: a runner that retries a run
     itself (its worker died) continues the count. With `enforce_timeout=False` the
     function is called directly and the caller enforces `timeout_seconds` (a
-    process runner kills the worker instead).
+    process runner kills the worker instead). With a `trace` (OpenTelemetry on), each
+    attempt is a span in it, and the function runs inside that span.
     """
     timeout = run.task.options.timeout_seconds if enforce_timeout else None
     attempts = Attempts(run, first_attempt, on_state)
+    if trace is not None:
+        return _traced_sync(run, args, kwargs, timeout, attempts, trace)
     state = _attempt_sync(run, args, kwargs, timeout)
     while (delay := attempts.retry_in(state)) is not None:
         if delay:
@@ -186,6 +191,28 @@ def run_sync(
         attempts.resume()
         state = _attempt_sync(run, args, kwargs, timeout)
     return attempts.finish(state)
+
+
+def _traced_sync(
+    run: RunInfo,
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+    timeout: float | None,
+    attempts: Attempts,
+    trace: Trace,
+) -> State:
+    """`run_sync`'s attempts, each in its own span."""
+    from baton._otel import attempt_span
+
+    while True:
+        with attempt_span(trace, run.task.name, run.name, attempts.number) as ended:
+            state = ended(_attempt_sync(run, args, kwargs, timeout))
+        delay = attempts.retry_in(state)
+        if delay is None:
+            return attempts.finish(state)
+        if delay:
+            time.sleep(delay)
+        attempts.resume()
 
 
 def _attempt_sync(
@@ -213,16 +240,29 @@ async def run_async(
     *,
     first_attempt: int = 1,
     enforce_timeout: bool = True,
+    trace: Trace | None = None,
 ) -> State:
     """Run an async task function to a final State in the running event loop. Never raises.
 
     A timeout cancels the coroutine, so the work stops at its next `await`.
-    `first_attempt` and `enforce_timeout` are as for `run_sync`.
+    `first_attempt`, `enforce_timeout` and `trace` are as for `run_sync`.
     """
     import asyncio
 
     timeout = run.task.options.timeout_seconds if enforce_timeout else None
     attempts = Attempts(run, first_attempt, on_state)
+    if trace is not None:
+        from baton._otel import attempt_span
+
+        while True:
+            with attempt_span(trace, run.task.name, run.name, attempts.number) as ended:
+                state = ended(await _attempt_async(run, args, kwargs, timeout, attempts))
+            delay = attempts.retry_in(state)
+            if delay is None:
+                return attempts.finish(state)
+            if delay:
+                await asyncio.sleep(delay)
+            attempts.resume()
     state = await _attempt_async(run, args, kwargs, timeout, attempts)
     while (delay := attempts.retry_in(state)) is not None:
         if delay:

@@ -133,6 +133,10 @@ class Flow(Generic[P, R]):
 
         settings = get_settings()
         _logging.configure(settings.log_level)
+        if settings.opentelemetry:
+            from baton._otel import require
+
+            require()  # before anything starts: a missing package is a setup error
         runner, owned = resolve_task_runner(self.task_runner)
         flow_run = FlowRun(self, parameters, runner)
         pm = plugin_manager()
@@ -142,6 +146,11 @@ class Flow(Generic[P, R]):
         _call_hook(pm.hook.flow_run_started, flow_run=flow_run)
         if owned:
             runner.start()
+        if settings.opentelemetry:
+            from baton._otel import start_flow
+
+            # Current in this context from here on; `_finish` ends it.
+            scope.trace = start_flow(self.name, flow_run.name, runner.name)
         return flow_run, scope, owned, pm
 
     def _finish(
@@ -171,6 +180,10 @@ class Flow(Generic[P, R]):
                         state,
                     )
             _call_hook(pm.hook.flow_run_finished, flow_run=flow_run, state=state)
+            if scope.trace is not None:
+                from baton._otel import end_flow
+
+                end_flow(scope.trace, state)
 
     def _settle(self, scope: RunScope, value: Any) -> State:
         """The final state of a flow whose function returned `value`."""

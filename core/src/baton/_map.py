@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import io
+import itertools
 import logging
 import threading
 from collections.abc import Iterable, Iterator
@@ -26,6 +27,7 @@ R = TypeVar("R")
 logger = logging.getLogger("baton")
 
 _STATIC_TYPES = (str, bytes, bytearray, memoryview, io.IOBase, dict)
+_map_ids = itertools.count(1)
 
 
 def _each_allowed(values: Iterable[Any]) -> Iterable[Any]:
@@ -50,6 +52,7 @@ class _CallPlan:
         except TypeError as exc:
             raise TypeError(f"{task.name}.map(): {exc}") from None
         self.task = task
+        self.map_id = next(_map_ids)  # each run's `TaskRun.map_id`
         # slots: (kind, name, value); kind is "pos", "varpos", "kw" or "varkw"
         self.slots: list[tuple[str, str, Any]] = []
         self.mapped: dict[str, Any] = {}
@@ -190,9 +193,11 @@ def map_task(
     if max_in_flight is None and plan.sized():
         plan.check_lengths()
         futures: FutureList[R] = FutureList()
-        for call_args, call_kwargs, values in plan.calls():
+        for index, (call_args, call_kwargs, values) in enumerate(plan.calls()):
             futures.append(
-                _submit_fast(plan, scope, call_args, call_kwargs, values, wait_for, wait_upstreams)
+                _submit_fast(
+                    plan, scope, call_args, call_kwargs, values, wait_for, wait_upstreams, index
+                )
             )
         return futures
     if max_in_flight is None:
@@ -213,13 +218,17 @@ def _submit_fast(
     values: dict[str, Any],
     wait_for: tuple[Any, ...],
     wait_upstreams: list[Future[Any]],
+    index: int,
 ) -> Future[Any]:
-    """Submit one mapped run; only the mapped values are scanned for futures."""
+    """Submit one mapped run (the `index`-th); only the mapped values are scanned for
+    futures."""
     upstreams = plan.static_upstreams + wait_upstreams
     for value in values.values():
         if type(value) not in _ATOMIC:
             collect_futures(value, upstreams)
     run = TaskRun(plan.task, args, kwargs, scope, wait_for)
+    run.map_id = plan.map_id
+    run.map_index = index
     return scope.submit(run, upstreams)
 
 
@@ -286,6 +295,7 @@ class LazyMap(Generic[R]):
                 values,
                 self._wait_for,
                 self._wait_upstreams,
+                self.submitted,
             )
         except BaseException:
             self._slots.release()

@@ -1,5 +1,10 @@
-"""The built-in progress bar: one line on stderr, redrawn in place while a flow run's
-task runs go on.
+"""The built-in progress bar: on stderr, redrawn in place while a flow run's task runs
+go on.
+
+Its first line counts the flow run's task runs. On a terminal, one line follows per
+`.map` (its runs counted together) and per task whose runs were `.submit`-ted (or
+called directly), each with its runs done, failed, running and pending. Written to
+a file or a pipe it is the first line only, without terminal control sequences.
 
 It shows when stderr is a terminal, or when ``BATON_PROGRESS=1`` asks for it, and
 never otherwise (``BATON_PROGRESS=0`` turns it off everywhere). A flow run gets a bar
@@ -23,6 +28,7 @@ import threading
 import time
 from typing import TYPE_CHECKING, Any, TextIO
 
+from baton._states import StateType
 from baton.hookspecs import hookimpl
 
 if TYPE_CHECKING:
@@ -67,10 +73,41 @@ def _is_terminal(stream: TextIO | None) -> bool:
         return False
 
 
-class _Tracker:
-    """The counts of one flow run."""
+MAX_GROUPS = 8
+"""Lines of maps and tasks shown at most under a flow run's line; the rest are summed
+up in one more."""
 
-    __slots__ = ("failed", "finished", "flow_run", "lock", "started")
+
+class _Group:
+    """The runs of one `.map`, or the runs of one task that were submitted."""
+
+    __slots__ = ("done", "failed", "label", "running", "submitted")
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.submitted = 0
+        self.done = 0
+        self.failed = 0
+        self.running: set[int] = set()  # ids of the runs running now
+
+    def counts(self) -> tuple[int, int, int, int]:
+        """(done, failed, running, pending)."""
+        running = len(self.running)
+        pending = max(0, self.submitted - self.done - self.failed - running)
+        return self.done, self.failed, running, pending
+
+    def line(self) -> str:
+        done, failed, running, pending = self.counts()
+        return (
+            f"  {self.label}: {done:,} done, {failed:,} failed, {running:,} running, "
+            f"{pending:,} pending"
+        )
+
+
+class _Tracker:
+    """The counts of one flow run, in all and by map or task."""
+
+    __slots__ = ("failed", "finished", "flow_run", "groups", "lock", "started")
 
     def __init__(self, flow_run: FlowRun) -> None:
         self.flow_run = flow_run
@@ -78,12 +115,74 @@ class _Tracker:
         self.finished = 0
         self.failed = 0
         self.started = time.monotonic()
+        self.groups: dict[tuple[str, object], _Group] = {}
+
+    def _group(self, run: TaskRun) -> _Group:
+        """The group of `run` (the caller holds the lock)."""
+        map_id = run.map_id
+        key: tuple[str, object] = ("task", run.task.name) if map_id is None else ("map", map_id)
+        group = self.groups.get(key)
+        if group is None:
+            if map_id is None:
+                label = run.task.name
+            else:
+                label = f"{run.task.name}.map"
+                earlier = sum(
+                    1 for k, g in self.groups.items() if k[0] == "map" and g.label.startswith(label)
+                )
+                if earlier:
+                    label += f" #{earlier + 1}"
+            group = self.groups[key] = _Group(label)
+        return group
+
+    def submitted(self, run: TaskRun) -> None:
+        with self.lock:
+            self._group(run).submitted += 1
+
+    def changed(self, run: TaskRun, state: State) -> None:
+        with self.lock:
+            group = self._group(run)
+            if state.type is StateType.RUNNING:
+                if not run.future.done():  # a late report of a run that already ended
+                    group.running.add(run.id)
+                return
+            group.running.discard(run.id)
+            if state.is_final():
+                self.finished += 1
+                if state.type is StateType.COMPLETED:
+                    group.done += 1
+                else:
+                    self.failed += 1
+                    group.failed += 1
 
     def task_finished(self, failed: bool) -> None:
         with self.lock:
             self.finished += 1
             if failed:
                 self.failed += 1
+
+    def lines(self, now: float) -> list[str] | None:
+        """The flow run's line and one per map or task, or None while there is nothing
+        worth showing. Groups with runs to go come first."""
+        head = self.line(now)
+        if head is None:
+            return None
+        with self.lock:
+            groups = list(self.groups.values())
+            going = [g for g in groups if g.running or g.submitted > g.done + g.failed]
+            ended = [g for g in groups if g not in going]
+            ordered = going + ended
+            shown = ordered if len(ordered) <= MAX_GROUPS else ordered[: MAX_GROUPS - 1]
+            lines = [head, *(group.line() for group in shown)]
+            rest = ordered[len(shown) :]
+            if rest:
+                counts = [g.counts() for g in rest]
+                done, failed, running, pending = (sum(c[i] for c in counts) for i in range(4))
+                lines.append(
+                    f"  {len(rest)} more: {done:,} done, {failed:,} failed, {running:,} running, "
+                    f"{pending:,} pending"
+                )
+        return lines
 
     def line(self, now: float) -> str | None:
         """The bar's text, or None while there is nothing worth showing."""
@@ -124,9 +223,11 @@ class _Bar:
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
+        self.terminal = _is_terminal(stream)
         self.lock = threading.RLock()
         self.trackers: dict[int, _Tracker] = {}
-        self.shown = 0  # width of the text on screen now
+        self.shown = 0  # width of the (last) line on screen now
+        self.rows = 0  # lines on screen now, the cursor on the last one
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._rerouted: list[logging.StreamHandler[Any]] = []
@@ -182,26 +283,45 @@ class _Bar:
 
     def draw(self) -> None:
         with self.lock:
-            text = None
+            lines = None
             now = time.monotonic()
             for tracker in reversed(self.trackers.values()):
-                text = tracker.line(now)
-                if text is not None:
+                if self.terminal:
+                    lines = tracker.lines(now)
+                else:
+                    line = tracker.line(now)
+                    lines = None if line is None else [line]
+                if lines is not None:
                     break
-            if text is None:
+            if lines is None:
                 self._clear()
                 return
             width = max(20, self.columns - 1)
-            text = text[:width]
-            self.stream.write("\r" + text + " " * max(0, self.shown - len(text)))
+            lines = [line[:width] for line in lines]
+            if len(lines) == 1 and self.rows <= 1:
+                # One line: overwritten in place, which any stream understands.
+                text = lines[0]
+                self.stream.write("\r" + text + " " * max(0, self.shown - len(text)))
+            else:
+                # Several, on a terminal: back to the first line, each line rewritten and
+                # erased to its end, and what is left below erased.
+                up = f"\x1b[{self.rows - 1}A" if self.rows > 1 else ""
+                below = "\x1b[J" if self.rows > len(lines) else ""
+                body = "\x1b[K\n".join(lines)
+                self.stream.write(f"\r{up}{body}\x1b[K{below}")
             self.stream.flush()
-            self.shown = len(text)
+            self.shown = len(lines[-1])
+            self.rows = len(lines)
 
     def _clear(self) -> None:
-        if self.shown:
+        if self.rows > 1:
+            self.stream.write(f"\r\x1b[{self.rows - 1}A\x1b[J")
+            self.stream.flush()
+        elif self.shown:
             self.stream.write("\r" + " " * self.shown + "\r")
             self.stream.flush()
-            self.shown = 0
+        self.shown = 0
+        self.rows = 0
 
     def write_through(self, text: str) -> int:
         """Write other output (a log line) to the stream, clearing the bar first; the
@@ -270,6 +390,7 @@ def flow_run_started(flow_run: FlowRun) -> None:
             _bar = _Bar(sys.stderr)
         _trackers[key] = tracker
         _bar.add(key, tracker)
+    flow_run.scope.on_submit = tracker.submitted
 
 
 @hookimpl
@@ -285,7 +406,6 @@ def flow_run_finished(flow_run: FlowRun, state: State) -> None:
 
 @hookimpl
 def task_run_state_changed(task_run: TaskRun, state: State) -> None:
-    if state.is_final():
-        tracker = _trackers.get(id(task_run.scope))
-        if tracker is not None:
-            tracker.task_finished(not state.is_completed())
+    tracker = _trackers.get(id(task_run.scope))
+    if tracker is not None:
+        tracker.changed(task_run, state)

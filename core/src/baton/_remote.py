@@ -72,6 +72,10 @@ class RunCall:
     wait_for: tuple[Any, ...] = ()
     """The placeholders of upstreams the run waits for without taking their results
     (in a native call only)."""
+    trace_context: dict[str, str] | None = None
+    """With OpenTelemetry on (``BATON_OPENTELEMETRY``), the run's trace context as W3C
+    ``traceparent`` text: `run_call` makes each attempt a span of that trace. None
+    otherwise. A runner that takes a call apart to send it must send this along."""
 
     def fill(self, upstream: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | State:
         """The arguments with each placeholder replaced by its upstream's value, or the
@@ -257,6 +261,12 @@ def run_call(
     run = call if retries == "here" else _SingleAttempt(call)
     enforce = timeout == "engine"
     scope = _scope_for(call, nested)
+    if call.trace_context is None:
+        trace = scope.trace = None
+    else:
+        from baton._otel import from_carrier
+
+        trace = scope.trace = from_carrier(call.trace_context)
     token = scope.enter()
     try:
         if on_state is not None:
@@ -265,12 +275,24 @@ def run_call(
             if call.task.is_async:
                 state = _run_coroutine(
                     run_async(
-                        run, args, kwargs, on_state, first_attempt=attempt, enforce_timeout=enforce
+                        run,
+                        args,
+                        kwargs,
+                        on_state,
+                        first_attempt=attempt,
+                        enforce_timeout=enforce,
+                        trace=trace,
                     )
                 )
             else:
                 state = run_sync(
-                    run, args, kwargs, on_state, first_attempt=attempt, enforce_timeout=enforce
+                    run,
+                    args,
+                    kwargs,
+                    on_state,
+                    first_attempt=attempt,
+                    enforce_timeout=enforce,
+                    trace=trace,
                 )
         except BaseException as exc:
             # The engine lets a KeyboardInterrupt in a main thread go on, as Ctrl-C; on a

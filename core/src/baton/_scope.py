@@ -25,6 +25,7 @@ from baton._states import LazyResult, State, StateType, upstream_failed
 
 if TYPE_CHECKING:
     from baton._map import LazyMap
+    from baton._otel import Trace
     from baton._remote import NestedFailure
     from baton._runner import TaskRunner
     from baton._taskrun import TaskRun
@@ -79,6 +80,11 @@ class RunScope:
         self._pending: set[Future[Any]] = set()
         self._unobserved: dict[int, Future[Any]] = {}
         self._lazy_maps: list[LazyMap[Any]] = []
+        self.trace: Trace | None = None
+        """With OpenTelemetry on: the trace the runs submitted here start in."""
+        self.on_submit: Callable[[TaskRun], None] | None = None
+        """Told of each run submitted (or called directly) here: the progress bar
+        counts them."""
 
     # -- context ------------------------------------------------------------------
 
@@ -103,6 +109,8 @@ class RunScope:
         run.future = future
         with self._lock:
             self._pending.add(future)
+        if self.on_submit is not None:
+            self.on_submit(run)
         if upstreams:
             if runner.native_dependencies:
                 # The runner wires upstream runs of its own into its engine's graph;
@@ -203,6 +211,8 @@ class RunScope:
         upstreams, resolve its inputs, and (with `execute`) run it."""
         future: Future[Any] = Future(run)
         run.future = future
+        if self.on_submit is not None:
+            self.on_submit(run)
         if upstreams:
             wait(upstreams)
         try:

@@ -70,6 +70,12 @@ class Settings(BaseSettings):
         description="Show a progress bar on stderr while a flow run's task runs go on: "
         "1 always, 0 never; unset (or `auto`): only when stderr is a terminal.",
     )
+    opentelemetry: bool = Field(
+        default=False,
+        description="Make each flow run an OpenTelemetry span, and each attempt of its task "
+        "runs a child span, with the tracer provider you configure (needs "
+        '`pip install "baton-core[otel]"`). See the OpenTelemetry page.',
+    )
 
     @field_validator("task_run_log_limit", mode="before")
     @classmethod

@@ -13,6 +13,7 @@ from baton._states import State, StateType
 
 if TYPE_CHECKING:
     from baton._futures import Future
+    from baton._otel import Trace
     from baton._remote import RemoteResult
     from baton._scope import RunScope
     from baton._task import Task
@@ -53,8 +54,11 @@ class TaskRun:
         "future",
         "id",
         "kwargs",
+        "map_id",
+        "map_index",
         "scope",
         "task",
+        "trace",
         "wait_for",
     )
 
@@ -75,6 +79,16 @@ class TaskRun:
         self.future: Future[Any]
         self._name: str | None = None
         self._native_upstreams: list[Future[Any]] | None = None
+        self.map_id: int | None = None
+        """For a run of a `.map`: the map's id (the same for all its runs, unique in
+        this process); None for a run of `.submit` or a direct call."""
+        self.map_index: int | None = None
+        """For a run of a `.map`: its position in the map's input (0 for the first)."""
+        self.trace: Trace | None = (
+            None if scope.trace is None else scope.trace.child(scope.runner.name)
+        )
+        """With OpenTelemetry on: the trace context of the code that created the run, in
+        which its attempts' spans are made (`call` carries it along). None otherwise."""
 
     @property
     def name(self) -> str:
@@ -97,7 +111,15 @@ class TaskRun:
     @property
     def call(self) -> RunCall:
         """The run packed to travel: picklable, callable anywhere (see `run_call`)."""
-        return RunCall(self.task, self.id, self.name, self.args, self.kwargs)
+        trace = self.trace
+        return RunCall(
+            self.task,
+            self.id,
+            self.name,
+            self.args,
+            self.kwargs,
+            trace_context=None if trace is None else trace.carrier(),
+        )
 
     def native_call(self) -> tuple[RunCall, list[Future[Any]]]:
         """For runners with native dependencies: the run packed with a placeholder for
@@ -113,7 +135,9 @@ class TaskRun:
         wait_for = to_portable(self.wait_for, upstreams) if self.wait_for else ()
         args = to_portable(self.args, upstreams)
         kwargs = to_portable(self.kwargs, upstreams)
-        call = RunCall(self.task, self.id, self.name, args, kwargs, wait_for)
+        trace = self.trace
+        carrier = None if trace is None else trace.carrier()
+        call = RunCall(self.task, self.id, self.name, args, kwargs, wait_for, carrier)
         self._native_upstreams = upstreams
         return call, upstreams
 
@@ -165,7 +189,7 @@ class TaskRun:
         token = _current_task_run.set(self)
         scope_token = self.scope.enter()
         try:
-            state = run_sync(self, self.args, self.kwargs, self._on_retry)
+            state = run_sync(self, self.args, self.kwargs, self._on_retry, trace=self.trace)
         except BaseException as exc:  # Ctrl-C in the main thread: record it, then let it go
             self.future._set_final(
                 State.crashed(
@@ -199,7 +223,7 @@ class TaskRun:
         import asyncio
 
         try:
-            return await run_async(self, self.args, self.kwargs, self._on_retry)
+            return await run_async(self, self.args, self.kwargs, self._on_retry, trace=self.trace)
         except asyncio.CancelledError:
             return State.cancelled(f"Task run {self.name!r} was cancelled while running.")
 

@@ -188,8 +188,9 @@ def task_run_state_changed(task_run: TaskRun, state: State) -> None:
     ``TimedOut`` and ``UpstreamFailed`` apart).
 
     `task_run` carries ``id``, ``name``, ``task`` (with ``task.name``), ``args``,
-    ``kwargs`` and ``parameters``. Runners that execute work in other processes
-    report the final state only.
+    ``kwargs`` and ``parameters``, and for a run of a ``.map`` its ``map_id`` (the
+    same for every run of that map) and ``map_index`` (None for other runs). Runners
+    that execute work in other processes report the final state only.
 
     This is the per-task hook: it is called in whichever thread saw the change
     (a worker thread, or the thread that received a remote result), possibly from

@@ -367,9 +367,11 @@ class WorkerPool:
             if key not in worker.known:
                 worker.known.add(key)
                 new_tasks.append((key, job.blob))
-            items.append(
-                (run.id, run.name, key, job.attempts.number, job.timeout is not None, job.payload)
-            )
+            timed = job.timeout is not None
+            item: tuple[Any, ...] = (run.id, run.name, key, job.attempts.number, timed, job.payload)
+            if run.trace is not None:  # OpenTelemetry on: the run's trace context goes along
+                item += (run.trace.carrier(),)
+            items.append(item)
             sent.append(job)
         if not sent:
             return

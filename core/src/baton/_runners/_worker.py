@@ -214,7 +214,14 @@ class _Worker:
             del message, items
 
     def run(
-        self, run_id: int, name: str, key: int, attempt: int, timed: bool, payload: bytes
+        self,
+        run_id: int,
+        name: str,
+        key: int,
+        attempt: int,
+        timed: bool,
+        payload: bytes,
+        trace_context: dict[str, str] | None = None,
     ) -> None:
         from baton import State
         from baton.runners import RemoteResult, RunCall, encode_result, run_call
@@ -234,7 +241,7 @@ class _Worker:
             result = RemoteResult(State.failed(error), attempt=attempt)
             self._send_result(run_id, encode_result(result, task.name, name))
             return
-        call = RunCall(task, run_id, name, args, kwargs)
+        call = RunCall(task, run_id, name, args, kwargs, trace_context=trace_context)
         del args, kwargs
         result = run_call(
             call, attempt=attempt, timeout="runner", on_state=self._state_reporter(run_id, timed)

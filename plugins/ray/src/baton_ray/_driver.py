@@ -327,7 +327,10 @@ class Driver:
         call, upstreams = run.native_call()
         job = _Job(run, upstreams, kind, remote)
         job.call = call
-        job.head = _pack((key, blob, run.id, run.name, call.args, call.kwargs, call.wait_for))
+        head: tuple[Any, ...] = (key, blob, run.id, run.name, call.args, call.kwargs, call.wait_for)
+        if call.trace_context is not None:  # OpenTelemetry on
+            head += (call.trace_context,)
+        job.head = _pack(head)
         with self._lock:
             if self._closing is not None:
                 raise RunnerClosedError(

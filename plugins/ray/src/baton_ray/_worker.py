@@ -66,8 +66,9 @@ __all__ = [
 INLINE, STORED, FINAL, RETRY = 0, 1, 2, 3
 STARTED: Final = "started"
 
-# (task key, pickled task or [its ObjectRef], run id, run name, args, kwargs, wait_for)
-Head = tuple[str, Any, int, str, tuple[Any, ...], dict[str, Any], tuple[Any, ...]]
+# (task key, pickled task or [its ObjectRef], run id, run name, args, kwargs, wait_for),
+# and the run's OpenTelemetry trace context (`RunCall.trace_context`) when it has one
+Head = tuple[Any, ...]
 
 # Results of these types and sizes travel inside the outcome instead of the store.
 _INLINE_TYPES: Final = frozenset({int, float, bool, complex, type(None)})
@@ -124,7 +125,8 @@ def _load(head: Head | bytes) -> RunCall | State:
                     f"Ray worker: {type(exc).__name__}: {exc}"
                 )
             )
-    key, blob, run_id, name, args, kwargs, wait_for = head
+    key, blob, run_id, name, args, kwargs, wait_for = head[:7]
+    trace_context = head[7] if len(head) > 7 else None
     task = _tasks.get(key)
     if task is None:
         try:
@@ -148,7 +150,7 @@ def _load(head: Head | bytes) -> RunCall | State:
             if len(_tasks) >= 512:
                 _tasks.clear()
             _tasks[key] = task
-    return RunCall(task, run_id, name, args, kwargs, wait_for)
+    return RunCall(task, run_id, name, args, kwargs, wait_for, trace_context)
 
 
 def _upstream_values(inputs: tuple[Any, ...]) -> tuple[State, ...]:
