@@ -141,6 +141,7 @@ class Flow(Generic[P, R]):
         flow_run.state = State.running()
         _call_hook(pm.hook.flow_run_started, flow_run=flow_run)
         if owned:
+            runner._flow_run_owned = True
             runner.start()
         return flow_run, scope, owned, pm
 

@@ -30,6 +30,7 @@ from baton import CrashedRun, RunnerClosedError, State, StateType
 from baton._runners._process_jobs import (
     STOP_GRACE,
     Job,
+    Session,
     WorkerProcess,
     end,
     kill_group,
@@ -52,9 +53,12 @@ from baton._runners._worker import (
     split_frames,
     worker_command,
 )
-from baton.runners import decode_result, timed_out, worker_lost
+from baton._runners._process_shm import open_buffers, remove_ref, remove_worker_files
+from baton.runners import RemoteResult, decode_result, timed_out, worker_lost
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from baton import Task, TaskRun
 
 __all__ = ["WorkerPool"]
@@ -98,9 +102,23 @@ class WorkerPool:
     holds. Other threads only hand it runs (through a queue and a wake-up pipe).
     """
 
-    def __init__(self, max_workers: int, init_blob: bytes | None) -> None:
+    def __init__(
+        self,
+        max_workers: int,
+        init_blob: bytes | None,
+        idle_timeout: float | None = None,
+        on_idle: Callable[[WorkerPool], bool] | None = None,
+    ) -> None:
         self.max_workers = max_workers
         self._init_blob = init_blob
+        # A pool shared by runner after runner (see _process_shared): how many runners
+        # use it now, and when it stops its workers once none does.
+        self.leases = 0
+        self.retired = False
+        self._idle_timeout = idle_timeout
+        self._on_idle = on_idle
+        self._idle_deadline: float | None = None
+        self._aborts: SimpleQueue[Session] = SimpleQueue()
         self._incoming: SimpleQueue[Job] = SimpleQueue()
         self._cancellable: dict[int, Job] = {}  # run id -> job not yet sent to a worker
         self._awake = False
@@ -136,7 +154,7 @@ class WorkerPool:
 
     # -- any thread -------------------------------------------------------------------
 
-    def submit(self, run: TaskRun) -> None:
+    def submit(self, run: TaskRun, session: Session) -> None:
         if self._stop is not None:
             raise RunnerClosedError("Task runner 'process' has been shut down.")
         broken = self._broken
@@ -144,7 +162,8 @@ class WorkerPool:
             run.set_state(State.crashed(CrashedRun(broken), broken))
             return
         key, blob = self._task_entry(run.task)
-        job = Job(run, key, blob, pickle_arguments(run), run.task.options.timeout_seconds)
+        job = Job(run, key, blob, pickle_arguments(run), run.task.options.timeout_seconds, session)
+        session.add(run)
         self._cancellable[run.id] = job
         self._incoming.put(job)
         self._wake()
@@ -155,6 +174,30 @@ class WorkerPool:
             return False
         job.cancelled = True
         return True
+
+    def open_session(self) -> Session:
+        """A new runner uses this pool (the caller counts `leases`)."""
+        self._idle_deadline = None
+        return Session()
+
+    def close_session(self, session: Session, wait: bool) -> None:
+        """A runner using this pool shuts down: wait for its runs to end, or (without
+        `wait`) cancel those not started and kill the workers running the others.
+        The pool's other runs carry on; killed workers are replaced when needed."""
+        if not wait and self._stop is None:
+            session.aborted = True
+            self._aborts.put(session)
+            self._wake(always=True)
+        session.wait()
+
+    def became_idle(self) -> None:
+        """No runner uses this pool any more: its workers stop after the idle timeout."""
+        if self._idle_timeout is not None:
+            self._idle_deadline = time.monotonic() + self._idle_timeout
+            self._wake(always=True)
+
+    def busy(self) -> bool:
+        return bool(self._queue or self._timers or any(w.jobs for w in self._workers))
 
     def close(self, wait: bool) -> None:
         self._stop = "wait" if wait and self._stop != "now" else "now"
@@ -231,10 +274,12 @@ class WorkerPool:
         while True:
             self._take_incoming()
             self._forget_tasks()
+            self._take_aborts()
             if self._stop is not None and self._stopped():
                 return
             now = time.monotonic()
             self._fire_timers(now)
+            self._check_idle(now)
             self._assign()
             for key, events in selector.select(self._wait_time(now)):
                 worker: WorkerProcess | None = key.data
@@ -269,6 +314,47 @@ class WorkerPool:
             if not job.cancelled:
                 queue.append(job)
 
+    def _take_aborts(self) -> None:
+        while True:
+            try:
+                session = self._aborts.get_nowait()
+            except Empty:
+                return
+            self._abort(session)
+
+    def _abort(self, session: Session) -> None:
+        """Stop the runs of one runner that shut down without waiting: cancel those
+        queued or waiting to retry, kill the workers that hold the others (a worker
+        holds the runs of one runner at a time)."""
+        self._take_incoming()
+        keep: deque[Job] = deque()
+        for job in self._queue:
+            if job.session is session:
+                self._cancel(job)
+            elif not job.cancelled:
+                keep.append(job)
+        self._queue = keep
+        timers = [t for t in self._timers if t[2].session is not session]
+        for _, _, job in self._timers:
+            if job.session is session:
+                self._cancel(job)
+        heapq.heapify(timers)
+        self._timers = timers
+        for worker in self._workers:
+            if worker.jobs and worker.jobs[0].session is session:
+                worker.kill_reason = "shutdown"
+                self._kill(worker, "shutdown")
+
+    def _check_idle(self, now: float) -> None:
+        deadline = self._idle_deadline
+        if deadline is None or now < deadline or self._stop is not None:
+            return
+        self._idle_deadline = None
+        if self.leases or self.busy() or self._on_idle is None:
+            return
+        if self._on_idle(self):
+            self._stop = "wait"  # no runner holds it: it stops its workers and ends
+
     def _forget_tasks(self) -> None:
         while True:
             try:
@@ -286,6 +372,8 @@ class WorkerPool:
             moments.append(self._timers[0][0])
         if self._stop_deadline is not None:
             moments.append(self._stop_deadline)
+        if self._idle_deadline is not None:
+            moments.append(self._idle_deadline)
         if any(w.jobs or w.kill_reason for w in self._workers):
             moments.append(self._next_poll)
         if not moments:
@@ -325,18 +413,27 @@ class WorkerPool:
                 break
             space = target - len(worker.jobs)
             if space > 0:
-                batch = self._take(min(space, chunk), idle=not worker.jobs)
+                session = worker.jobs[0].session if worker.jobs else None
+                batch = self._take(min(space, chunk), session)
                 if batch:
                     self._send_batch(worker, batch)
 
-    def _take(self, limit: int, idle: bool) -> list[Job]:
+    def _take(self, limit: int, session: Session | None) -> list[Job]:
+        """Runs from the head of the queue for a worker that is idle (`session` None) or
+        holds runs of `session`: of one runner only, so that stopping that runner's
+        runs kills no other's."""
         queue = self._queue
         batch: list[Job] = []
+        idle = session is None
         while queue and len(batch) < limit:
             job = queue[0]
             if job.cancelled:
                 queue.popleft()
                 continue
+            if session is None:
+                session = job.session
+            elif job.session is not session:
+                break
             if job.timeout is not None:
                 # A run with a timeout goes alone to an idle worker: killing the worker
                 # at its deadline must not hit any other run.
@@ -368,7 +465,15 @@ class WorkerPool:
                 worker.known.add(key)
                 new_tasks.append((key, job.blob))
             items.append(
-                (run.id, run.name, key, job.attempts.number, job.timeout is not None, job.payload)
+                (
+                    run.id,
+                    run.name,
+                    key,
+                    job.attempts.number,
+                    job.timeout is not None,
+                    job.payload,
+                    job.shared,
+                )
             )
             sent.append(job)
         if not sent:
@@ -382,9 +487,15 @@ class WorkerPool:
             path = None  # unchanged: nothing to send
         else:
             worker.path = path or []
-        self._send(
-            worker, pickle.dumps((BATCH, new_tasks, forget, items, path), pickle.HIGHEST_PROTOCOL)
-        )
+        context: tuple[Any, ...] | None = sent[0].session.context
+        if context is worker.context:
+            context = None
+        else:
+            if context == worker.context:
+                context = None
+            worker.context = sent[0].session.context
+        message = (BATCH, new_tasks, forget, items, path, context)
+        self._send(worker, pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
 
     def _send(self, worker: WorkerProcess, data: bytes) -> None:
         worker.out.append(frame(data))
@@ -473,14 +584,27 @@ class WorkerPool:
     def _on_message(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == RESULT:
-            _, run_id, blob = message
+            _, run_id, blob, ref = message
+            try:
+                buffers = open_buffers(ref)
+            except Exception as exc:
+                remove_ref(ref)
+                buffers = exc
             job = worker.jobs.popleft()
             if job.run.id != run_id:
                 raise RuntimeError(f"result for run {run_id}, expected {job.run.id}")
             if worker.timed is job:
                 worker.timed = None
                 worker.deadline = None
-            job.run.finish(decode_result(blob, job.run))
+            if isinstance(buffers, Exception):
+                error = OSError(
+                    f"The result of task run {job.run.name!r} came back from its worker "
+                    f"process in shared memory, which cannot be read here "
+                    f"({type(buffers).__name__}: {buffers})."
+                )
+                job.run.finish(RemoteResult(State.failed(error), attempt=job.attempts.number))
+            else:
+                job.run.finish(decode_result(blob, job.run, buffers))
         elif kind == STARTED:
             job = worker.jobs[0]
             if job.timeout is not None:
@@ -547,6 +671,7 @@ class WorkerPool:
         if reason != "stop":
             kill_group(worker)  # the processes it started must not outlive it
         how = reap(worker, patient=reason == "stop")
+        remove_worker_files(worker.pid)  # results it wrote and could not send
         jobs = worker.jobs
         if not worker.ready and reason is None and self._stop is None:
             self._start_failures += 1
@@ -599,7 +724,8 @@ class WorkerPool:
         run = job.run
         if run.future.done():
             return
-        retry = None if self._stop == "now" else job.attempts.after(state)
+        stopping = self._stop == "now" or job.session.aborted
+        retry = None if stopping else job.attempts.after(state)
         if retry is None:
             end(job, state)
             return
@@ -619,7 +745,10 @@ class WorkerPool:
                 end(job, State.crashed(CrashedRun(message), message))
             return
         for job in reversed(jobs):
-            self._queue.appendleft(job)
+            if job.session.aborted:
+                self._cancel(job)
+            else:
+                self._queue.appendleft(job)
 
     def _break(self, message: str) -> None:
         """The pool cannot run anything (its initializer fails, workers cannot start)."""
