@@ -137,7 +137,7 @@ def _dump_out_of_band(pickler: Any, obj: Any, buffers: list[Any]) -> bytes:
 
     if large:
 
-        class Pickler(pickler):  # type: ignore[misc, valid-type]
+        class Pickler(pickler):  # type: ignore[misc]
             def persistent_id(self, value: Any) -> Any:
                 if type(value) is bytes and id(value) in large:
                     buffers.append(value)

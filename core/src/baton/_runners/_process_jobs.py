@@ -115,6 +115,7 @@ class WorkerProcess:
     """The parent's side of one worker: its process, socket, and the runs it holds."""
 
     __slots__ = (
+        "context",
         "deadline",
         "forget",
         "inbox",
@@ -123,7 +124,6 @@ class WorkerProcess:
         "known",
         "out",
         "out_offset",
-        "context",
         "path",
         "pid",
         "proc",

@@ -33,8 +33,8 @@ from typing import Any
 __all__ = [
     "INLINE_LIMIT",
     "BufferRef",
-    "open_buffers",
     "file_prefix",
+    "open_buffers",
     "remove",
     "remove_leftovers",
     "remove_ref",
@@ -70,13 +70,16 @@ def share_buffers(buffers: list[Any], prefix: str) -> BufferRef | None:
     views = [_raw(b) for b in buffers]
     total = sum(v.nbytes for v in views)
     if total < INLINE_LIMIT:
-        return ("inline", [b if type(b) is bytes else bytearray(v) for b, v in zip(buffers, views)])
+        return (
+            "inline",
+            [b if type(b) is bytes else bytearray(v) for b, v in zip(buffers, views, strict=True)],
+        )
     path = f"{prefix}{next(_counter)}"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         parts: list[tuple[int, int, bool]] = []
         offset = 0
-        for buffer, view in zip(buffers, views):
+        for buffer, view in zip(buffers, views, strict=True):
             offset = -(-offset // _ALIGN) * _ALIGN
             parts.append((offset, view.nbytes, type(buffer) is bytes))
             _write_all(fd, view, offset)
@@ -115,7 +118,9 @@ def open_buffers(ref: BufferRef | None, keep_file: bool = False) -> list[Any] | 
     try:
         if not keep_file:
             remove(path)
-        end = max((offset + length for offset, length, is_bytes in parts if not is_bytes), default=0)
+        end = max(
+            (offset + length for offset, length, is_bytes in parts if not is_bytes), default=0
+        )
         mapped = memoryview(mmap.mmap(fd, end)) if end else None
         entries: list[Any] = []
         for offset, length, is_bytes in parts:

@@ -303,16 +303,23 @@ class _Worker:
             raise
 
 
+_parent_environ: dict[str, str] = {}  # the parent's environment, as last heard of
+
+
 def _take_context(environ: dict[str, str], cwd: str | None, argv: list[str]) -> None:
-    """Take on the environment of the runner whose runs come next."""
-    wanted = dict(environ)
-    wanted["BATON_TASK_RUNNER"] = "thread"  # see main
+    """Take on the environment of the runner whose runs come next: the variables that
+    changed in the parent since (what the initializer or a task set stays, unless the
+    parent changed it too), its working directory and sys.argv."""
+    global _parent_environ
     current = os.environ
-    for name in [n for n in current if n not in wanted]:
-        del current[name]
-    for name, value in wanted.items():
-        if current.get(name) != value:
+    before = _parent_environ
+    for name in before:
+        if name not in environ and name != "BATON_TASK_RUNNER":
+            current.pop(name, None)
+    for name, value in environ.items():
+        if before.get(name) != value and name != "BATON_TASK_RUNNER":
             current[name] = value
+    _parent_environ = environ
     if cwd is not None:
         try:
             os.chdir(cwd)
@@ -361,6 +368,8 @@ def main() -> None:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(line_buffering=True)
+    global _parent_environ
+    _parent_environ = dict(os.environ)
     # Tasks that submit tasks use a thread runner here: there is no flow in a worker.
     os.environ["BATON_TASK_RUNNER"] = "thread"
     channel = Channel(socket.socket(fileno=fd))
