@@ -140,6 +140,71 @@ def test_an_interrupted_flow_run_stops_its_runs_and_the_pool_carries_on(
     assert victim not in _pids_on(runner, 2)  # replaced; the others stay warm
 
 
+@task
+def wait_for_release(folder: str) -> int:
+    import time
+
+    Path(folder, "y-started").write_text(str(os.getpid()))
+    while not Path(folder, "release").exists():
+        time.sleep(0.01)
+    return os.getpid()
+
+
+@task
+def hang_here(folder: str) -> None:
+    import time
+
+    Path(folder, "x-started").write_text(str(os.getpid()))
+    while True:
+        time.sleep(0.05)
+
+
+def _wait_for(path: Path) -> None:
+    deadline = threading.Event()
+    for _ in range(6000):
+        if path.exists() and path.read_text():
+            return
+        deadline.wait(0.01)
+    raise AssertionError(f"{path} never appeared")
+
+
+def test_an_interrupted_flow_run_does_not_stop_another_sharing_the_pool(
+    tmp_path: Path,
+) -> None:
+    runner = get_runner("process", max_workers=2)
+    folder = str(tmp_path)
+
+    @flow(task_runner=runner)
+    def other() -> int:
+        return wait_for_release.submit(folder).result()
+
+    results: list[int] = []
+    thread = threading.Thread(target=lambda: results.append(other()))
+    thread.start()
+    try:
+        _wait_for(tmp_path / "y-started")
+        futures = []
+
+        @flow(task_runner=runner)
+        def interrupted() -> None:
+            futures.append(hang_here.submit(folder))
+            _wait_for(tmp_path / "x-started")
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            interrupted()
+        assert futures[0].state.is_crashed()
+    finally:
+        (tmp_path / "release").write_text("go")
+        thread.join(60)
+    survivor = int((tmp_path / "y-started").read_text())
+    assert results == [survivor]  # its run finished on the worker it started on
+    victim = int((tmp_path / "x-started").read_text())
+    assert victim != survivor
+    _, alive = psutil.wait_procs([psutil.Process(victim)] if _alive(victim) else [], timeout=20)
+    assert not [p for p in alive if _alive(p.pid)]
+
+
 NO_WORKER_LEFT = """
 import os, sys
 from baton import flow, task

@@ -43,10 +43,11 @@ class Session:
     other runners: what its shutdown waits for, or stops, and the environment its
     workers run them in (as it was when the runner started)."""
 
-    __slots__ = ("aborted", "context", "runs")
+    __slots__ = ("_prune_at", "aborted", "context", "runs")
 
     def __init__(self) -> None:
         self.runs: dict[int, TaskRun] = {}
+        self._prune_at = 1024
         self.aborted = False
         # Workers may have started before this runner: they take on the environment
         # variables, working directory and sys.argv the runner started with.
@@ -54,9 +55,10 @@ class Session:
 
     def add(self, run: TaskRun) -> None:
         runs = self.runs
-        if len(runs) >= 1024:
+        if len(runs) >= self._prune_at:
             for key in [k for k, r in runs.items() if r.future.done()]:
                 del runs[key]
+            self._prune_at = max(1024, 2 * len(runs))  # amortised: runs may all be pending
         runs[run.id] = run
 
     def wait(self) -> None:
