@@ -209,3 +209,56 @@ def test_ctrl_c_leaves_no_worker_and_no_shared_memory(tmp_path: Path) -> None:
     _, alive = psutil.wait_procs(children, timeout=10)
     assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
     assert _leftovers(driver) == []
+
+
+PEAK = """
+import os, sys
+os.environ["BATON_LOG_LEVEL"] = "WARNING"
+from baton import flow, task
+
+kind, size = sys.argv[1], int(sys.argv[2])
+
+@task
+def make(n):
+    if kind == "numpy":
+        import numpy
+        return numpy.ones(n // 8)
+    return b"x" * n
+
+@flow(task_runner="process")
+def run(n):
+    value = make.submit(n).result()
+    return value.nbytes if kind == "numpy" else len(value)
+
+def status(field):
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field):
+                return int(line.split()[1]) * 1024
+    raise SystemExit("no " + field)
+
+run(10)  # warm workers, imports done
+with open("/proc/self/clear_refs", "w") as f:
+    f.write("5")  # reset the peak
+start = status("VmRSS:")
+assert run(size) == size
+print(start, status("VmHWM:"))
+"""
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/clear_refs"), reason="needs Linux /proc")
+@pytest.mark.parametrize("kind", ["bytes", "numpy"])
+def test_a_large_result_grows_the_flows_memory_by_its_size_once(kind: str, tmp_path: Path) -> None:
+    if kind == "numpy":
+        pytest.importorskip("numpy")
+    size = 128 * MB
+    done = subprocess.run(
+        [sys.executable, "-c", PEAK, kind, str(size)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=ENV,
+    )
+    assert done.returncode == 0, done.stderr
+    start, peak = (int(x) for x in done.stdout.split())
+    assert peak - start < 1.5 * size  # one copy of the value, not the pickle's too
