@@ -262,3 +262,21 @@ def test_a_large_result_grows_the_flows_memory_by_its_size_once(kind: str, tmp_p
     assert done.returncode == 0, done.stderr
     start, peak = (int(x) for x in done.stdout.split())
     assert peak - start < 1.5 * size  # one copy of the value, not the pickle's too
+
+
+def test_buffers_travel_in_the_message_when_shared_memory_is_full(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from baton._runners import _process_shm
+
+    def full(*args: Any, **kwargs: Any) -> Any:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(_process_shm, "_write_all", full)
+    data = [b"f" * LARGE_BYTES, "small"]
+    buffers: list[Any] = []
+    blob = dumps(data, buffers)
+    ref = share_buffers(buffers, file_prefix(os.getpid(), "t"))
+    assert ref is not None and ref[0] == "inline"
+    assert loads(blob, open_buffers(ref)) == data
+    assert _leftovers() == []

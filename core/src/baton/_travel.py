@@ -39,7 +39,7 @@ def dumps(obj: Any, buffers: list[Any] | None = None) -> bytes:
 
     With `buffers`, large data goes out of band (pickle protocol 5) instead of into
     the returned bytes: every `pickle.PickleBuffer` an object reduces to (NumPy
-    arrays, bytearrays, ...) and each `bytes` value of at least `LARGE_BYTES` found in
+    arrays, ...) and each `bytes` value of at least `LARGE_BYTES` found in
     `obj` or up to three levels of containers (list, tuple, dict values) inside it are
     appended to `buffers`, to be sent beside the pickle without a copy and handed to
     `loads`.

@@ -64,17 +64,23 @@ def file_prefix(driver_pid: int, owner: str) -> str:
 
 def share_buffers(buffers: list[Any], prefix: str) -> BufferRef | None:
     """Put `buffers` (from `dumps(..., buffers)`) where the other side can read them:
-    in the message if small, else in one new shared-memory file named from `prefix`."""
+    in the message if small, else in one new shared-memory file named from `prefix`
+    (in the message after all when that file cannot be written: a full ``/dev/shm``,
+    as containers often have a small one)."""
     if not buffers:
         return None
     views = [_raw(b) for b in buffers]
     total = sum(v.nbytes for v in views)
-    if total < INLINE_LIMIT:
-        return (
-            "inline",
-            [b if type(b) is bytes else bytearray(v) for b, v in zip(buffers, views, strict=True)],
-        )
-    path = f"{prefix}{next(_counter)}"
+    if total >= INLINE_LIMIT:
+        try:
+            return _write_file(buffers, views, f"{prefix}{next(_counter)}")
+        except OSError:
+            pass
+    inline = [b if type(b) is bytes else bytearray(v) for b, v in zip(buffers, views, strict=True)]
+    return ("inline", inline)
+
+
+def _write_file(buffers: list[Any], views: list[memoryview], path: str) -> BufferRef:
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o600)
     try:
         parts: list[tuple[int, int, bool]] = []

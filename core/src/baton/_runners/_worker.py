@@ -290,11 +290,7 @@ class _Worker:
         buffers: list[Any] = []
         blob = encode_result(result, task_name, run_name, buffers)
         del result
-        try:
-            ref = share_buffers(buffers, self.prefix)
-        except OSError:
-            # No room in shared memory: the data goes through the socket instead.
-            ref = ("inline", [b if type(b) is bytes else bytearray(b) for b in buffers])
+        ref = share_buffers(buffers, self.prefix)
         del buffers
         try:
             self.channel.send(pickle.dumps((RESULT, run_id, blob, ref), pickle.HIGHEST_PROTOCOL))
