@@ -45,13 +45,16 @@ class Session:
 
     __slots__ = ("_prune_at", "aborted", "context", "runs")
 
-    def __init__(self) -> None:
+    def __init__(self, warm: bool = False) -> None:
         self.runs: dict[int, TaskRun] = {}
         self._prune_at = 1024
         self.aborted = False
-        # Workers may have started before this runner: they take on the environment
-        # variables, working directory and sys.argv the runner started with.
-        self.context = (dict(os.environ), _cwd(), list(sys.argv))
+        # Warm workers started before this runner: they take on the environment
+        # variables, working directory and sys.argv the runner started with. (Workers
+        # of a runner's own start with those of the flow's process then, as always.)
+        self.context: tuple[Any, ...] | None = (
+            (dict(os.environ), _cwd(), list(sys.argv)) if warm else None
+        )
 
     def add(self, run: TaskRun) -> None:
         runs = self.runs

@@ -175,10 +175,11 @@ class WorkerPool(PoolStopping):
         job.cancelled = True
         return True
 
-    def open_session(self) -> Session:
-        """A new runner uses this pool (the caller counts `leases`)."""
+    def open_session(self, warm: bool = False) -> Session:
+        """A new runner uses this pool (for a shared pool, `warm`: the caller counts
+        `leases`, and the workers take on the runner's environment)."""
         self._idle_deadline = None
-        return Session()
+        return Session(warm)
 
     def close_session(self, session: Session, wait: bool) -> None:
         """A runner using this pool shuts down: wait for its runs to end, or (without
@@ -444,7 +445,7 @@ class WorkerPool(PoolStopping):
         else:
             worker.path = path or []
         context: tuple[Any, ...] | None = sent[0].session.context
-        if context is worker.context:
+        if context is None or context is worker.context:
             context = None
         else:
             if context == worker.context:

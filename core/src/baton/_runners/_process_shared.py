@@ -36,7 +36,7 @@ def lease(
             pool = WorkerPool(max_workers, init_blob, idle_timeout, _retire)
             _pools[key] = pool
         pool.leases += 1
-        return pool, pool.open_session()
+        return pool, pool.open_session(warm=True)
 
 
 def give_back(pool: WorkerPool, session: Session, wait: bool) -> None:
