@@ -205,6 +205,34 @@ def test_an_interrupted_flow_run_does_not_stop_another_sharing_the_pool(
     assert not [p for p in alive if _alive(p.pid)]
 
 
+@task(timeout_seconds=0.5)
+def spin(folder: str) -> None:
+    Path(folder, "x-started").write_text(str(os.getpid()))
+    while True:
+        pass
+
+
+def test_a_timeout_on_warm_workers_replaces_only_that_worker(tmp_path: Path) -> None:
+    runner = get_runner("process", max_workers=2)
+    folder = str(tmp_path)
+
+    @flow(task_runner=runner)
+    def timed() -> tuple[bool, int]:
+        keeper = wait_for_release.submit(folder)
+        _wait_for(tmp_path / "y-started")
+        spun = spin.submit(folder)
+        spun.wait()
+        (tmp_path / "release").write_text("go")
+        return spun.state.name == "TimedOut", keeper.result()
+
+    timed_out, keeper = timed()
+    assert timed_out
+    victim = int((tmp_path / "x-started").read_text())
+    _, alive = psutil.wait_procs([psutil.Process(victim)] if _alive(victim) else [], timeout=20)
+    assert not [p for p in alive if _alive(p.pid)]
+    assert keeper in _pids_on(runner, 2)  # the other worker stays warm, and serves again
+
+
 NO_WORKER_LEFT = """
 import os, sys
 from baton import flow, task
