@@ -8,9 +8,11 @@ reported as µs per task and as the ratio Baton / raw. Scenarios:
 
   overhead  N no-op tasks through `.map` and a `.submit` loop (µs per task)
   graphs    a dependency chain of tasks, and a fan-out feeding one fan-in task
-  startup   `import baton`, and an empty flow run
+  startup   `import baton`, an empty flow run, and a small flow run (3 tiny tasks) on
+            `process` by name, on warm workers
   memory    peak RSS with 100,000 completed futures held, and while a generator of
-            1,000,000 items is mapped with bounded in-flight
+            1,000,000 items is mapped with bounded in-flight; a 500 MB bytes and NumPy
+            result on `process`: seconds to the driver, the driver's peak RSS growth
   locality  on Dask and Ray: how much of a 200 MB result passed downstream goes
             through the driver process
 """
@@ -305,9 +307,141 @@ def startup(repeats: int) -> list[Row]:
             "process_ms": round(imported * 1e3, 1),
         },
         {"scenario": "empty flow run", "ms": round(flow_ms, 3)},
+        small_flow(50),
     ]
     for row in rows:
         print(_line(row), flush=True)
+    return rows
+
+
+def small_flow(count: int) -> Row:
+    """A flow of 3 tiny tasks (a chain) on `process` selected by name, run `count` times
+    after a first run: warm workers make each run cost milliseconds, not a start."""
+    inc = baton.task(noop)
+
+    @baton.flow(task_runner="process")
+    def small() -> int:
+        return int(inc.submit(inc.submit(inc.submit(1))).result())
+
+    started = time.perf_counter()
+    small()
+    first = time.perf_counter() - started
+    times = []
+    for _ in range(count):
+        started = time.perf_counter()
+        small()
+        times.append(time.perf_counter() - started)
+    return {
+        "scenario": "small flow run on process (warm)",
+        "runs": count,
+        "first_ms": round(first * 1e3, 1),
+        "median_ms": round(statistics.median(times) * 1e3, 2),
+        "mean_ms": round(statistics.mean(times) * 1e3, 2),
+        "max_ms": round(max(times) * 1e3, 2),
+    }
+
+
+_LARGE_CODE = """
+import os, sys, threading, time, psutil
+os.environ["BATON_LOG_LEVEL"] = "WARNING"
+import baton
+kind, mb = sys.argv[1], int(sys.argv[2])
+nbytes = mb * 2**20
+
+@baton.task
+def make(n):
+    if kind == "numpy":
+        import numpy
+        value = numpy.ones(n // 8)
+    else:
+        value = b"x" * n
+    return value, time.time()
+
+@baton.task
+def length(value):
+    return value.nbytes if kind == "numpy" else len(value)
+
+@baton.flow(task_runner="process")
+def warm():
+    return length.submit(b"").result() if kind == "bytes" else 0
+
+proc = psutil.Process()
+def clear():
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+def hwm():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+warm()
+if kind == "numpy":
+    import numpy
+times = {}
+@baton.flow(task_runner="process")
+def pipeline():
+    made = make.submit(nbytes)
+    value, made_at = made.result()
+    times["to_driver"] = time.time() - made_at
+    started = time.time()
+    got = length.submit(value).result()
+    times["downstream"] = time.time() - started
+    assert got == nbytes, got
+    return nbytes
+peak = [0]
+stop = threading.Event()
+def sample():
+    while not stop.wait(0.002):
+        peak[0] = max(peak[0], proc.memory_info().rss)
+start = proc.memory_info().rss
+peak[0] = start
+clear()
+threading.Thread(target=sample, daemon=True).start()
+pipeline()
+stop.set()
+peak[0] = max(peak[0], proc.memory_info().rss, hwm())
+print(start, peak[0], times["to_driver"], times["downstream"])
+"""
+
+
+def large_results(mb: int) -> list[Row]:
+    """A `mb` MB bytes and NumPy result on `process`: seconds from the worker's return
+    to the driver holding it, then to a downstream run that takes it, and the driver's
+    peak RSS growth (in a fresh interpreter)."""
+    rows = []
+    for kind in ("bytes", "numpy"):
+        if kind == "numpy":
+            try:
+                import numpy  # noqa: F401
+            except ImportError:
+                print("skipped: large numpy result (numpy is not installed)", flush=True)
+                continue
+        out = subprocess.run(
+            [sys.executable, "-c", _LARGE_CODE, kind, str(mb)],
+            check=True,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
+        start, peak = int(out[0]), int(out[1])
+        growth = (peak - start) / MB
+        rows.append(
+            {
+                "scenario": f"large {kind} result on process",
+                "mb": mb,
+                "to_driver_s": round(float(out[2]), 3),
+                "downstream_s": round(float(out[3]), 3),
+                "driver_growth_mb": round(growth, 1),
+                "growth_x": round(growth / mb, 2),
+            }
+        )
+        print(_line(rows[-1]), flush=True)
     return rows
 
 
@@ -591,6 +725,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += startup(2 if args.quick else 10)
     if "memory" in scenarios:
         rows += memory(1_000 if args.quick else 100_000, 2_000 if args.quick else 1_000_000)
+        rows += large_results(100 if args.quick else 500)
 
     (out / "results.json").write_text(json.dumps(results, indent=2))
     plotted = plot(rows, out / "overhead.png")

@@ -145,6 +145,7 @@ class Flow(Generic[P, R]):
         flow_run.state = State.running()
         _call_hook(pm.hook.flow_run_started, flow_run=flow_run)
         if owned:
+            runner._flow_run_owned = True
             runner.start()
         if settings.opentelemetry:
             from baton._otel import start_flow

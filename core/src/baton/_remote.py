@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Literal, Protocol, final
 from baton._attempts import Attempts, Retry, failure_state
 from baton._engine import run_async, run_sync
 from baton._states import LazyResult, State, StateType
-from baton._travel import dumps, portable_state
+from baton._travel import dumps, loads, portable_state
 
 if TYPE_CHECKING:
     from baton._runner import TaskRunner
@@ -430,10 +430,17 @@ def _finish_scope(scope: RunScope) -> tuple[NestedFailure, ...]:
 # -- results ------------------------------------------------------------------------------
 
 
-def encode_result(result: RemoteResult, task_name: str, run_name: str) -> bytes:
+def encode_result(
+    result: RemoteResult, task_name: str, run_name: str, buffers: list[Any] | None = None
+) -> bytes:
     """`result` pickled to travel to the flow's process. A result value that cannot be
     pickled fails the run with an error that says so; errors that cannot travel are
-    replaced (see `portable_state`)."""
+    replaced (see `portable_state`).
+
+    With `buffers`, large data in the result (NumPy arrays, large bytes: see `dumps`)
+    is appended to it instead of copied into the pickle: send those buffers beside
+    it (shared memory, say) and pass them to `decode_result`.
+    """
     state = result.state
     if (
         state.type is StateType.COMPLETED
@@ -446,14 +453,18 @@ def encode_result(result: RemoteResult, task_name: str, run_name: str) -> bytes:
         data = state._data
         if type(data) is not LazyResult and not isinstance(data, State):
             try:
-                return dumps((data, state.timestamp, result.attempt))
+                return dumps((data, state.timestamp, result.attempt), buffers)
             except Exception as exc:
+                if buffers is not None:
+                    del buffers[:]
                 problem = f"{type(exc).__name__}: {exc}"
                 return _unpicklable_result(result, task_name, run_name, problem)
     result = result.portable()
     try:
-        return dumps(result)
+        return dumps(result, buffers)
     except Exception as exc:
+        if buffers is not None:
+            del buffers[:]
         if result.state.type is not StateType.COMPLETED:
             raise
         problem = f"{type(exc).__name__}: {exc}"
@@ -471,12 +482,14 @@ def _unpicklable_result(result: RemoteResult, task_name: str, run_name: str, pro
     return dumps(failed.portable())
 
 
-def decode_result(blob: bytes | bytearray | memoryview, run: TaskRun) -> RemoteResult:
-    """A `RemoteResult` from `encode_result`, rebuilt here. A result that cannot be
-    unpickled here (its type is not importable in this process) fails the run with an
-    error that says so."""
+def decode_result(
+    blob: bytes | bytearray | memoryview, run: TaskRun, buffers: list[Any] | None = None
+) -> RemoteResult:
+    """A `RemoteResult` from `encode_result`, rebuilt here (with the out-of-band
+    `buffers` it appended, in order). A result that cannot be unpickled here (its
+    type is not importable in this process) fails the run with an error that says so."""
     try:
-        loaded: Any = pickle.loads(blob)
+        loaded: Any = loads(blob, buffers) if buffers else pickle.loads(blob)
         if type(loaded) is tuple:
             value, timestamp, attempt = loaded
             state = State(StateType.COMPLETED, "Completed", data=value, timestamp=timestamp)

@@ -74,6 +74,10 @@ class TaskRunner(abc.ABC):
     """URL schemes the runner accepts in `from_url` (for example ``("dask",)``)."""
 
     _status: str = "new"
+    _flow_run_owned: bool = False
+    # Set by a flow run that starts and shuts down this runner itself (a copy made for
+    # it, or one it built from a name): the runner may keep warm resources between
+    # flow runs then (the `process` runner's warm pools do).
     native_dependencies: ClassVar[bool] = False
     """True when the runner declares `Capability.NATIVE_DEPENDENCIES`: the core then
     hands it runs at once, with upstream futures of its own still in their arguments,
@@ -151,6 +155,7 @@ class TaskRunner(abc.ABC):
         """A new, unstarted runner with the same configuration (one per flow run)."""
         new = copy.copy(self)
         new._status = "new"
+        new._flow_run_owned = False
         return new
 
     @classmethod

@@ -16,9 +16,11 @@ if TYPE_CHECKING:
     from baton._taskrun import TaskRun
 
 __all__ = [
+    "LARGE_BYTES",
     "PROTOCOL",
     "cloudpickle_dumps",
     "dumps",
+    "loads",
     "portable_state",
     "rebuild_problem",
     "unpicklable_arguments",
@@ -28,13 +30,125 @@ __all__ = [
 PROTOCOL = pickle.HIGHEST_PROTOCOL
 
 
-def dumps(obj: Any) -> bytes:
+LARGE_BYTES = 1 << 20
+"""A `bytes` value at least this long travels out of band when `dumps` is given a
+list of buffers."""
+
+
+def dumps(obj: Any, buffers: list[Any] | None = None) -> bytes:
     """Pickle with the standard pickler, falling back to cloudpickle for what it cannot
-    pickle by reference (functions and classes of ``__main__``, closures, lambdas)."""
+    pickle by reference (functions and classes of ``__main__``, closures, lambdas).
+
+    With `buffers`, large data goes out of band (pickle protocol 5) instead of into
+    the returned bytes: every `pickle.PickleBuffer` an object reduces to (NumPy
+    arrays, ...) and each `bytes` value of at least `LARGE_BYTES` found in
+    `obj` or up to three levels of containers (list, tuple, dict values) inside it are
+    appended to `buffers`, to be sent beside the pickle without a copy and handed to
+    `loads`.
+    """
+    if buffers is None:
+        try:
+            return pickle.dumps(obj, PROTOCOL)
+        except Exception:
+            return cloudpickle_dumps(obj)
     try:
-        return pickle.dumps(obj, PROTOCOL)
+        return _dump_out_of_band(pickle.Pickler, obj, buffers)
     except Exception:
-        return cloudpickle_dumps(obj)
+        del buffers[:]
+        return cloudpickle_dumps(obj, buffers)
+
+
+def loads(data: bytes | bytearray | memoryview, buffers: list[Any] | None = None) -> Any:
+    """Unpickle what `dumps` made; `buffers` are its out-of-band buffers, in order
+    (each `bytes` given back as a `bytes` object, the others as any writable buffer)."""
+    if not buffers:
+        return pickle.loads(data)
+    import io
+
+    unpickler = _OutOfBandUnpickler(
+        io.BytesIO(data), buffers=[b for b in buffers if type(b) is not bytes]
+    )
+    unpickler.entries = buffers
+    return unpickler.load()
+
+
+_BYTES_ID = "baton-large-bytes"
+
+
+class _OutOfBandUnpickler(pickle.Unpickler):
+    entries: list[Any]
+
+    def persistent_load(self, pid: Any) -> Any:
+        if type(pid) is tuple and len(pid) == 2 and pid[0] == _BYTES_ID:
+            return self.entries[pid[1]]
+        raise pickle.UnpicklingError(f"unknown persistent id {pid!r}")
+
+
+def _find_large_bytes(obj: Any, found: dict[int, bytes], depth: int) -> None:
+    """Note the large `bytes` in `obj` and up to `depth` levels of lists, tuples and
+    dict values inside it (a result's State and value count as no level), looking at
+    a bounded number of objects."""
+    budget = [2048]
+    _look(obj, found, depth, budget)
+
+
+def _look(obj: Any, found: dict[int, bytes], depth: int, budget: list[int]) -> None:
+    budget[0] -= 1
+    kind = type(obj)
+    if kind is bytes:
+        if len(obj) >= LARGE_BYTES:
+            found[id(obj)] = obj
+        return
+    if kind is dict:
+        items: Any = obj.values()
+    elif kind in (list, tuple):
+        items = obj
+    else:
+        inner = _contents(obj)
+        if inner is not None:
+            _look(inner, found, depth, budget)
+        return
+    if depth <= 0:
+        return
+    for item in items:
+        if budget[0] <= 0:
+            return
+        _look(item, found, depth - 1, budget)
+
+
+def _contents(obj: Any) -> Any:
+    """The value inside a RemoteResult or a completed State (what a worker sends)."""
+    from baton._states import State
+
+    if isinstance(obj, State):
+        return obj._data if obj.type is StateType.COMPLETED else None
+    state = getattr(obj, "state", None) if type(obj).__name__ == "RemoteResult" else None
+    return state if isinstance(state, State) else None
+
+
+def _dump_out_of_band(pickler: Any, obj: Any, buffers: list[Any]) -> bytes:
+    import io
+
+    large: dict[int, bytes] = {}
+    _find_large_bytes(obj, large, 3)
+    stream = io.BytesIO()
+
+    def out_of_band(buffer: pickle.PickleBuffer) -> bool:
+        buffers.append(buffer)
+        return False
+
+    if large:
+
+        class Pickler(pickler):  # type: ignore[misc]
+            def persistent_id(self, value: Any) -> Any:
+                if type(value) is bytes and id(value) in large:
+                    buffers.append(value)
+                    return (_BYTES_ID, len(buffers) - 1)
+                return None
+
+        pickler = Pickler
+    pickler(stream, protocol=PROTOCOL, buffer_callback=out_of_band).dump(obj)
+    return stream.getvalue()
 
 
 _pickler: Any = None
@@ -84,15 +198,17 @@ def unrebuildable_result(task_name: str, run_name: str, problem: str) -> State:
     return State.failed(error)
 
 
-def cloudpickle_dumps(obj: Any) -> bytes:
+def cloudpickle_dumps(obj: Any, buffers: list[Any] | None = None) -> bytes:
     """`cloudpickle.dumps`, keeping the source file names of functions sent by value.
 
     cloudpickle replaces them with ``<dynamic-code>``; kept, a traceback from a worker
-    shows where the task's code is, and its source lines.
+    shows where the task's code is, and its source lines. `buffers`: as for `dumps`.
     """
     global _pickler
     if _pickler is None:
         _pickler = _filename_keeping_pickler()
+    if buffers is not None:
+        return _dump_out_of_band(_pickler, obj, buffers)
     import io
 
     buffer = io.BytesIO()

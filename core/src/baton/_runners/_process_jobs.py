@@ -8,11 +8,14 @@ import pickle
 import signal
 import socket
 import subprocess
+import sys
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from baton import CrashedRun, State
+from baton._runners._process_shm import BufferRef, file_prefix, remove, share_buffers
 from baton._runners._worker import describe_exit
+from baton._travel import LARGE_BYTES
 from baton.runners import Attempts, cloudpickle_dumps, unpicklable_arguments
 
 if TYPE_CHECKING:
@@ -21,6 +24,7 @@ if TYPE_CHECKING:
 __all__ = [
     "STOP_GRACE",
     "Job",
+    "Session",
     "WorkerProcess",
     "end",
     "kill_group",
@@ -32,6 +36,46 @@ __all__ = [
 
 STOP_GRACE = 10.0  # seconds a worker gets to exit after STOP before it is killed
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+
+
+class Session:
+    """The runs one runner (one flow run) sends to a pool, which may be shared with
+    other runners: what its shutdown waits for, or stops, and the environment its
+    workers run them in (as it was when the runner started)."""
+
+    __slots__ = ("_prune_at", "aborted", "context", "runs")
+
+    def __init__(self, warm: bool = False) -> None:
+        self.runs: dict[int, TaskRun] = {}
+        self._prune_at = 1024
+        self.aborted = False
+        # Warm workers started before this runner: they take on the environment
+        # variables, working directory and sys.argv the runner started with. (Workers
+        # of a runner's own start with those of the flow's process then, as always.)
+        self.context: tuple[Any, ...] | None = (
+            (dict(os.environ), _cwd(), list(sys.argv)) if warm else None
+        )
+
+    def add(self, run: TaskRun) -> None:
+        runs = self.runs
+        if len(runs) >= self._prune_at:
+            for key in [k for k, r in runs.items() if r.future.done()]:
+                del runs[key]
+            self._prune_at = max(1024, 2 * len(runs))  # amortised: runs may all be pending
+        runs[run.id] = run
+
+    def wait(self) -> None:
+        """Wait until every run of this session has ended."""
+        for run in list(self.runs.values()):
+            run.future.wait()
+        self.runs.clear()
+
+
+def _cwd() -> str | None:
+    try:
+        return os.getcwd()
+    except OSError:
+        return None
 
 
 class Job:
@@ -46,17 +90,26 @@ class Job:
         "mark_running",
         "payload",
         "run",
+        "session",
+        "shared",
         "timeout",
     )
 
     def __init__(
-        self, run: TaskRun, key: int, blob: bytes, payload: bytes, timeout: float | None
+        self,
+        run: TaskRun,
+        key: int,
+        blob: bytes,
+        payload: tuple[bytes, BufferRef | None],
+        timeout: float | None,
+        session: Session,
     ) -> None:
         self.run = run
         self.key = key
         self.blob = blob
-        self.payload = payload
+        self.payload, self.shared = payload
         self.timeout = timeout
+        self.session = session
         self.attempts = Attempts(run)
         self.cancelled = False
         self.dispatched = False
@@ -67,6 +120,7 @@ class WorkerProcess:
     """The parent's side of one worker: its process, socket, and the runs it holds."""
 
     __slots__ = (
+        "context",
         "deadline",
         "forget",
         "inbox",
@@ -95,6 +149,7 @@ class WorkerProcess:
         self.jobs: deque[Job] = deque()  # sent and not reported, in the order sent
         self.known: set[int] = set()
         self.path: list[str] = []  # the sys.path it was last sent
+        self.context: tuple[Any, ...] | None = None  # the Session.context it was last sent
         self.forget: list[int] = []
         self.ready = False
         self.deadline: float | None = None
@@ -141,18 +196,26 @@ def reap(worker: WorkerProcess, patient: bool) -> str:
 # -- what the parent sends ----------------------------------------------------------
 
 
-def pickle_arguments(run: TaskRun) -> bytes:
+def pickle_arguments(run: TaskRun) -> tuple[bytes, BufferRef | None]:
+    """The run's arguments pickled, and where their large data is (see _process_shm):
+    removed when the run ends."""
     args, kwargs = run.args, run.kwargs
     if not kwargs:
         for value in args:
-            if type(value) not in _PLAIN:
+            if type(value) not in _PLAIN or (type(value) is bytes and len(value) >= LARGE_BYTES):
                 break
         else:
-            return pickle.dumps((args, kwargs), pickle.HIGHEST_PROTOCOL)
+            return pickle.dumps((args, kwargs), pickle.HIGHEST_PROTOCOL), None
+    buffers: list[Any] = []
     try:
-        return cloudpickle_dumps((args, kwargs))
+        payload = cloudpickle_dumps((args, kwargs), buffers)
     except Exception as exc:
         raise _argument_error(run, exc) from exc
+    ref = share_buffers(buffers, file_prefix(os.getpid(), "d"))
+    if ref is not None and ref[0] == "shm":
+        path = ref[1]
+        run.future.add_done_callback(lambda _: remove(path))
+    return payload, ref
 
 
 def _argument_error(run: TaskRun, exc: Exception) -> pickle.PicklingError:

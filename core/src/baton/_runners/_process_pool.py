@@ -30,6 +30,7 @@ from baton import CrashedRun, RunnerClosedError, State, StateType
 from baton._runners._process_jobs import (
     STOP_GRACE,
     Job,
+    Session,
     WorkerProcess,
     end,
     kill_group,
@@ -38,6 +39,8 @@ from baton._runners._process_jobs import (
     reap,
     shutdown_state,
 )
+from baton._runners._process_shm import open_buffers, remove_ref, remove_worker_files
+from baton._runners._process_stopping import PoolStopping
 from baton._runners._worker import (
     BATCH,
     HELLO,
@@ -46,15 +49,16 @@ from baton._runners._worker import (
     RESULT,
     STARTED,
     STATE,
-    STOP,
     frame,
     parent_sys_path,
     split_frames,
     worker_command,
 )
-from baton.runners import decode_result, timed_out, worker_lost
+from baton.runners import RemoteResult, decode_result, timed_out, worker_lost
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from baton import Task, TaskRun
 
 __all__ = ["WorkerPool"]
@@ -90,7 +94,7 @@ def _forget_task(pool_ref: weakref.ref[WorkerPool], task_id: int, key: int) -> N
         pool.task_gone(task_id, key)
 
 
-class WorkerPool:
+class WorkerPool(PoolStopping):
     """Worker processes plus one dispatcher thread that owns them.
 
     The dispatcher sends runs to workers, reads their reports, and watches each
@@ -98,9 +102,23 @@ class WorkerPool:
     holds. Other threads only hand it runs (through a queue and a wake-up pipe).
     """
 
-    def __init__(self, max_workers: int, init_blob: bytes | None) -> None:
+    def __init__(
+        self,
+        max_workers: int,
+        init_blob: bytes | None,
+        idle_timeout: float | None = None,
+        on_idle: Callable[[WorkerPool], bool] | None = None,
+    ) -> None:
         self.max_workers = max_workers
         self._init_blob = init_blob
+        # A pool shared by runner after runner (see _process_shared): how many runners
+        # use it now, and when it stops its workers once none does.
+        self.leases = 0
+        self.retired = False
+        self._idle_timeout = idle_timeout
+        self._on_idle = on_idle
+        self._idle_deadline: float | None = None
+        self._aborts: SimpleQueue[Session] = SimpleQueue()
         self._incoming: SimpleQueue[Job] = SimpleQueue()
         self._cancellable: dict[int, Job] = {}  # run id -> job not yet sent to a worker
         self._awake = False
@@ -136,7 +154,7 @@ class WorkerPool:
 
     # -- any thread -------------------------------------------------------------------
 
-    def submit(self, run: TaskRun) -> None:
+    def submit(self, run: TaskRun, session: Session) -> None:
         if self._stop is not None:
             raise RunnerClosedError("Task runner 'process' has been shut down.")
         broken = self._broken
@@ -144,7 +162,8 @@ class WorkerPool:
             run.set_state(State.crashed(CrashedRun(broken), broken))
             return
         key, blob = self._task_entry(run.task)
-        job = Job(run, key, blob, pickle_arguments(run), run.task.options.timeout_seconds)
+        job = Job(run, key, blob, pickle_arguments(run), run.task.options.timeout_seconds, session)
+        session.add(run)
         self._cancellable[run.id] = job
         self._incoming.put(job)
         self._wake()
@@ -155,6 +174,28 @@ class WorkerPool:
             return False
         job.cancelled = True
         return True
+
+    def open_session(self, warm: bool = False) -> Session:
+        """A new runner uses this pool (for a shared pool, `warm`: the caller counts
+        `leases`, and the workers take on the runner's environment)."""
+        self._idle_deadline = None
+        return Session(warm)
+
+    def close_session(self, session: Session, wait: bool) -> None:
+        """A runner using this pool shuts down: wait for its runs to end, or (without
+        `wait`) cancel those not started and kill the workers running the others.
+        The pool's other runs carry on; killed workers are replaced when needed."""
+        if not wait and self._stop is None:
+            session.aborted = True
+            self._aborts.put(session)
+            self._wake(always=True)
+        session.wait()
+
+    def became_idle(self) -> None:
+        """No runner uses this pool any more: its workers stop after the idle timeout."""
+        if self._idle_timeout is not None:
+            self._idle_deadline = time.monotonic() + self._idle_timeout
+            self._wake(always=True)
 
     def close(self, wait: bool) -> None:
         self._stop = "wait" if wait and self._stop != "now" else "now"
@@ -231,10 +272,12 @@ class WorkerPool:
         while True:
             self._take_incoming()
             self._forget_tasks()
+            self._take_aborts()
             if self._stop is not None and self._stopped():
                 return
             now = time.monotonic()
             self._fire_timers(now)
+            self._check_idle(now)
             self._assign()
             for key, events in selector.select(self._wait_time(now)):
                 worker: WorkerProcess | None = key.data
@@ -286,6 +329,8 @@ class WorkerPool:
             moments.append(self._timers[0][0])
         if self._stop_deadline is not None:
             moments.append(self._stop_deadline)
+        if self._idle_deadline is not None:
+            moments.append(self._idle_deadline)
         if any(w.jobs or w.kill_reason for w in self._workers):
             moments.append(self._next_poll)
         if not moments:
@@ -325,18 +370,27 @@ class WorkerPool:
                 break
             space = target - len(worker.jobs)
             if space > 0:
-                batch = self._take(min(space, chunk), idle=not worker.jobs)
+                session = worker.jobs[0].session if worker.jobs else None
+                batch = self._take(min(space, chunk), session)
                 if batch:
                     self._send_batch(worker, batch)
 
-    def _take(self, limit: int, idle: bool) -> list[Job]:
+    def _take(self, limit: int, session: Session | None) -> list[Job]:
+        """Runs from the head of the queue for a worker that is idle (`session` None) or
+        holds runs of `session`: of one runner only, so that stopping that runner's
+        runs kills no other's."""
         queue = self._queue
         batch: list[Job] = []
+        idle = session is None
         while queue and len(batch) < limit:
             job = queue[0]
             if job.cancelled:
                 queue.popleft()
                 continue
+            if session is None:
+                session = job.session
+            elif job.session is not session:
+                break
             if job.timeout is not None:
                 # A run with a timeout goes alone to an idle worker: killing the worker
                 # at its deadline must not hit any other run.
@@ -368,7 +422,15 @@ class WorkerPool:
                 worker.known.add(key)
                 new_tasks.append((key, job.blob))
             timed = job.timeout is not None
-            item: tuple[Any, ...] = (run.id, run.name, key, job.attempts.number, timed, job.payload)
+            item: tuple[Any, ...] = (
+                run.id,
+                run.name,
+                key,
+                job.attempts.number,
+                timed,
+                job.payload,
+                job.shared,
+            )
             if run.trace is not None:  # OpenTelemetry on: the run's trace context goes along
                 item += (run.trace.carrier(),)
             items.append(item)
@@ -384,9 +446,15 @@ class WorkerPool:
             path = None  # unchanged: nothing to send
         else:
             worker.path = path or []
-        self._send(
-            worker, pickle.dumps((BATCH, new_tasks, forget, items, path), pickle.HIGHEST_PROTOCOL)
-        )
+        context: tuple[Any, ...] | None = sent[0].session.context
+        if context is None or context is worker.context:
+            context = None
+        else:
+            if context == worker.context:
+                context = None
+            worker.context = sent[0].session.context
+        message = (BATCH, new_tasks, forget, items, path, context)
+        self._send(worker, pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
 
     def _send(self, worker: WorkerProcess, data: bytes) -> None:
         worker.out.append(frame(data))
@@ -475,14 +543,28 @@ class WorkerPool:
     def _on_message(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == RESULT:
-            _, run_id, blob = message
+            _, run_id, blob, ref = message
+            buffers: list[Any] | Exception | None
+            try:
+                buffers = open_buffers(ref)
+            except Exception as exc:
+                remove_ref(ref)
+                buffers = exc
             job = worker.jobs.popleft()
             if job.run.id != run_id:
                 raise RuntimeError(f"result for run {run_id}, expected {job.run.id}")
             if worker.timed is job:
                 worker.timed = None
                 worker.deadline = None
-            job.run.finish(decode_result(blob, job.run))
+            if isinstance(buffers, Exception):
+                error = OSError(
+                    f"The result of task run {job.run.name!r} came back from its worker "
+                    f"process in shared memory, which cannot be read here "
+                    f"({type(buffers).__name__}: {buffers})."
+                )
+                job.run.finish(RemoteResult(State.failed(error), attempt=job.attempts.number))
+            else:
+                job.run.finish(decode_result(blob, job.run, buffers))
         elif kind == STARTED:
             job = worker.jobs[0]
             if job.timeout is not None:
@@ -549,6 +631,7 @@ class WorkerPool:
         if reason != "stop":
             kill_group(worker)  # the processes it started must not outlive it
         how = reap(worker, patient=reason == "stop")
+        remove_worker_files(worker.pid)  # results it wrote and could not send
         jobs = worker.jobs
         if not worker.ready and reason is None and self._stop is None:
             self._start_failures += 1
@@ -601,7 +684,8 @@ class WorkerPool:
         run = job.run
         if run.future.done():
             return
-        retry = None if self._stop == "now" else job.attempts.after(state)
+        stopping = self._stop == "now" or job.session.aborted
+        retry = None if stopping else job.attempts.after(state)
         if retry is None:
             end(job, state)
             return
@@ -621,7 +705,10 @@ class WorkerPool:
                 end(job, State.crashed(CrashedRun(message), message))
             return
         for job in reversed(jobs):
-            self._queue.appendleft(job)
+            if job.session.aborted:
+                self._cancel(job)
+            else:
+                self._queue.appendleft(job)
 
     def _break(self, message: str) -> None:
         """The pool cannot run anything (its initializer fails, workers cannot start)."""
@@ -635,103 +722,3 @@ class WorkerPool:
             self._cancellable.pop(job.run.id, None)
             if not job.cancelled:
                 end(job, State.crashed(CrashedRun(message), message))
-
-    # -- stopping -----------------------------------------------------------------------
-
-    def _stopped(self) -> bool:
-        """Advance the shutdown; True once every worker is gone."""
-        if self._stop == "now":
-            self._cancel_queued(everything=True)
-            for worker in self._workers:
-                if worker.kill_reason is None or worker.kill_reason == "stop":
-                    worker.kill_reason = "shutdown"
-                    kill_group(worker)
-            return not self._workers
-        self._cancel_queued(everything=False)
-        busy = self._queue or self._timers or any(w.jobs for w in self._workers)
-        if busy:
-            return False
-        if not self._stop_sent:
-            self._stop_sent = True
-            self._stop_deadline = time.monotonic() + STOP_GRACE
-            for worker in self._workers:
-                if worker.kill_reason is None:
-                    worker.kill_reason = "stop"
-                    self._send(worker, pickle.dumps((STOP,), pickle.HIGHEST_PROTOCOL))
-        elif self._stop_deadline is not None and time.monotonic() >= self._stop_deadline:
-            self._stop_deadline = None  # their sockets report the end, soon
-            for worker in self._workers:
-                kill_group(worker)
-        return not self._workers
-
-    def _cancel_queued(self, everything: bool) -> None:
-        """Cancel the runs that have not been sent to a worker (with `everything`, also
-        those waiting to retry or to be sent again)."""
-        if not everything and not any(not j.dispatched for j in self._queue):
-            return
-        keep: deque[Job] = deque()
-        for job in self._queue:
-            if job.cancelled:
-                continue
-            if job.dispatched and not everything:
-                keep.append(job)
-                continue
-            self._cancel(job)
-        self._queue = keep
-        if everything:
-            for _, _, job in self._timers:
-                self._cancel(job)
-            self._timers.clear()
-
-    def _cancel(self, job: Job) -> None:
-        self._cancellable.pop(job.run.id, None)
-        job.cancelled = True
-        future = job.run.future
-        if not future.cancel() and not future.done():
-            job.run.set_state(
-                State.cancelled(
-                    f"Task run {job.run.name!r} was cancelled: task runner 'process' shut "
-                    "down before it could run again."
-                )
-            )
-
-    def _fail_everything(self, message: str) -> None:
-        self._broken = message
-        try:
-            jobs = list(self._queue) + [t[2] for t in self._timers]
-            for worker in list(self._workers):
-                jobs.extend(worker.jobs)
-                kill_group(worker)
-                reap(worker, patient=False)
-            self._workers.clear()
-            while True:
-                try:
-                    jobs.append(self._incoming.get_nowait())
-                except Empty:
-                    break
-            for job in jobs:
-                if not job.cancelled:
-                    end(job, State.crashed(CrashedRun(message), message))
-        except BaseException:
-            logger.exception("Task runner 'process' could not settle its runs")
-
-    def _release(self) -> None:
-        self._stop = self._stop or "now"
-        with self._wake_lock:
-            self._wake_closed = True
-            os.close(self._wake_r)
-            os.close(self._wake_w)
-        self._selector.close()
-        os.close(self._lifeline_w)
-        os.close(self._lifeline_r)
-        for finalizer in self._finalizers:
-            finalizer.detach()
-        self._tasks.clear()
-        # Runs handed in while the dispatcher stopped must not wait forever.
-        while True:
-            try:
-                job = self._incoming.get_nowait()
-            except Empty:
-                break
-            if not job.cancelled:
-                self._cancel(job)

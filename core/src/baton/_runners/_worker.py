@@ -7,16 +7,20 @@ in length-prefixed frames, each a pickled tuple whose first item is its kind:
 
 parent -> worker
     ``(HELLO, sys_path, argv, initializer_blob)`` once, then
-    ``(BATCH, new_tasks, forget, items, sys_path)``: tasks the worker has not seen
-    yet as ``(key, cloudpickled Task)``, keys of tasks it may forget, runs as
-    ``(run_id, name, task_key, attempt, timed, pickled (args, kwargs))``, and the
-    parent's sys.path if it changed (None if not);
+    ``(BATCH, new_tasks, forget, items, sys_path, context)``: tasks the worker has
+    not seen yet as ``(key, cloudpickled Task)``, keys of tasks it may forget, runs as
+    ``(run_id, name, task_key, attempt, timed, pickled (args, kwargs), buffers)``
+    (`buffers`: where the arguments' out-of-band data is, see `_process_shm`), the
+    parent's sys.path if it changed (None if not), and the environment variables,
+    working directory and sys.argv of the runner the runs come from, if they changed
+    (None if not: a warm worker serves runner after runner);
     ``(STOP,)`` to exit once the batches sent so far are done.
 worker -> parent
     ``(READY, pid)``, or ``(INIT_FAILED, traceback_text)`` if the initializer raised;
     ``(STARTED, run_id)`` as a run with a timeout starts; ``(STATE, run_id, state)``
     for a Retrying or Running state between attempts; and one
-    ``(RESULT, run_id, pickled_state, failure)`` per run, in the order received.
+    ``(RESULT, run_id, pickled RemoteResult, buffers)`` per run, in the order
+    received (`buffers`: where its out-of-band data is, see `_process_shm`).
 
 The worker runs one task run at a time and reports each result as soon as it has
 it, so the parent always knows which run a worker is running: the oldest one it
@@ -42,6 +46,7 @@ from baton.runners import RemoteTaskError, RemoteTraceback, cloudpickle_dumps, d
 
 if TYPE_CHECKING:
     from baton import State, Task
+    from baton.runners import RemoteResult
 
 __all__ = [
     "RemoteTaskError",
@@ -165,11 +170,17 @@ class WorkerLoadError(BatonError):
     (a module it needs cannot be imported there, for example)."""
 
 
-def _load(blob: bytes | bytearray) -> Any:
+def _load(blob: bytes | bytearray, shared: tuple[Any, ...] | None = None) -> Any:
     global loading
     loading = True
     try:
-        return pickle.loads(blob)
+        if shared is None:
+            return pickle.loads(blob)
+        from baton._runners._process_shm import open_buffers
+        from baton._travel import loads
+
+        # The flow's process removes the file when the run ends (it may be sent again).
+        return loads(blob, open_buffers(shared, keep_file=True))
     finally:
         loading = False
 
@@ -193,18 +204,23 @@ def _load_task(blob: bytes | bytearray) -> Task[..., Any] | WorkerLoadError:
 
 
 class _Worker:
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, parent_pid: int) -> None:
         self.channel = channel
         self.tasks: dict[int, Task[..., Any] | WorkerLoadError] = {}
+        from baton._runners._process_shm import file_prefix
+
+        self.prefix = file_prefix(parent_pid, str(os.getpid()))
 
     def serve(self) -> None:
         while True:
             message = pickle.loads(self.channel.receive())
             if message[0] == STOP:
                 return
-            _, new_tasks, forget, items, path = message
+            _, new_tasks, forget, items, path, context = message
             if path is not None:
                 sys.path[:] = path
+            if context is not None:
+                _take_context(*context)
             for key in forget:
                 self.tasks.pop(key, None)
             for key, blob in new_tasks:
@@ -221,25 +237,26 @@ class _Worker:
         attempt: int,
         timed: bool,
         payload: bytes,
+        shared: tuple[Any, ...] | None,
         trace_context: dict[str, str] | None = None,
     ) -> None:
         from baton import State
-        from baton.runners import RemoteResult, RunCall, encode_result, run_call
+        from baton.runners import RemoteResult, RunCall, run_call
 
         task = self.tasks[key]
         if isinstance(task, WorkerLoadError):
             result = RemoteResult(State.failed(_with_run(task, name)), attempt=attempt)
-            self._send_result(run_id, encode_result(result, "?", name))
+            self._send_result(run_id, result, "?", name)
             return
         try:
-            args, kwargs = _load(payload)
+            args, kwargs = _load(payload, shared)
         except BaseException as exc:
             error = WorkerLoadError(
                 f"The arguments of task run {name!r} (task {task.name!r}) could not be "
                 f"unpickled in the worker process: {type(exc).__name__}: {exc}"
             )
             result = RemoteResult(State.failed(error), attempt=attempt)
-            self._send_result(run_id, encode_result(result, task.name, name))
+            self._send_result(run_id, result, task.name, name)
             return
         call = RunCall(task, run_id, name, args, kwargs, trace_context=trace_context)
         del args, kwargs
@@ -247,7 +264,7 @@ class _Worker:
             call, attempt=attempt, timeout="runner", on_state=self._state_reporter(run_id, timed)
         )
         del call
-        self._send_result(run_id, encode_result(result, task.name, name))
+        self._send_result(run_id, result, task.name, name)
 
     def _state_reporter(self, run_id: int, timed: bool) -> Callable[[State], None]:
         started = [False]
@@ -265,8 +282,47 @@ class _Worker:
 
         return report
 
-    def _send_result(self, run_id: int, blob: bytes) -> None:
-        self.channel.send(pickle.dumps((RESULT, run_id, blob), pickle.HIGHEST_PROTOCOL))
+    def _send_result(
+        self, run_id: int, result: RemoteResult, task_name: str, run_name: str
+    ) -> None:
+        from baton._runners._process_shm import remove_ref, share_buffers
+        from baton.runners import encode_result
+
+        buffers: list[Any] = []
+        blob = encode_result(result, task_name, run_name, buffers)
+        del result
+        ref = share_buffers(buffers, self.prefix)
+        del buffers
+        try:
+            self.channel.send(pickle.dumps((RESULT, run_id, blob, ref), pickle.HIGHEST_PROTOCOL))
+        except BaseException:
+            remove_ref(ref)
+            raise
+
+
+_parent_environ: dict[str, str] = {}  # the parent's environment, as last heard of
+
+
+def _take_context(environ: dict[str, str], cwd: str | None, argv: list[str]) -> None:
+    """Take on the environment of the runner whose runs come next: the variables that
+    changed in the parent since (what the initializer or a task set stays, unless the
+    parent changed it too), its working directory and sys.argv."""
+    global _parent_environ
+    current = os.environ
+    before = _parent_environ
+    for name in before:
+        if name not in environ and name != "BATON_TASK_RUNNER":
+            current.pop(name, None)
+    for name, value in environ.items():
+        if before.get(name) != value and name != "BATON_TASK_RUNNER":
+            current[name] = value
+    _parent_environ = environ
+    if cwd is not None:
+        try:
+            os.chdir(cwd)
+        except OSError:
+            pass
+    sys.argv[:] = argv
 
 
 def _with_run(error: WorkerLoadError, name: str) -> WorkerLoadError:
@@ -309,6 +365,8 @@ def main() -> None:
         reconfigure = getattr(stream, "reconfigure", None)
         if reconfigure is not None:
             reconfigure(line_buffering=True)
+    global _parent_environ
+    _parent_environ = dict(os.environ)
     # Tasks that submit tasks use a thread runner here: there is no flow in a worker.
     os.environ["BATON_TASK_RUNNER"] = "thread"
     channel = Channel(socket.socket(fileno=fd))
@@ -330,6 +388,6 @@ def main() -> None:
             sys.exit(1)
     channel.send(pickle.dumps((READY, os.getpid()), pickle.HIGHEST_PROTOCOL))
     try:
-        _Worker(channel).serve()
+        _Worker(channel, parent_pid).serve()
     except (EOFError, ConnectionError):
         pass  # the parent went away; nothing is left to report to

@@ -37,6 +37,16 @@ For CPU-bound Python code, which threads cannot run in parallel. What it does:
   started and killing the workers, so no process is left behind. A worker also
   exits by itself if the flow's process dies.
 
+- **Warm workers.** A runner that a flow run starts for itself (``"process"`` by
+  name, from `get_runner`, or an unstarted instance given to ``@flow``) takes its
+  workers from a warm pool kept between flow runs (see `_process_shared`): one
+  pool per set of options that shape the workers, stopped after `idle_timeout`
+  seconds unused and at interpreter exit. A runner started with ``with`` (or
+  ``.start()``) has workers of its own, stopped at its shutdown.
+- **Large data without copies.** NumPy arrays and other pickle-protocol-5 buffers,
+  and large `bytes`, in results and arguments travel through shared memory, not
+  the socket (see `_process_shm`).
+
 Overhead per run is a few tens of microseconds: a task is sent to each worker
 once, then only its runs' arguments, several runs per message when many wait.
 Runs with a timeout are sent one at a time to an idle worker. Needs a POSIX
@@ -57,9 +67,13 @@ from baton.runners import Capability, RemoteTaskError, TaskRunner, cloudpickle_d
 
 if TYPE_CHECKING:
     from baton import TaskRun
+    from baton._runners._process_jobs import Session
     from baton._runners._process_pool import WorkerPool
 
 __all__ = ["ProcessRunner", "RemoteTaskError", "WorkerLoadError"]
+
+
+DEFAULT_IDLE_TIMEOUT = 300.0
 
 
 def default_max_workers() -> int:
@@ -75,6 +89,13 @@ class ProcessRunner(TaskRunner):
     number of CPUs. `initializer(*initargs)` runs once in each worker as it starts
     (both are pickled with cloudpickle); if it raises, runs end CRASHED with its
     traceback.
+
+    Started by a flow run (selected by name, or given unstarted to ``@flow``), it
+    takes warm workers from the pool shared by the flow runs whose runner has the
+    same options; `idle_timeout` is how many seconds that pool keeps its workers
+    once no flow run uses it (None: until the interpreter exits). Used with
+    ``with`` (or started with ``.start()``), it has workers of its own, which stop
+    when it shuts down.
 
     >>> from baton import flow, task
     >>> @task
@@ -103,8 +124,17 @@ class ProcessRunner(TaskRunner):
         max_workers: int | None = None,
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] | list[Any] = (),
+        idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
     ) -> None:
         problems: list[str] = []
+        if idle_timeout is not None and (
+            isinstance(idle_timeout, bool)
+            or not isinstance(idle_timeout, (int, float))
+            or not idle_timeout >= 0
+        ):
+            problems.append(
+                f"  idle_timeout: must be a number of seconds >= 0, or None (got {idle_timeout!r})"
+            )
         if max_workers is not None and (
             isinstance(max_workers, bool) or not isinstance(max_workers, int) or max_workers < 1
         ):
@@ -123,7 +153,10 @@ class ProcessRunner(TaskRunner):
         self.max_workers = max_workers
         self.initializer = initializer
         self.initargs = tuple(initargs)
+        self.idle_timeout = idle_timeout
         self._pool: WorkerPool | None = None
+        self._session: Session | None = None
+        self._warm = False
 
     def on_start(self) -> None:
         if os.name != "posix":
@@ -153,20 +186,36 @@ class ProcessRunner(TaskRunner):
                     f"cannot be pickled to send them to the workers ({type(exc).__name__}: "
                     f"{exc})"
                 ) from exc
+        if self._flow_run_owned:
+            from baton._runners._process_shared import lease
+
+            key = (workers, init_blob, self.idle_timeout)
+            self._pool, self._session = lease(key, workers, init_blob, self.idle_timeout)
+            self._warm = True
+            return
         from baton._runners._process_pool import WorkerPool
 
         self._pool = WorkerPool(workers, init_blob)
+        self._session = self._pool.open_session()
+        self._warm = False
 
     def on_shutdown(self, wait: bool) -> None:
         pool, self._pool = self._pool, None
-        if pool is not None:
+        session, self._session = self._session, None
+        if pool is None or session is None:
+            return
+        if self._warm:
+            from baton._runners._process_shared import give_back
+
+            give_back(pool, session, wait)
+        else:
             pool.close(wait)
 
     def submit(self, run: TaskRun) -> None:
-        pool = self._pool
-        if pool is None:
+        pool, session = self._pool, self._session
+        if pool is None or session is None:
             raise RunnerClosedError(f"Task runner 'process' is not started ({self._status}).")
-        pool.submit(run)
+        pool.submit(run, session)
 
     def cancel(self, run: TaskRun) -> bool:
         pool = self._pool
