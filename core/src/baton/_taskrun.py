@@ -53,6 +53,7 @@ class TaskRun:
         "future",
         "id",
         "kwargs",
+        "priority",
         "scope",
         "task",
         "wait_for",
@@ -72,6 +73,9 @@ class TaskRun:
         self.kwargs = kwargs
         self.scope = scope
         self.wait_for = wait_for
+        self.priority: int = task.options.priority
+        """Among runs waiting for a worker or for resources, higher goes first: the
+        task's `priority`, or the one given to this `.submit`/`.map`."""
         self.future: Future[Any]
         self._name: str | None = None
         self._native_upstreams: list[Future[Any]] | None = None
@@ -88,6 +92,12 @@ class TaskRun:
     def parameters(self) -> dict[str, Any]:
         """The call's arguments by parameter name, defaults included."""
         return self.task.parameters_of(self.args, self.kwargs)
+
+    @property
+    def resources(self) -> dict[str, float]:
+        """What the run asks for (the task's `resources`), such as ``{"GPU": 1.0}``:
+        held from its start until it is final. Do not change it."""
+        return self.task.options.resources
 
     @property
     def state(self) -> State:

@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 import weakref
-from collections import deque
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
@@ -52,7 +51,7 @@ from baton._runners._worker import (
     split_frames,
     worker_command,
 )
-from baton.runners import decode_result, timed_out, worker_lost
+from baton.runners import RunQueue, decode_result, timed_out, worker_lost
 
 if TYPE_CHECKING:
     from baton import Task, TaskRun
@@ -113,7 +112,7 @@ class WorkerPool:
         self._lifeline_r, self._lifeline_w = os.pipe()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._queue: deque[Job] = deque()
+        self._queue: RunQueue[Job] = RunQueue()  # by priority, FIFO within one
         self._timers: list[tuple[float, int, Job]] = []
         self._sequence = itertools.count()
         self._workers: list[WorkerProcess] = []
@@ -267,7 +266,7 @@ class WorkerPool:
             except Empty:
                 return
             if not job.cancelled:
-                queue.append(job)
+                queue.append(job, job.run.priority)
 
     def _forget_tasks(self) -> None:
         while True:
@@ -297,13 +296,13 @@ class WorkerPool:
         while timers and timers[0][0] <= now:
             job = heapq.heappop(timers)[2]
             if not job.cancelled:
-                self._queue.appendleft(job)
+                self._queue.appendleft(job, job.run.priority)
 
     # -- sending work -------------------------------------------------------------------
 
     def _assign(self) -> None:
         queue = self._queue
-        while queue and queue[0].cancelled:
+        while queue and queue.peek().cancelled:
             queue.popleft()
         if not queue or self._broken is not None or self._stop == "now":
             return
@@ -333,7 +332,7 @@ class WorkerPool:
         queue = self._queue
         batch: list[Job] = []
         while queue and len(batch) < limit:
-            job = queue[0]
+            job = queue.peek()
             if job.cancelled:
                 queue.popleft()
                 continue
@@ -610,7 +609,7 @@ class WorkerPool:
         if delay > 0:
             heapq.heappush(self._timers, (time.monotonic() + delay, next(self._sequence), job))
         else:
-            self._queue.appendleft(job)
+            self._queue.appendleft(job, run.priority)
 
     def _requeue(self, jobs: list[Job]) -> None:
         if self._broken is not None or self._stop == "now":
@@ -619,7 +618,7 @@ class WorkerPool:
                 end(job, State.crashed(CrashedRun(message), message))
             return
         for job in reversed(jobs):
-            self._queue.appendleft(job)
+            self._queue.appendleft(job, job.run.priority)
 
     def _break(self, message: str) -> None:
         """The pool cannot run anything (its initializer fails, workers cannot start)."""
@@ -667,12 +666,12 @@ class WorkerPool:
         those waiting to retry or to be sent again)."""
         if not everything and not any(not j.dispatched for j in self._queue):
             return
-        keep: deque[Job] = deque()
+        keep: RunQueue[Job] = RunQueue()
         for job in self._queue:
             if job.cancelled:
                 continue
             if job.dispatched and not everything:
-                keep.append(job)
+                keep.append(job, job.run.priority)
                 continue
             self._cancel(job)
         self._queue = keep

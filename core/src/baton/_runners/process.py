@@ -37,6 +37,12 @@ For CPU-bound Python code, which threads cannot run in parallel. What it does:
   started and killing the workers, so no process is left behind. A worker also
   exits by itself if the flow's process dies.
 
+- **Priorities and resources.** Runs waiting for a worker are sent by `priority`,
+  higher first (runs already sent ahead to a busy worker, in batches when many
+  wait, keep their place). `resources` declares capacities (``{"GPU": 2}``): a run
+  of a task with ``resources={"GPU": 1}`` waits, PENDING ``AwaitingResources``,
+  until one is free, and a request beyond them is an error at submit.
+
 Overhead per run is a few tens of microseconds: a task is sent to each worker
 once, then only its runs' arguments, several runs per message when many wait.
 Runs with a timeout are sent one at a time to an idle worker. Needs a POSIX
@@ -53,9 +59,12 @@ from typing import TYPE_CHECKING, Any, final
 from baton import BatonError, InvalidOptionsError, RunnerClosedError
 from baton._runners import _worker
 from baton._runners._worker import WorkerLoadError
+from baton._resources import ResourcePool, check_capacities
 from baton.runners import Capability, RemoteTaskError, TaskRunner, cloudpickle_dumps
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from baton import TaskRun
     from baton._runners._process_pool import WorkerPool
 
@@ -74,7 +83,7 @@ class ProcessRunner(TaskRunner):
     `max_workers` defaults to the `BATON_PROCESS_MAX_WORKERS` setting, else the
     number of CPUs. `initializer(*initargs)` runs once in each worker as it starts
     (both are pickled with cloudpickle); if it raises, runs end CRASHED with its
-    traceback.
+    traceback. `resources` declares capacities for tasks' `resources` (``{"GPU": 2}``).
 
     >>> from baton import flow, task
     >>> @task
@@ -95,6 +104,8 @@ class ProcessRunner(TaskRunner):
             Capability.ASYNC,
             Capability.HARD_TIMEOUTS,
             Capability.CRASH_DETECTION,
+            Capability.PRIORITIES,
+            Capability.RESOURCES,
         }
     )
 
@@ -103,6 +114,7 @@ class ProcessRunner(TaskRunner):
         max_workers: int | None = None,
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] | list[Any] = (),
+        resources: Mapping[str, float] | None = None,
     ) -> None:
         problems: list[str] = []
         if max_workers is not None and (
@@ -123,7 +135,9 @@ class ProcessRunner(TaskRunner):
         self.max_workers = max_workers
         self.initializer = initializer
         self.initargs = tuple(initargs)
+        self.resources = check_capacities("process", resources)
         self._pool: WorkerPool | None = None
+        self._gate: ResourcePool | None = None
 
     def on_start(self) -> None:
         if os.name != "posix":
@@ -156,8 +170,14 @@ class ProcessRunner(TaskRunner):
         from baton._runners._process_pool import WorkerPool
 
         self._pool = WorkerPool(workers, init_blob)
+        if self.resources is not None:
+            self._gate = ResourcePool("process", self.resources)
 
     def on_shutdown(self, wait: bool) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            for future in gate.drain():
+                future.cancel()
         pool, self._pool = self._pool, None
         if pool is not None:
             pool.close(wait)
@@ -166,7 +186,11 @@ class ProcessRunner(TaskRunner):
         pool = self._pool
         if pool is None:
             raise RunnerClosedError(f"Task runner 'process' is not started ({self._status}).")
-        pool.submit(run)
+        if run.task.options.resources:
+            gate = self._gate or ResourcePool("process", {})  # raises, naming what to declare
+            gate.offer(run, lambda: pool.submit(run))
+        else:
+            pool.submit(run)
 
     def cancel(self, run: TaskRun) -> bool:
         pool = self._pool
