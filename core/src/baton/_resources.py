@@ -45,11 +45,10 @@ def check_priority(value: Any) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         if isinstance(value, float) and value.is_integer() and value >= 0:
             return int(value)
-        raise ValueError(f"{_PRIORITY_RULE}; got {value!r}")
+        raise ValueError(_PRIORITY_RULE)
     if value < 0:
         raise ValueError(
-            f"{_PRIORITY_RULE}; got {value}. To run something later than the rest, give the "
-            "rest a higher priority"
+            f"{_PRIORITY_RULE}. To run something after the rest, give the rest a higher one"
         )
     return value
 
@@ -60,8 +59,7 @@ def check_resources(value: Any, what: str = "an amount > 0") -> dict[str, float]
         return {}
     if not isinstance(value, Mapping):
         raise ValueError(
-            f"must map resource names to amounts, such as {{'GPU': 1, 'memory': 4e9}} "
-            f"(got {value!r})"
+            "must map resource names to amounts, such as {'GPU': 1, 'memory': 4e9}"
         )
     checked: dict[str, float] = {}
     problems: list[str] = []
@@ -74,7 +72,7 @@ def check_resources(value: Any, what: str = "an amount > 0") -> dict[str, float]
             or not math.isfinite(amount)
             or amount <= 0
         ):
-            problems.append(f"{name!r} needs {what} (got {amount!r})")
+            problems.append(f"{name!r} needs {what}, not {amount!r}")
         else:
             checked[name] = float(amount)
     if problems:
@@ -227,7 +225,7 @@ class ResourcePool:
         """Start `run` (by calling `start`) now or once its resources are free."""
         need = self.check(run)
         with self._lock:
-            if not self._waiting and self._fits(need):
+            if self._fits(need) and not self._behind(run.priority, need):
                 self._take(need)
                 waiting = False
             else:
@@ -243,6 +241,15 @@ class ResourcePool:
                 bisect.insort(self._waiting, (*key, run, start, need))
         if not waiting:
             self._launch(run, start, need)
+
+    def _behind(self, priority: int, need: dict[str, float]) -> bool:
+        """Whether a waiting run of at least `priority` asks for a resource of `need`."""
+        for entry in self._waiting:
+            if -entry[0] < priority:
+                return False  # the rest have lower priorities
+            if not need.keys().isdisjoint(entry[4]):
+                return True
+        return False
 
     def _fits(self, need: dict[str, float]) -> bool:
         free = self._free

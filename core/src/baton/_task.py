@@ -412,7 +412,9 @@ def _call_priority(task: Task[..., Any], value: Any, method: str) -> int:
     try:
         return check_priority(value)
     except ValueError as exc:
-        raise InvalidOptionsError(f"{task.name}.{method}(): priority {exc}") from None
+        raise InvalidOptionsError(
+            f"{task.name}.{method}(): priority {exc} (got {value!r})"
+        ) from None
 
 
 def _wait_for_tuple(wait_for: Any) -> tuple[Any, ...]:
