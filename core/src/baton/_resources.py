@@ -148,6 +148,23 @@ class RunQueue(Generic[T]):
         self._size -= 1
         return item
 
+    def remove(self, item: T, priority: int | None = None) -> bool:
+        """Remove `item` (looked for at `priority`, or everywhere); False if absent."""
+        for level in reversed(self._order) if priority is None else (priority,):
+            bucket = self._buckets.get(level)
+            if bucket is None:
+                continue
+            try:
+                bucket.remove(item)
+            except ValueError:
+                continue
+            if not bucket:
+                del self._buckets[level]
+                self._order.remove(level)
+            self._size -= 1
+            return True
+        return False
+
     def clear(self) -> None:
         self._buckets.clear()
         self._order.clear()
