@@ -219,7 +219,7 @@ def options_from_resources(resources: Mapping[str, float]) -> Mapping[str, Any]:
         if option == "memory":
             options[option] = int(amount)
         elif option is not None:
-            options[option] = int(amount) if amount.is_integer() else amount
+            options[option] = int(amount) if float(amount).is_integer() else amount
         else:
             options.setdefault("resources", {})[name] = amount
     if len(_resource_cache) > 256:
