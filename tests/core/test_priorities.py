@@ -81,7 +81,7 @@ def test_run_queue_orders_by_priority_then_arrival() -> None:
     queue.appendleft("again", 5)
     assert list(queue) == ["e", "again", "b", "d", "a", "c"]
     assert queue.peek() == "e"
-    assert [queue.popleft() for _ in range(len(queue))] == list("e") + ["again", "b", "d", "a", "c"]
+    assert [queue.popleft() for _ in range(len(queue))] == [*list("e"), "again", "b", "d", "a", "c"]
     assert not queue
     with pytest.raises(IndexError):
         queue.popleft()
@@ -177,7 +177,7 @@ def test_a_large_request_is_not_starved_by_small_ones(tmp_path: Any) -> None:
 
     @flow(task_runner=get_runner("thread", resources={"GPU": 2}))
     def queue() -> tuple[tuple[int, int], tuple[int, int]]:
-        first = one.submit(rv, "first", "go")
+        one.submit(rv, "first", "go")
         rv.wait("started-first")
         big = two.submit(rv, "big")
         small = one.submit(rv, "small")
@@ -186,7 +186,7 @@ def test_a_large_request_is_not_starved_by_small_ones(tmp_path: Any) -> None:
         rv.signal("go")
         return big.result(), small.result()
 
-    (big_start, big_end), (small_start, _) = queue()
+    (_big_start, big_end), (small_start, _) = queue()
     assert small_start >= big_end
 
 

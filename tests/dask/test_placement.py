@@ -147,9 +147,7 @@ def test_task_priority_and_resources_lie_under_tags_and_blocks() -> None:
 
     own = task_placement(3, {"GPU": 1})
     assert own == Placement((("GPU", 1.0),), 3)
-    assert own.merged(Placement((("disk", 1.0),), 7)) == Placement(
-        (("GPU", 1.0), ("disk", 1.0)), 7
-    )
+    assert own.merged(Placement((("disk", 1.0),), 7)) == Placement((("GPU", 1.0), ("disk", 1.0)), 7)
     assert task_placement(0, {}).submit_kwargs() == {}
 
 

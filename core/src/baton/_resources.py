@@ -58,9 +58,7 @@ def check_resources(value: Any, what: str = "an amount > 0") -> dict[str, float]
     if value is None:
         return {}
     if not isinstance(value, Mapping):
-        raise ValueError(
-            "must map resource names to amounts, such as {'GPU': 1, 'memory': 4e9}"
-        )
+        raise ValueError("must map resource names to amounts, such as {'GPU': 1, 'memory': 4e9}")
     checked: dict[str, float] = {}
     problems: list[str] = []
     for name, amount in value.items():
@@ -216,9 +214,7 @@ class ResourcePool:
         for name, amount in need.items():
             capacity = capacities.get(name)
             if capacity is None:
-                declared = (
-                    ", ".join(f"{k}={v:g}" for k, v in sorted(capacities.items())) or "none"
-                )
+                declared = ", ".join(f"{k}={v:g}" for k, v in sorted(capacities.items())) or "none"
                 problems.append(
                     f"{name}={amount:g}: task runner {self.runner!r} declares no resource "
                     f"{name!r} (it declares: {declared}). Declare its capacity, as in "

@@ -57,9 +57,9 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, final
 
 from baton import BatonError, InvalidOptionsError, RunnerClosedError
+from baton._resources import ResourcePool, check_capacities
 from baton._runners import _worker
 from baton._runners._worker import WorkerLoadError
-from baton._resources import ResourcePool, check_capacities
 from baton.runners import Capability, RemoteTaskError, TaskRunner, cloudpickle_dumps
 
 if TYPE_CHECKING:

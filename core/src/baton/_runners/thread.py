@@ -86,19 +86,21 @@ class ThreadPool:
         work_queue = self._work
         idle = self._idle
         while True:
-            work = work_queue.get()
-            if work is None:
+            item = work_queue.get()
+            if item is None:
                 work_queue.put(None)  # let the next worker see it too
                 break
-            if work is _RANKED or self._ranked:
-                work = self._rank(work)
+            if item is _RANKED or self._ranked:
+                work = self._rank(item)
+            else:
+                work = item  # type: ignore[assignment]
             try:
                 work()
             except BaseException:  # the engine catches everything; this is a last guard
                 import logging
 
                 logging.getLogger("baton").exception("Work item %r raised in the pool", work)
-            del work
+            del work, item
             if len(self._threads) - self._seceded > self.max_workers:
                 with self._lock:
                     if len(self._threads) - self._seceded > self.max_workers:
@@ -138,7 +140,7 @@ class ThreadPool:
                 work = self._work.get_nowait()
             except Empty:
                 break
-            if work is not None and work is not _RANKED:
+            if work is not None and not isinstance(work, _Ranked):
                 dropped.append(work)
         with self._ranked_lock:
             dropped.extend(self._ranked)
@@ -200,8 +202,8 @@ class ThreadRunner(TaskRunner):
             return
         gate, self._gate = self._gate, None
         if gate is not None:
-            for future in gate.drain():
-                future.cancel()
+            for waiting in gate.drain():
+                waiting.cancel()
         for work in pool.shutdown(wait):
             run = getattr(work, "__self__", None)
             future = getattr(run, "future", None)

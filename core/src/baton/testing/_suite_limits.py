@@ -51,9 +51,7 @@ class LimitTests:
             "rule: runs that each need the whole capacity of a resource never overlap"
         )
 
-    @conformance(
-        level=3, requires=(Capability.RESOURCES, Capability.PRIORITIES), concurrent=True
-    )
+    @conformance(level=3, requires=(Capability.RESOURCES, Capability.PRIORITIES), concurrent=True)
     def test_the_higher_priority_run_gets_a_freed_resource_first(self, kit: Kit) -> None:
         """With the resource held, a low- then a high-priority run wait for it; once it is
         free, the high one runs first, and the low one only after it."""
@@ -61,7 +59,7 @@ class LimitTests:
         _, needy = _needing(kit)
 
         def body() -> tuple[tuple[int, int], tuple[int, int]]:
-            first = needy.submit(rv, "first", "release-first")
+            needy.submit(rv, "first", "release-first")
             rv.wait("started-first")
             low = needy.submit(rv, "low", priority=1)
             high = needy.submit(rv, "high", priority=10)
@@ -99,8 +97,10 @@ class LimitTests:
             return messages
 
         over, missing = kit.run(body)
-        for message, what in ((over, f"more {name!r} than the runner has"), (missing, "a "
-                              "resource the runner does not have")):
+        for message, what in (
+            (over, f"more {name!r} than the runner has"),
+            (missing, "a resource the runner does not have"),
+        ):
             assert message is not None, (
                 f"rule: a run asking for {what} is an error (InvalidOptionsError) raised by "
                 ".submit; but .submit returned a future"

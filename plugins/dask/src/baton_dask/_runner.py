@@ -11,7 +11,13 @@ from urllib.parse import urlsplit
 
 from baton import BatonError, Capability, InvalidOptionsError, RunnerClosedError, TaskRunner
 
-from baton_dask._options import RunnerOptions, check_feasible, placement_for, task_placement, validate
+from baton_dask._options import (
+    RunnerOptions,
+    check_feasible,
+    placement_for,
+    task_placement,
+    validate,
+)
 from baton_dask._session import Session
 
 if TYPE_CHECKING:

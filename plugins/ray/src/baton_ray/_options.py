@@ -16,8 +16,8 @@ from baton import InvalidOptionsError
 
 __all__ = [
     "TAG_PREFIX",
-    "current_options",
     "cluster_shortfall",
+    "current_options",
     "merge",
     "options_from_resources",
     "options_from_tags",
@@ -243,7 +243,8 @@ def cluster_shortfall(options: Mapping[str, Any]) -> str:
     if not wanted:
         return ""
     try:
-        total = ray.cluster_resources()
+        resources_of: Any = ray.cluster_resources
+        total: dict[str, float] = resources_of()
     except Exception:  # the cluster cannot say: let Ray decide
         return ""
     short = [
