@@ -275,3 +275,19 @@ def test_resources_are_held_until_the_run_is_final_across_retries(tmp_path: Any)
     result, (other_start, _) = retried()
     assert result == "done"
     assert other_start > attempts[-1]
+
+
+def test_runs_a_task_submits_do_not_wait_for_what_it_holds() -> None:
+    @task(resources={"GPU": 1})
+    def leaf(x: int) -> int:
+        return x + 1
+
+    @task(resources={"GPU": 1})
+    def parent(x: int) -> list[int]:
+        return leaf.map([x, x + 1]).result()
+
+    @flow(task_runner=get_runner("thread", resources={"GPU": 1}))
+    def nested() -> list[int]:
+        return parent.submit(1).result()
+
+    assert nested() == [2, 3]

@@ -376,7 +376,11 @@ def _nested_runner() -> TaskRunner:
             if runner is None or runner.closed:
                 from baton._runners.thread import ThreadRunner
 
-                runner = _default_nested = ThreadRunner().start()
+                made = ThreadRunner()
+                # Runs a task submits on a worker run inside the worker its run holds:
+                # the capacities it asked for are the flow's runner's, not enforced here.
+                made.ignores_resources = True
+                runner = _default_nested = made.start()
     return runner
 
 

@@ -185,6 +185,9 @@ class ThreadRunner(TaskRunner):
         self.resources = check_capacities("thread", resources)
         self._pool: ThreadPool | None = None
         self._gate: ResourcePool | None = None
+        self.ignores_resources = False
+        """Set on the runner of the runs a task submits on a worker of another runner:
+        their resources are not enforced there."""
 
     def on_start(self) -> None:
         workers = self.max_workers
@@ -214,13 +217,19 @@ class ThreadRunner(TaskRunner):
         pool = self._pool
         if pool is None:
             raise RunnerClosedError(f"Task runner 'thread' is not started ({self._status}).")
-        if run.task.options.resources:
-            gate = self._gate
-            if gate is None:
-                gate = ResourcePool("thread", {})  # raises, naming what to declare
-            gate.offer(run, lambda: self._start(pool, run))
-        else:
-            self._start(pool, run)
+        if run.task.options.resources and not self.ignores_resources:
+            from baton._taskrun import current_task_run
+
+            # With no capacities declared, this raises, naming what to declare.
+            gate = self._gate or ResourcePool("thread", {})
+            if current_task_run() is not None:
+                # Submitted by a task: it runs under what its parent holds (it never
+                # waits for it, so it cannot deadlock); only feasibility is checked.
+                gate.check(run)
+            else:
+                gate.offer(run, lambda: self._start(pool, run))
+                return
+        self._start(pool, run)
 
     @staticmethod
     def _start(pool: ThreadPool, run: TaskRun) -> None:
