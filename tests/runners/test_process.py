@@ -161,6 +161,8 @@ def test_registered_by_name_with_its_capabilities() -> None:
         "async",
         "hard-timeouts",
         "crash-detection",
+        "priorities",
+        "resources",
     }
 
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import contextvars
 import itertools
 import logging
 from typing import TYPE_CHECKING, Any, final
 
+from baton._context import current_task_run_var
 from baton._engine import run_async, run_sync
 from baton._remote import RunCall
 from baton._states import State, StateType
@@ -22,9 +22,7 @@ __all__ = ["TaskRun", "current_task_run"]
 logger = logging.getLogger("baton")
 
 _ids = itertools.count(1)
-_current_task_run: contextvars.ContextVar[TaskRun | None] = contextvars.ContextVar(
-    "baton_task_run", default=None
-)
+_current_task_run = current_task_run_var
 
 
 def current_task_run() -> TaskRun | None:

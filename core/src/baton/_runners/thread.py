@@ -8,6 +8,7 @@ from collections.abc import Callable
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Final, final
 
+from baton._context import current_task_run_var
 from baton._errors import InvalidOptionsError, RunnerClosedError
 from baton._futures import _worker
 from baton._resources import ResourcePool, RunQueue, check_capacities
@@ -90,8 +91,9 @@ class ThreadPool:
             if item is None:
                 work_queue.put(None)  # let the next worker see it too
                 break
-            if item is _RANKED or self._ranked:
-                work = self._rank(item)
+            # Ranked work waits in `_ranked`; plain work goes there too while any does.
+            if item is _RANKED or self._ranked:  # noqa: SIM108 - one truth test per item
+                work: Work = self._rank(item)
             else:
                 work = item  # type: ignore[assignment]
             try:
@@ -218,11 +220,9 @@ class ThreadRunner(TaskRunner):
         if pool is None:
             raise RunnerClosedError(f"Task runner 'thread' is not started ({self._status}).")
         if run.task.options.resources and not self.ignores_resources:
-            from baton._taskrun import current_task_run
-
             # With no capacities declared, this raises, naming what to declare.
             gate = self._gate or ResourcePool("thread", {})
-            if current_task_run() is not None:
+            if current_task_run_var.get() is not None:
                 # Submitted by a task: it runs under what its parent holds (it never
                 # waits for it, so it cannot deadlock); only feasibility is checked.
                 gate.check(run)
