@@ -92,7 +92,7 @@ class ThreadPool:
                 work_queue.put(None)  # let the next worker see it too
                 break
             # Ranked work waits in `_ranked`; plain work goes there too while any does.
-            if item is _RANKED or self._ranked:  # noqa: SIM108 - one truth test per item
+            if item is _RANKED or self._ranked:
                 work: Work = self._rank(item)
             else:
                 work = item  # type: ignore[assignment]
