@@ -291,3 +291,27 @@ def test_runs_a_task_submits_do_not_wait_for_what_it_holds() -> None:
         return parent.submit(1).result()
 
     assert nested() == [2, 3]
+
+
+def test_a_runner_reads_what_a_run_asks_for() -> None:
+    from baton.runners import TaskRunner
+
+    seen: list[tuple[int, dict[str, float], dict[str, float]]] = []
+
+    class Recording(TaskRunner):
+        name = "recording"
+
+        def submit(self, run: Any) -> None:
+            seen.append((run.priority, run.resources, run.call.resources))
+            run.execute()
+
+    @task(priority=2, resources={"GPU": 1})
+    def train() -> None: ...
+
+    @flow(task_runner=Recording())
+    def asks() -> None:
+        train.submit().result()
+        train.submit(priority=7).result()
+
+    asks()
+    assert seen == [(2, {"GPU": 1.0}, {"GPU": 1.0}), (7, {"GPU": 1.0}, {"GPU": 1.0})]

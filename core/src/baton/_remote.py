@@ -72,6 +72,12 @@ class RunCall:
     """The placeholders of upstreams the run waits for without taking their results
     (in a native call only)."""
 
+    @property
+    def resources(self) -> dict[str, float]:
+        """What the run asks for (the task's `resources`, as `TaskRun.resources`), for a
+        worker that hands devices out (say, sets ``CUDA_VISIBLE_DEVICES``)."""
+        return self.task.options.resources
+
     def fill(self, upstream: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | State:
         """The arguments with each placeholder replaced by its upstream's value, or the
         final UpstreamFailed state when an upstream did not complete."""

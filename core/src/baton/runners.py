@@ -21,7 +21,8 @@ On the worker
 Priorities and resources
     `TaskRun.priority` (the task's `priority`, or the one given to `.submit`/`.map`)
     and `TaskRun.resources` (the task's `resources`, such as ``{"GPU": 1.0}``) are
-    what a run asks for: map them to the engine's own mechanism, or order the runs
+    what a run asks for (`RunCall.resources` on the worker): map them to the
+    engine's own mechanism, or order the runs
     you hold back with a `RunQueue` (higher priority first, FIFO within one). A run
     that waits for resources reads PENDING, named `AWAITING_RESOURCES`; a request
     that can never be met should raise from `submit`. Declare
