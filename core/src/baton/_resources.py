@@ -103,23 +103,40 @@ class RunQueue(Generic[T]):
     ['b', 'd', 'a', 'c']
     """
 
-    __slots__ = ("_buckets", "_order", "_size")
+    __slots__ = ("_buckets", "_order", "_size", "_top")
 
     def __init__(self) -> None:
         self._buckets: dict[int, deque[T]] = {}
-        self._order: list[int] = []  # the priorities with items, ascending
+        self._order: list[int] = []  # the priorities with a bucket, ascending
         self._size = 0
+        # The bucket of the highest priority. A bucket that empties is dropped, unless
+        # it is the only one: a queue of one priority never makes a bucket again.
+        self._top: deque[T] | None = None
 
     def _bucket(self, priority: int) -> deque[T]:
         bucket = self._buckets.get(priority)
         if bucket is None:
             bucket = self._buckets[priority] = deque()
             bisect.insort(self._order, priority)
+            if self._order[-1] == priority:
+                self._top = bucket
         return bucket
+
+    def _settle(self) -> deque[T]:
+        """The top bucket, once empty buckets above the items are dropped."""
+        top = self._top
+        assert top is not None
+        while not top and len(self._order) > 1:
+            del self._buckets[self._order.pop()]
+            top = self._top = self._buckets[self._order[-1]]
+        return top
 
     def append(self, item: T, priority: int = 0) -> None:
         """Queue `item` behind the others of its priority."""
-        self._bucket(priority).append(item)
+        bucket = self._buckets.get(priority)
+        if bucket is None:
+            bucket = self._bucket(priority)
+        bucket.append(item)
         self._size += 1
 
     def appendleft(self, item: T, priority: int = 0) -> None:
@@ -131,19 +148,22 @@ class RunQueue(Generic[T]):
         """The item `popleft` would return. IndexError when empty."""
         if not self._size:
             raise IndexError("peek from an empty RunQueue")
-        return self._buckets[self._order[-1]][0]
+        top = self._top
+        if not top:
+            top = self._settle()
+        return top[0]
 
     def popleft(self) -> T:
         """Remove and return the first item of the highest priority. IndexError when empty."""
         if not self._size:
             raise IndexError("pop from an empty RunQueue")
-        top = self._order[-1]
-        bucket = self._buckets[top]
-        item = bucket.popleft()
-        if not bucket:
-            del self._buckets[top]
-            self._order.pop()
+        top = self._top
+        if not top:
+            top = self._settle()
+        item = top.popleft()
         self._size -= 1
+        if not top and len(self._order) > 1:
+            self._settle()
         return item
 
     def remove(self, item: T, priority: int | None = None) -> bool:
@@ -156,10 +176,11 @@ class RunQueue(Generic[T]):
                 bucket.remove(item)
             except ValueError:
                 continue
-            if not bucket:
-                del self._buckets[level]
-                self._order.remove(level)
             self._size -= 1
+            if not bucket and len(self._order) > 1:
+                self._order.remove(level)
+                del self._buckets[level]
+                self._top = self._buckets[self._order[-1]]
             return True
         return False
 
@@ -167,6 +188,7 @@ class RunQueue(Generic[T]):
         self._buckets.clear()
         self._order.clear()
         self._size = 0
+        self._top = None
 
     def __len__(self) -> int:
         return self._size
