@@ -156,7 +156,9 @@ def record_conformance(names: Sequence[str], results: Path = RESULTS) -> None:
     from baton.testing import check_runner
 
     for name in names:
-        report = check_runner(name, pytest_args=["-q", "-p", "no:randomly"])
+        # The built-in runners take capacities, for the kit's tests of resources.
+        resources = {"slot": 1} if name in ("thread", "process", "sync") else None
+        report = check_runner(name, pytest_args=["-q", "-p", "no:randomly"], resources=resources)
         if report.errors or not report.outcomes:
             raise RuntimeError(f"the kit did not run on {name!r}:\n{report.output[-3000:]}")
         runner = {"class": report.runner_class, "capabilities": report.capabilities}

@@ -25,6 +25,8 @@ OPTION_NAMES = [
     "name",
     "on_completion",
     "on_failure",
+    "priority",
+    "resources",
     "retries",
     "retry_condition_fn",
     "retry_delay_seconds",

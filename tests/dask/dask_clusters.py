@@ -25,11 +25,17 @@ import psutil
 from distributed import Client, LocalCluster
 
 NO_WORKER_RETRIES = {"distributed.scheduler.allowed-failures": 0}
+SLOT = {"slot": 1}
 
 
 @contextmanager
-def local_cluster(n_workers: int = 2, threads_per_worker: int = 1) -> Iterator[LocalCluster]:
-    """A LocalCluster of worker processes (with nannies, which restart a dead worker)."""
+def local_cluster(
+    n_workers: int = 2, threads_per_worker: int = 1, slot_worker: bool = False
+) -> Iterator[LocalCluster]:
+    """A LocalCluster of worker processes (with nannies, which restart a dead worker).
+
+    With `slot_worker`, one more worker has the resource ``slot=1``: the only one in the
+    cluster, for the tests of resources and priorities (SLOT)."""
     with dask.config.set(NO_WORKER_RETRIES):
         cluster = LocalCluster(
             n_workers=n_workers,
@@ -40,6 +46,13 @@ def local_cluster(n_workers: int = 2, threads_per_worker: int = 1) -> Iterator[L
             worker_dashboard_address=None,
         )
     try:
+        if slot_worker:
+            plain = cluster.new_spec
+            cluster.new_spec = {**plain, "options": {**plain["options"], "resources": SLOT}}
+            cluster.scale(n_workers + 1)
+            cluster.new_spec = plain
+            with Client(cluster, set_as_default=False) as client:
+                client.wait_for_workers(n_workers + 1, timeout=60)
         yield cluster
     finally:
         cluster.close()

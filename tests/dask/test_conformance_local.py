@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import pytest
 from baton.testing import RunnerConformance
 from baton_dask import DaskTaskRunner
+from dask_clusters import SLOT, local_cluster
 from distributed import LocalCluster
 
 # Dask's threads in this process (the client's, a LocalCluster's scheduler) estimate message
@@ -16,8 +19,15 @@ pytestmark = pytest.mark.filterwarnings(
 )
 
 
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[LocalCluster]:
+    """Two workers, and a third with the cluster's only `slot` (for resources, priorities)."""
+    with local_cluster(slot_worker=True) as started:
+        yield started
+
+
 class TestDaskOnLocalCluster(RunnerConformance):
-    conformance_level = 2
+    conformance_level = 3
 
     @pytest.fixture
     def runner(self, cluster: LocalCluster) -> DaskTaskRunner:
@@ -26,3 +36,7 @@ class TestDaskOnLocalCluster(RunnerConformance):
     @pytest.fixture
     def runner_name(self, cluster: LocalCluster) -> str:
         return str(cluster.scheduler_address).replace("tcp://", "dask://")
+
+    @pytest.fixture
+    def resource_capacity(self) -> dict[str, float]:
+        return SLOT

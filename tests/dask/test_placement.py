@@ -127,3 +127,37 @@ def test_bad_placements_are_clear_errors(runner: DaskTaskRunner) -> None:
 
     with pytest.raises(InvalidOptionsError, match=r"'dask-resource:NAME=AMOUNT'"):
         submits_a_bad_tag()
+
+
+@task(resources={"GPU": 1})
+def needs_a_gpu(_: int) -> str:
+    return str(get_worker().name)
+
+
+def test_task_resources_place_runs_as_dask_resources(runner: DaskTaskRunner) -> None:
+    @flow(task_runner=runner)
+    def placed() -> list[str]:
+        return needs_a_gpu.map(range(6)).result()
+
+    assert placed() == ["gpu"] * 6
+
+
+def test_task_priority_and_resources_lie_under_tags_and_blocks() -> None:
+    from baton_dask._options import task_placement
+
+    own = task_placement(3, {"GPU": 1})
+    assert own == Placement((("GPU", 1.0),), 3)
+    assert own.merged(Placement((("disk", 1.0),), 7)) == Placement((("GPU", 1.0), ("disk", 1.0)), 7)
+    assert task_placement(0, {}).submit_kwargs() == {}
+
+
+def test_resources_no_worker_has_fail_at_submit(runner: DaskTaskRunner) -> None:
+    @task(resources={"GPU": 2})
+    def greedy() -> None: ...
+
+    @flow(task_runner=runner)
+    def submits() -> None:
+        greedy.submit()
+
+    with pytest.raises(InvalidOptionsError, match=r"asks for Dask resources GPU=2, but none"):
+        submits()

@@ -70,7 +70,9 @@ print(json.dumps([*listed, light, type(runner).__name__, sorted(info.capabilitie
         "crash-detection",
         "native-dependencies",
         "nested",
+        "priorities",
         "processes",
+        "resources",
     ]
 
 

@@ -38,6 +38,7 @@ pytest.importorskip("baton_ray", reason="the ray tests need baton-ray: run `tox 
 
 HERE = Path(__file__).resolve().parent
 CPUS = 2
+SLOT = {"slot": 1}  # a custom resource of known capacity, for the kit's resource tests
 OBJECT_STORE = 300 * 2**20
 START_SECONDS = 120
 
@@ -57,6 +58,7 @@ def local_init_kwargs(temp_dir: str) -> dict[str, object]:
     return {
         "_temp_dir": temp_dir,
         "num_cpus": CPUS,
+        "resources": SLOT,
         "include_dashboard": False,
         "object_store_memory": OBJECT_STORE,
         "runtime_env": runtime_env(),

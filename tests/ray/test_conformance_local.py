@@ -5,13 +5,18 @@ from __future__ import annotations
 import pytest
 from baton.testing import RunnerConformance
 from baton_ray import RayTaskRunner
+from raysetup import SLOT
 
 
 @pytest.mark.usefixtures("ray_local")
 class TestRayOnLocalRay(RunnerConformance):
-    conformance_level = 2
+    conformance_level = 3
 
     @pytest.fixture
     def runner(self) -> RayTaskRunner:
         # Ray is already initialised here: the runner uses that Ray and leaves it running.
         return RayTaskRunner()
+
+    @pytest.fixture
+    def resource_capacity(self) -> dict[str, float]:
+        return SLOT

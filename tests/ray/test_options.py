@@ -107,3 +107,14 @@ def test_duplicate_keeps_the_configuration() -> None:
     copy = runner.duplicate()
     assert (copy.address, copy.init_kwargs, copy.max_pending) == ("auto", {"num_cpus": 1}, 5)
     assert not copy.started
+
+
+def test_task_resources_become_ray_options() -> None:
+    from baton_ray._options import options_from_resources
+
+    assert options_from_resources({"GPU": 1, "memory": 4e9, "CPU": 2, "TPU": 0.5}) == {
+        "num_cpus": 2,
+        "num_gpus": 1,
+        "memory": 4_000_000_000,
+        "resources": {"TPU": 0.5},
+    }

@@ -59,7 +59,7 @@ def test_an_unknown_runner_name_lists_the_installed_runners() -> None:
 # -- options -----------------------------------------------------------------------------
 
 TASK_OPTIONS = (
-    "description, name, on_completion, on_failure, retries, retry_condition_fn, "
+    "description, name, on_completion, on_failure, priority, resources, retries, retry_condition_fn, "
     "retry_delay_seconds, retry_jitter_factor, tags, task_run_name, timeout_seconds"
 )
 
@@ -118,7 +118,7 @@ RUNNER_OPTIONS: dict[str, tuple[dict[str, Any], type[Exception], str]] = {
         {"max_workers": 2},
         TypeError,
         "Task runner 'sync' (SyncRunner) does not accept these options: got an unexpected "
-        "keyword argument 'max_workers'. Its options: none.",
+        "keyword argument 'max_workers'. Its options: resources.",
     ),
     "process": (
         {"max_workers": -1, "initargs": 3},
@@ -155,9 +155,9 @@ def test_an_option_the_runner_does_not_take_lists_the_ones_it_does(name: str) ->
     with pytest.raises(TypeError) as info:
         get_runner(name, max_wokers=2)
     accepted = {
-        "thread": "max_workers",
-        "sync": "none",
-        "process": "max_workers, initializer, initargs, idle_timeout",
+        "thread": "max_workers, resources",
+        "sync": "resources",
+        "process": "max_workers, initializer, initargs, idle_timeout, resources",
         "dask": "address, cluster_class, cluster_kwargs, adapt_kwargs, client_kwargs, "
         "performance_report_path, no_workers_timeout",
         "ray": "address, init_kwargs, max_pending",

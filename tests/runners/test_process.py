@@ -161,6 +161,8 @@ def test_registered_by_name_with_its_capabilities() -> None:
         "async",
         "hard-timeouts",
         "crash-detection",
+        "priorities",
+        "resources",
     }
 
 
@@ -997,3 +999,24 @@ def test_workers_exit_when_the_parent_process_dies(tmp_path: Path) -> None:
             proc.kill()  # no chance to clean up
     _, alive = psutil.wait_procs(workers, timeout=20)
     assert not [p for p in alive if _alive(p.pid)]
+
+
+@task(resources={"GPU": 1})
+def gpu_leaf(x: int) -> int:
+    return x + 1
+
+
+@task(resources={"GPU": 1})
+def gpu_parent(x: int) -> list[int]:
+    return gpu_leaf.map([x, x + 1]).result()
+
+
+def test_runs_a_task_submits_in_a_worker_do_not_wait_for_resources() -> None:
+    """The parent holds the only GPU in the flow's process; its nested runs run inside
+    its worker process, where capacities are not enforced, so they cannot deadlock."""
+
+    @flow(task_runner=get_runner("process", max_workers=1, resources={"GPU": 1}))
+    def nested() -> list[int]:
+        return gpu_parent.submit(1).result()
+
+    assert nested() == [2, 3]

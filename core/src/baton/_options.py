@@ -41,6 +41,22 @@ class TaskOptions(BaseModel):
     tags: frozenset[str] = frozenset()
     on_completion: tuple[Hook, ...] = ()
     on_failure: tuple[Hook, ...] = ()
+    priority: int = 0
+    resources: dict[str, float] = Field(default_factory=dict)
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _valid_priority(cls, value: Any) -> int:
+        from baton._resources import check_priority
+
+        return check_priority(value)
+
+    @field_validator("resources", mode="before")
+    @classmethod
+    def _valid_resources(cls, value: Any) -> dict[str, float]:
+        from baton._resources import check_resources
+
+        return check_resources(value)
 
     @field_validator("retry_delay_seconds", mode="before")
     @classmethod

@@ -77,6 +77,12 @@ class RunCall:
     ``traceparent`` text: `run_call` makes each attempt a span of that trace. None
     otherwise. A runner that takes a call apart to send it must send this along."""
 
+    @property
+    def resources(self) -> dict[str, float]:
+        """What the run asks for (the task's `resources`, as `TaskRun.resources`), for a
+        worker that hands devices out (say, sets ``CUDA_VISIBLE_DEVICES``)."""
+        return self.task.options.resources
+
     def fill(self, upstream: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | State:
         """The arguments with each placeholder replaced by its upstream's value, or the
         final UpstreamFailed state when an upstream did not complete."""
@@ -395,7 +401,11 @@ def _nested_runner() -> TaskRunner:
             if runner is None or runner.closed:
                 from baton._runners.thread import ThreadRunner
 
-                runner = _default_nested = ThreadRunner().start()
+                made = ThreadRunner()
+                # Runs a task submits on a worker run inside the worker its run holds:
+                # the capacities it asked for are the flow's runner's, not enforced here.
+                made.ignores_resources = True
+                runner = _default_nested = made.start()
     return runner
 
 

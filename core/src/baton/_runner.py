@@ -39,6 +39,11 @@ class Capability(str, enum.Enum):
     """Connects to an existing cluster by address (URL forms such as dask://host:port)."""
     NATIVE_DEPENDENCIES = "native-dependencies"
     """Passes upstream results worker to worker, never through the driver."""
+    PRIORITIES = "priorities"
+    """Among runs waiting for a worker or for resources, starts higher `priority` first."""
+    RESOURCES = "resources"
+    """Honours a task's `resources`: runs whose requests together exceed a capacity
+    never run at once, and a request no capacity can satisfy is an error at submit."""
 
     def __str__(self) -> str:
         return self.value

@@ -10,7 +10,7 @@ import re
 import string
 import sys
 import types
-from collections.abc import AsyncIterable, Callable, Iterable
+from collections.abc import AsyncIterable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from typing_extensions import ParamSpec
@@ -61,6 +61,9 @@ class Task(Generic[P, R]):
         self.is_async = inspect.iscoroutinefunction(fn)
         self._signature = inspect.signature(fn)
         check_reserved_parameters(self._signature, f"task {self.name!r}")
+        # `priority=` of `.submit`/`.map` is the run's, unless the function takes it.
+        own = self._signature.parameters.get("priority")
+        self._priority_option = own is None or own.kind is own.VAR_KEYWORD
         self._fast_arity = _fast_arity(self._signature)
         self._check_run_name()
         functools.update_wrapper(self, fn)
@@ -196,8 +199,13 @@ class Task(Generic[P, R]):
         adds dependencies that pass no data.
         """
         wait_for = _wait_for_tuple(kwargs.pop("wait_for", None))
+        priority = None
+        if kwargs and self._priority_option and "priority" in kwargs:
+            priority = _call_priority(self, kwargs.pop("priority"), "submit")
         self.check_arguments(args, kwargs)
         run, upstreams = self._new_run(args, kwargs, wait_for)
+        if priority is not None:
+            run.priority = priority
         return run.scope.submit(run, upstreams)
 
     def _new_run(
@@ -233,7 +241,12 @@ class Task(Generic[P, R]):
 
         wait_for = _wait_for_tuple(kwargs.pop("wait_for", None))
         max_in_flight = kwargs.pop("max_in_flight", None)
-        return map_task(self, args, kwargs, wait_for, max_in_flight)
+        mapped: Task[P, R] = self
+        if self._priority_option and "priority" in kwargs:
+            priority = _call_priority(self, kwargs.pop("priority"), "map")
+            if priority != self.options.priority:
+                mapped = self.with_options(priority=priority)
+        return map_task(mapped, args, kwargs, wait_for, max_in_flight)
 
     # -- plumbing -----------------------------------------------------------------
 
@@ -393,6 +406,17 @@ def _fast_arity(signature: inspect.Signature) -> tuple[int, int] | None:
     return (required, total)
 
 
+def _call_priority(task: Task[..., Any], value: Any, method: str) -> int:
+    from baton._resources import check_priority
+
+    try:
+        return check_priority(value)
+    except ValueError as exc:
+        raise InvalidOptionsError(
+            f"{task.name}.{method}(): priority {exc} (got {value!r})"
+        ) from None
+
+
 def _wait_for_tuple(wait_for: Any) -> tuple[Any, ...]:
     if wait_for is None:
         return ()
@@ -421,6 +445,8 @@ def task(
     tags: Iterable[str] = (),
     on_completion: Iterable[Callable[..., Any]] | Callable[..., Any] = (),
     on_failure: Iterable[Callable[..., Any]] | Callable[..., Any] = (),
+    priority: int = 0,
+    resources: Mapping[str, float] | None = None,
 ) -> Callable[[Callable[P, R]], Task[P, R]]: ...
 
 
@@ -432,8 +458,11 @@ def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
     (seconds, a list, or a callable such as `exponential_backoff(2)`),
     `retry_jitter_factor`, `retry_condition_fn(task, task_run, state) -> bool`,
     `timeout_seconds`, `tags`, `on_completion` and `on_failure` hooks
-    (`hook(task, task_run, state)`). They are validated here, with an error that
-    names the option.
+    (`hook(task, task_run, state)`), `priority` (a whole number >= 0: among runs
+    waiting to start, higher first; `.submit(..., priority=)` and `.map(...,
+    priority=)` set it per call) and `resources` (amounts each run holds while it
+    runs, such as ``{"GPU": 1}``; see docs/limits.md). They are validated here, with
+    an error that names the option.
 
     >>> from baton import task
     >>> @task(retries=2)

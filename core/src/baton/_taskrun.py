@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import contextvars
 import itertools
 import logging
 from typing import TYPE_CHECKING, Any, final
 
+from baton._context import current_task_run_var
 from baton._engine import run_async, run_sync
 from baton._remote import RunCall
 from baton._states import State, StateType
@@ -23,9 +23,7 @@ __all__ = ["TaskRun", "current_task_run"]
 logger = logging.getLogger("baton")
 
 _ids = itertools.count(1)
-_current_task_run: contextvars.ContextVar[TaskRun | None] = contextvars.ContextVar(
-    "baton_task_run", default=None
-)
+_current_task_run = current_task_run_var
 
 
 def current_task_run() -> TaskRun | None:
@@ -56,6 +54,7 @@ class TaskRun:
         "kwargs",
         "map_id",
         "map_index",
+        "priority",
         "scope",
         "task",
         "trace",
@@ -76,6 +75,9 @@ class TaskRun:
         self.kwargs = kwargs
         self.scope = scope
         self.wait_for = wait_for
+        self.priority: int = task.options.priority
+        """Among runs waiting for a worker or for resources, higher goes first: the
+        task's `priority`, or the one given to this `.submit`/`.map`."""
         self.future: Future[Any]
         self._name: str | None = None
         self._native_upstreams: list[Future[Any]] | None = None
@@ -102,6 +104,12 @@ class TaskRun:
     def parameters(self) -> dict[str, Any]:
         """The call's arguments by parameter name, defaults included."""
         return self.task.parameters_of(self.args, self.kwargs)
+
+    @property
+    def resources(self) -> dict[str, float]:
+        """What the run asks for (the task's `resources`), such as ``{"GPU": 1.0}``:
+        held from its start until it is final. Do not change it."""
+        return self.task.options.resources
 
     @property
     def state(self) -> State:

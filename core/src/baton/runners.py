@@ -18,6 +18,16 @@ On the worker
     byte stream, `RemoteResult.portable()` for engines that pickle it themselves.
     `lend_slot(pool)` lets a worker that waits on nested runs give its slot up.
 
+Priorities and resources
+    `TaskRun.priority` (the task's `priority`, or the one given to `.submit`/`.map`)
+    and `TaskRun.resources` (the task's `resources`, such as ``{"GPU": 1.0}``) are
+    what a run asks for (`RunCall.resources` on the worker): map them to the
+    engine's own mechanism, or order the runs
+    you hold back with a `RunQueue` (higher priority first, FIFO within one). A run
+    that waits for resources reads PENDING, named `AWAITING_RESOURCES`; a request
+    that can never be met should raise from `submit`. Declare
+    `Capability.PRIORITIES` / `Capability.RESOURCES` for the conformance tests.
+
 Attempts, crashes and hard timeouts
     `Attempts` is the one retry rule, for the engine and for every runner that
     sees an attempt end outside it: the worker died (`worker_lost`) or it ran past
@@ -74,6 +84,7 @@ from baton._remote import (
     run_call,
 )
 from baton._resolve import Upstream
+from baton._resources import AWAITING_RESOURCES, RunQueue
 from baton._runner import Capability, TaskRunner
 from baton._states import upstream_failed
 from baton._taskrun import TaskRun, current_task_run
@@ -90,6 +101,7 @@ if TYPE_CHECKING:
     from pydantic import BaseModel
 
 __all__ = [
+    "AWAITING_RESOURCES",
     "FINAL_STATE_TYPES",
     "Attempts",
     "Capability",
@@ -101,6 +113,7 @@ __all__ = [
     "Retry",
     "RunCall",
     "RunInfo",
+    "RunQueue",
     "SlotLender",
     "TaskRun",
     "TaskRunner",

@@ -22,7 +22,6 @@ import sys
 import threading
 import time
 import weakref
-from collections import deque
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
 
@@ -54,7 +53,7 @@ from baton._runners._worker import (
     split_frames,
     worker_command,
 )
-from baton.runners import RemoteResult, decode_result, timed_out, worker_lost
+from baton.runners import RemoteResult, RunQueue, decode_result, timed_out, worker_lost
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -131,7 +130,7 @@ class WorkerPool(PoolStopping):
         self._lifeline_r, self._lifeline_w = os.pipe()
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
-        self._queue: deque[Job] = deque()
+        self._queue: RunQueue[Job] = RunQueue()  # by priority, FIFO within one
         self._timers: list[tuple[float, int, Job]] = []
         self._sequence = itertools.count()
         self._workers: list[WorkerProcess] = []
@@ -310,7 +309,7 @@ class WorkerPool(PoolStopping):
             except Empty:
                 return
             if not job.cancelled:
-                queue.append(job)
+                queue.append(job, job.run.priority)
 
     def _forget_tasks(self) -> None:
         while True:
@@ -342,13 +341,13 @@ class WorkerPool(PoolStopping):
         while timers and timers[0][0] <= now:
             job = heapq.heappop(timers)[2]
             if not job.cancelled:
-                self._queue.appendleft(job)
+                self._queue.appendleft(job, job.run.priority)
 
     # -- sending work -------------------------------------------------------------------
 
     def _assign(self) -> None:
         queue = self._queue
-        while queue and queue[0].cancelled:
+        while queue and queue.peek().cancelled:
             queue.popleft()
         if not queue or self._broken is not None or self._stop == "now":
             return
@@ -383,7 +382,7 @@ class WorkerPool(PoolStopping):
         batch: list[Job] = []
         idle = session is None
         while queue and len(batch) < limit:
-            job = queue[0]
+            job = queue.peek()
             if job.cancelled:
                 queue.popleft()
                 continue
@@ -696,7 +695,7 @@ class WorkerPool(PoolStopping):
         if delay > 0:
             heapq.heappush(self._timers, (time.monotonic() + delay, next(self._sequence), job))
         else:
-            self._queue.appendleft(job)
+            self._queue.appendleft(job, run.priority)
 
     def _requeue(self, jobs: list[Job]) -> None:
         if self._broken is not None or self._stop == "now":
@@ -708,7 +707,7 @@ class WorkerPool(PoolStopping):
             if job.session.aborted:
                 self._cancel(job)
             else:
-                self._queue.appendleft(job)
+                self._queue.appendleft(job, job.run.priority)
 
     def _break(self, message: str) -> None:
         """The pool cannot run anything (its initializer fails, workers cannot start)."""

@@ -12,7 +12,6 @@ import selectors
 import threading
 import time
 import weakref
-from collections import deque
 from collections.abc import Callable
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Any
@@ -28,6 +27,7 @@ from baton._runners._process_jobs import (
     reap,
 )
 from baton._runners._worker import STOP
+from baton.runners import RunQueue
 
 logger = logging.getLogger("baton")
 
@@ -41,7 +41,7 @@ class PoolStopping:
     """The stopping half of `WorkerPool`."""
 
     leases: int
-    _queue: deque[Job]
+    _queue: RunQueue[Job]
     _timers: list[tuple[float, int, Job]]
     _workers: list[WorkerProcess]
     _incoming: SimpleQueue[Job]
@@ -85,12 +85,12 @@ class PoolStopping:
         queued or waiting to retry, kill the workers that hold the others (a worker
         holds the runs of one runner at a time)."""
         self._take_incoming()
-        keep: deque[Job] = deque()
+        keep: RunQueue[Job] = RunQueue()
         for job in self._queue:
             if job.session is session:
                 self._cancel(job)
             elif not job.cancelled:
-                keep.append(job)
+                keep.append(job, job.run.priority)
         self._queue = keep
         timers = [t for t in self._timers if t[2].session is not session]
         for _, _, job in self._timers:
@@ -147,12 +147,12 @@ class PoolStopping:
         those waiting to retry or to be sent again)."""
         if not everything and not any(not j.dispatched for j in self._queue):
             return
-        keep: deque[Job] = deque()
+        keep: RunQueue[Job] = RunQueue()
         for job in self._queue:
             if job.cancelled:
                 continue
             if job.dispatched and not everything:
-                keep.append(job)
+                keep.append(job, job.run.priority)
                 continue
             self._cancel(job)
         self._queue = keep

@@ -46,6 +46,11 @@ For CPU-bound Python code, which threads cannot run in parallel. What it does:
 - **Large data without copies.** NumPy arrays and other pickle-protocol-5 buffers,
   and large `bytes`, in results and arguments travel through shared memory, not
   the socket (see `_process_shm`).
+- **Priorities and resources.** Runs waiting for a worker are sent by `priority`,
+  higher first (runs already sent ahead to a busy worker, in batches when many
+  wait, keep their place). `resources` declares capacities (``{"GPU": 2}``): a run
+  of a task with ``resources={"GPU": 1}`` waits, PENDING ``AwaitingResources``,
+  until one is free, and a request beyond them is an error at submit.
 
 Overhead per run is a few tens of microseconds: a task is sent to each worker
 once, then only its runs' arguments, several runs per message when many wait.
@@ -61,11 +66,14 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, final
 
 from baton import BatonError, InvalidOptionsError, RunnerClosedError
+from baton._resources import ResourcePool, check_capacities
 from baton._runners import _worker
 from baton._runners._worker import WorkerLoadError
 from baton.runners import Capability, RemoteTaskError, TaskRunner, cloudpickle_dumps
 
 if TYPE_CHECKING:
+    from collections.abc import Mapping
+
     from baton import TaskRun
     from baton._runners._process_jobs import Session
     from baton._runners._process_pool import WorkerPool
@@ -88,7 +96,7 @@ class ProcessRunner(TaskRunner):
     `max_workers` defaults to the `BATON_PROCESS_MAX_WORKERS` setting, else the
     number of CPUs. `initializer(*initargs)` runs once in each worker as it starts
     (both are pickled with cloudpickle); if it raises, runs end CRASHED with its
-    traceback.
+    traceback. `resources` declares capacities for tasks' `resources` (``{"GPU": 2}``).
 
     Started by a flow run (selected by name, or given unstarted to ``@flow``), it
     takes warm workers from the pool shared by the flow runs whose runner has the
@@ -116,6 +124,8 @@ class ProcessRunner(TaskRunner):
             Capability.ASYNC,
             Capability.HARD_TIMEOUTS,
             Capability.CRASH_DETECTION,
+            Capability.PRIORITIES,
+            Capability.RESOURCES,
         }
     )
 
@@ -125,6 +135,7 @@ class ProcessRunner(TaskRunner):
         initializer: Callable[..., object] | None = None,
         initargs: tuple[Any, ...] | list[Any] = (),
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
+        resources: Mapping[str, float] | None = None,
     ) -> None:
         problems: list[str] = []
         if idle_timeout is not None and (
@@ -154,9 +165,11 @@ class ProcessRunner(TaskRunner):
         self.initializer = initializer
         self.initargs = tuple(initargs)
         self.idle_timeout = idle_timeout
+        self.resources = check_capacities("process", resources)
         self._pool: WorkerPool | None = None
         self._session: Session | None = None
         self._warm = False
+        self._gate: ResourcePool | None = None
 
     def on_start(self) -> None:
         if os.name != "posix":
@@ -186,6 +199,8 @@ class ProcessRunner(TaskRunner):
                     f"cannot be pickled to send them to the workers ({type(exc).__name__}: "
                     f"{exc})"
                 ) from exc
+        if self.resources is not None:
+            self._gate = ResourcePool("process", self.resources)
         if self._flow_run_owned:
             from baton._runners._process_shared import lease
 
@@ -200,6 +215,10 @@ class ProcessRunner(TaskRunner):
         self._warm = False
 
     def on_shutdown(self, wait: bool) -> None:
+        gate, self._gate = self._gate, None
+        if gate is not None:
+            for future in gate.drain():
+                future.cancel()
         pool, self._pool = self._pool, None
         session, self._session = self._session, None
         if pool is None or session is None:
@@ -215,7 +234,11 @@ class ProcessRunner(TaskRunner):
         pool, session = self._pool, self._session
         if pool is None or session is None:
             raise RunnerClosedError(f"Task runner 'process' is not started ({self._status}).")
-        pool.submit(run, session)
+        if run.task.options.resources:
+            gate = self._gate or ResourcePool("process", {})  # raises, naming what to declare
+            gate.offer(run, lambda: pool.submit(run, session))
+        else:
+            pool.submit(run, session)
 
     def cancel(self, run: TaskRun) -> bool:
         pool = self._pool

@@ -141,6 +141,10 @@ class TestConformance(RunnerConformance):
     @pytest.fixture
     def runner_name(self):
         return globals().get("_NAME")
+
+    @pytest.fixture
+    def resource_capacity(self):
+        return {resources!r}
 '''
 
 _BY_NAME = """\
@@ -150,7 +154,7 @@ _NAME = {name!r}
 
 
 def _build():
-    return get_runner(_NAME)
+    return get_runner(_NAME, **{options!r})
 """
 
 _BY_FACTORY = """\
@@ -172,6 +176,7 @@ def check_runner(
     pytest_args: Sequence[str] = (),
     echo: bool = False,
     timeout: float | None = None,
+    resources: Mapping[str, float] | None = None,
 ) -> Report:
     """Run the conformance kit against a runner, in a new pytest process, and report.
 
@@ -181,7 +186,10 @@ def check_runner(
     the new Python processes of the tests that run a script; one given by a callable
     skips those tests. `pytest_args` go to pytest (``["-x"]``, ``["-k",
     "retries"]``). With `echo`, pytest's output goes to this process's stdout as it
-    comes; otherwise it is kept in `Report.output`.
+    comes; otherwise it is kept in `Report.output`. `resources` names one resource
+    and the capacity the runner has of it in all, for the tests of priorities and
+    resources (``{"slot": 1}``); a runner given by name is then built with
+    ``get_runner(name, resources=resources)``, one given by a callable must have it.
 
     ```py
     from baton.testing import check_runner
@@ -200,7 +208,9 @@ def check_runner(
         from baton._plugins import lookup_runner
 
         lookup_runner(runner)  # an unknown name fails here, listing the installed runners
-        build = _BY_NAME.format(name=runner)
+        build = _BY_NAME.format(
+            name=runner, options={"resources": dict(resources)} if resources else {}
+        )
         label = runner
     elif callable(runner):
         build = _BY_FACTORY
@@ -217,7 +227,14 @@ def check_runner(
 
             (directory / "runner_factory.pkl").write_bytes(cloudpickle_dumps(runner))
         module = directory / "test_baton_conformance.py"
-        module.write_text(_MODULE.format(build=build.rstrip(), level=level, known=known))
+        module.write_text(
+            _MODULE.format(
+                build=build.rstrip(),
+                level=level,
+                known=known,
+                resources=dict(resources) if resources else None,
+            )
+        )
         # An ini file of its own, so that the settings of whatever project this runs in
         # (filterwarnings = error, xfail_strict, plugins) do not apply to the kit.
         ini = directory / "pytest.ini"

@@ -14,12 +14,13 @@ from typing import Any, ClassVar, TypeVar, final
 
 import pytest
 
-from baton import State, TaskRunner, flow
+from baton import Capability, State, TaskRunner, flow
 from baton.testing._rendezvous import WAIT_SECONDS, Rendezvous
 from baton.testing._spec import LATEST_LEVEL, Spec, spec_of
 from baton.testing._suite_api import SubmitAndMapTests
 from baton.testing._suite_failures import FailureTests
 from baton.testing._suite_futures import FutureTests
+from baton.testing._suite_limits import LimitTests
 from baton.testing._suite_runner import RunnerTests
 from baton.testing._suite_workers import WorkerTests
 from baton.testing._tasks import where
@@ -39,8 +40,11 @@ class Kit:
         rendezvous: Rendezvous,
         test: str,
         runner_name: str | None = None,
+        resource: tuple[str, float] | None = None,
     ) -> None:
         self.runner = runner
+        self.resource = resource
+        """A resource of the runner and its whole capacity, from `resource_capacity`."""
         self.rv = rendezvous
         self.test = test
         self.runner_name = runner_name
@@ -133,7 +137,9 @@ def _alive(pid: int, ident: int) -> bool:
         return True
 
 
-class RunnerConformance(SubmitAndMapTests, FutureTests, FailureTests, RunnerTests, WorkerTests):
+class RunnerConformance(
+    SubmitAndMapTests, FutureTests, FailureTests, RunnerTests, WorkerTests, LimitTests
+):
     """The conformance tests of a task runner: subclass it and supply a `runner` fixture.
 
     The fixture returns a new, unstarted runner, built the way its users build it,
@@ -175,6 +181,12 @@ class RunnerConformance(SubmitAndMapTests, FutureTests, FailureTests, RunnerTest
     Tests that run a script in a new Python process select the runner there by the
     name or URL the `runner_name` fixture returns (as ``BATON_TASK_RUNNER`` takes
     it); it returns None by default, and those tests are then skipped, saying so.
+
+    Tests of priorities and resources (capabilities `priorities`, `resources`) need a
+    resource of which the runner, as the `runner` fixture builds it, has a known
+    capacity in all: return it from a `resource_capacity` fixture, such as
+    ``{"slot": 1}`` for ``MyRunner(resources={"slot": 1})``; without it they are
+    skipped, saying so.
 
     Tests of a capability the runner does not declare (`TaskRunner.capabilities`)
     are skipped with a reason that names the runner and the capability. Tests that
@@ -238,8 +250,19 @@ class RunnerConformance(SubmitAndMapTests, FutureTests, FailureTests, RunnerTest
         return None
 
     @pytest.fixture
+    def resource_capacity(self) -> Mapping[str, float] | None:
+        """Override: one resource and the capacity the runner has of it in all (such as
+        ``{"slot": 1}``), for the tests of priorities and resources; None (the default)
+        skips them."""
+        return None
+
+    @pytest.fixture
     def kit(
-        self, request: pytest.FixtureRequest, runner: TaskRunner, runner_name: str | None
+        self,
+        request: pytest.FixtureRequest,
+        runner: TaskRunner,
+        runner_name: str | None,
+        resource_capacity: Mapping[str, float] | None,
     ) -> Iterator[Kit]:
         """The runner under test, started (unless the test manages it), and helpers."""
         test = request.function
@@ -262,8 +285,9 @@ class RunnerConformance(SubmitAndMapTests, FutureTests, FailureTests, RunnerTest
             )
         )
         _skip_unless_applicable(request, spec, runner, label, type(self), runner_name)
+        resource = _kit_resource(request, spec, resource_capacity, type(self).__name__)
         directory = tempfile.mkdtemp(prefix="baton-conformance-")
-        kit = Kit(runner, Rendezvous(directory), test.__name__, runner_name)
+        kit = Kit(runner, Rendezvous(directory), test.__name__, runner_name, resource)
         try:
             if not spec.manages_runner:
                 runner.start()
@@ -285,6 +309,32 @@ class RunnerConformance(SubmitAndMapTests, FutureTests, FailureTests, RunnerTest
             kit.rv.abort()  # runs still waiting on markers give up now
             runner.shutdown(wait=True)
             shutil.rmtree(directory, ignore_errors=True)
+
+
+def _kit_resource(
+    request: pytest.FixtureRequest,
+    spec: Spec,
+    capacity: Mapping[str, float] | None,
+    owner: str,
+) -> tuple[str, float] | None:
+    if Capability.RESOURCES not in spec.requires:
+        return None
+    if capacity is None:
+        _skip(
+            request,
+            "resource",
+            f"this test needs a resource of known capacity, and {owner} does not name one: "
+            "override its `resource_capacity` fixture to return one, such as {'slot': 1} for "
+            "a runner built with resources={'slot': 1}",
+        )
+    items = list(capacity.items()) if isinstance(capacity, Mapping) else []
+    if len(items) != 1 or not isinstance(items[0][1], (int, float)) or items[0][1] <= 0:
+        pytest.fail(
+            f"the resource_capacity fixture of {owner} must return one resource and its "
+            f"capacity, such as {{'slot': 1}}; got {capacity!r}",
+            pytrace=False,
+        )
+    return items[0][0], float(items[0][1])
 
 
 def _check_fixture(runner: object, owner: str) -> None:

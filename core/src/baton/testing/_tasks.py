@@ -52,6 +52,7 @@ __all__ = [
     "finish_after",
     "fire_and_forget",
     "flaky",
+    "hold",
     "hold_connection",
     "inc",
     "is_future",
@@ -219,6 +220,22 @@ def exit_counted(rv: Rendezvous, tag: str, kind: str) -> NoReturn:
 
 
 @_loose
+@task
+def hold(rv: Rendezvous, name: str, gate: str | None = None) -> tuple[int, int]:
+    """Mark `started-<name>`, wait for marker `gate` (if any), mark `ended-<name>`; return
+    when the run started and ended (``time.time_ns()``, comparable across processes of
+    one machine), so that the test reads the order of runs from the runs themselves."""
+    import time
+
+    started = time.time_ns()
+    rv.signal(f"started-{name}", str(started))
+    if gate is not None:
+        rv.wait(gate)
+    ended = time.time_ns()
+    rv.signal(f"ended-{name}", str(ended))
+    return started, ended
+
+
 @task
 def hold_connection(port: int) -> bytes:
     """Connect to 127.0.0.1:`port`, then block in a C call (a socket read) until the other

@@ -9,13 +9,24 @@ import functools
 import importlib
 import os
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from baton import InvalidOptionsError
 from pydantic import BaseModel, ConfigDict, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
-__all__ = ["Placement", "RunnerOptions", "dask_options", "placement_for", "validate"]
+if TYPE_CHECKING:
+    from baton.runners import TaskRun
+
+__all__ = [
+    "Placement",
+    "RunnerOptions",
+    "check_feasible",
+    "dask_options",
+    "placement_for",
+    "task_placement",
+    "validate",
+]
 
 # Address schemes Dask's comms understand.
 _SCHEMES = frozenset({"tcp", "tls", "ucx", "ws", "wss", "inproc"})
@@ -339,3 +350,48 @@ def placement_for(tags: frozenset[str]) -> Placement | None:
     if context is not None:
         placement = context if placement is None else placement.merged(context)
     return placement
+
+
+@functools.lru_cache(maxsize=256)
+def _task_placement(priority: int, resources: tuple[tuple[str, float], ...]) -> Placement:
+    return Placement(resources, priority or None)
+
+
+def task_placement(priority: int, resources: Mapping[str, float]) -> Placement:
+    """A task's own `priority` and `resources` as Dask's (``client.submit(priority=,
+    resources=)``); tags, ``dask.annotate`` and `dask_options` are laid over it."""
+    return _task_placement(priority, tuple(sorted(resources.items())))
+
+
+def check_feasible(
+    run: TaskRun,
+    resources: tuple[tuple[str, float], ...],
+    client: Any,
+    feasible: set[tuple[tuple[str, float], ...]],
+) -> None:
+    """Raise InvalidOptionsError when the cluster has workers and none of them has
+    `resources` (Dask would hold the run until such a worker joins). A request that
+    fits is remembered in `feasible`, so the scheduler is asked once per request."""
+    if resources in feasible:
+        return
+    try:
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+    except TypeError:  # an older distributed: every worker is listed anyway
+        workers = client.scheduler_info().get("workers", {})
+    except Exception:  # the cluster cannot say: let Dask decide
+        return
+    if not workers:
+        return  # none yet (an adaptive cluster, workers starting): Dask waits for them
+    offered = [dict(info.get("resources") or {}) for info in workers.values()]
+    if any(all(w.get(name, 0) >= amount for name, amount in resources) for w in offered):
+        feasible.add(resources)
+        return
+    wanted = ", ".join(f"{name}={amount:g}" for name, amount in resources)
+    seen = sorted({f"{k}={v:g}" for w in offered for k, v in w.items()})
+    raise InvalidOptionsError(
+        f"Task run {run.name!r} (task {run.task.name!r}) asks for Dask resources {wanted}, "
+        f"but none of the cluster's {len(workers)} workers has them (their resources: "
+        f"{', '.join(seen) or 'none'}), so it would wait forever. Start workers that have "
+        f'them (dask worker ... --resources "{wanted.replace(", ", ",")}", or '
+        "LocalCluster(resources={...})), or ask for less."
+    )

@@ -11,7 +11,13 @@ from urllib.parse import urlsplit
 
 from baton import BatonError, Capability, InvalidOptionsError, RunnerClosedError, TaskRunner
 
-from baton_dask._options import RunnerOptions, placement_for, validate
+from baton_dask._options import (
+    RunnerOptions,
+    check_feasible,
+    placement_for,
+    task_placement,
+    validate,
+)
 from baton_dask._session import Session
 
 if TYPE_CHECKING:
@@ -74,6 +80,8 @@ class DaskTaskRunner(TaskRunner):
             Capability.CRASH_DETECTION,
             Capability.CONNECT,
             Capability.NATIVE_DEPENDENCIES,
+            Capability.PRIORITIES,
+            Capability.RESOURCES,
         }
     )
     url_schemes = ("dask", "dask+tls")
@@ -101,6 +109,7 @@ class DaskTaskRunner(TaskRunner):
             }
         )
         self._session: Session | None = None
+        self._feasible: set[tuple[tuple[str, float], ...]] = set()
         self._client: Client | None = None
         self._cluster: Any = None
         self._report: Any = None
@@ -284,8 +293,15 @@ class DaskTaskRunner(TaskRunner):
         session = self._session
         if session is None:
             raise RunnerClosedError(f"Task runner 'dask' is not started ({self._status}).")
-        tags = run.task.options.tags
-        session.submit(run, placement_for(tags))
+        options = run.task.options
+        placement = placement_for(options.tags)
+        if run.priority or options.resources:
+            # The task's own priority and resources, under what tags and blocks set.
+            own = task_placement(run.priority, options.resources)
+            placement = own if placement is None else own.merged(placement)
+        if placement is not None and placement.resources and not placement.workers:
+            check_feasible(run, placement.resources, session.client, self._feasible)
+        session.submit(run, placement)
 
     def cancel(self, run: TaskRun) -> bool:
         """Drop a run's Dask task (and its dependents). A task already running on a worker

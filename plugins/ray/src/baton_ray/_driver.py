@@ -11,7 +11,9 @@ A run that can be retried (`retries`, or a `timeout_seconds` that kills an attem
 is sent one attempt at a time; the driver retries after the delay, also when the
 attempt's worker died or its timeout killed it.
 
-At most `max_pending` runs are in Ray at once; the rest wait in a queue, in order.
+At most `max_pending` runs are in Ray at once; the rest wait in a queue, by priority
+(higher first), in order within one. Ray has no priorities of its own: once a run is
+in Ray, Ray decides when it starts.
 """
 
 from __future__ import annotations
@@ -23,7 +25,6 @@ import pickle
 import threading
 import uuid
 import weakref
-from collections import deque
 from collections.abc import Callable, Mapping
 from functools import partial
 from queue import SimpleQueue
@@ -41,6 +42,7 @@ from baton.runners import (
     FINAL_STATE_TYPES,
     Attempts,
     RemoteResult,
+    RunQueue,
     Upstream,
     dumps,
     upstream_failed,
@@ -48,7 +50,13 @@ from baton.runners import (
 from ray import exceptions as ray_errors
 
 from baton_ray._failures import argument_error, failure_state, first_line, read_error
-from baton_ray._options import current_options, merge, options_from_tags
+from baton_ray._options import (
+    cluster_shortfall,
+    current_options,
+    merge,
+    options_from_resources,
+    options_from_tags,
+)
 from baton_ray._watcher import Watcher
 from baton_ray._worker import (
     FINAL,
@@ -301,15 +309,32 @@ class Driver:
         """Whether the Ray session this driver's results live in has been shut down."""
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._queue: deque[_Job] = deque()
+        self._queue: RunQueue[_Job] = RunQueue()  # by priority, FIFO within one
         self._active: dict[int, _Job] = {}  # holding a place in Ray, by run id
         self._parked: dict[int, _Job] = {}  # waiting for an upstream run or a retry delay
         self._reports: SimpleQueue[tuple[_Job, Any, Any] | None] = SimpleQueue()
         self._reporter: threading.Thread | None = None
         self._watcher: Watcher | None = None
         self._closing: str | None = None
+        self._fitting: set[Any] = set()  # Ray options known to fit the cluster
 
     # -- handing runs over ----------------------------------------------------------------
+
+    def _check_fits(self, run: TaskRun, ray_options: Mapping[str, Any]) -> None:
+        """Raise when the run asks for more than the whole cluster has (Ray would hold
+        it forever, waiting for nodes that never come). Asked once per set of options."""
+        key = _freeze(ray_options)
+        if key in self._fitting:
+            return
+        shortfall = cluster_shortfall(ray_options)
+        if shortfall:
+            raise InvalidOptionsError(
+                f"Task run {run.name!r} (task {run.task.name!r}) asks for more than the Ray "
+                f"cluster has in all: {shortfall}, so it could never start. Ask for less, or "
+                "start Ray with more (ray.init(num_gpus=..., resources={...}) or "
+                "ray start --resources=...)."
+            )
+        self._fitting.add(key)
 
     def submit(self, run: TaskRun) -> None:
         task = run.task
@@ -322,6 +347,10 @@ class Driver:
             else ATTEMPT
         )
         ray_options = merge(options_from_tags(options.tags, task.name), current_options())
+        if options.resources:
+            ray_options = merge(options_from_resources(options.resources), ray_options)
+        if ray_options:
+            self._check_fits(run, ray_options)
         remote = _remote_for(kind, ray_options, run)
         key, blob = _task_payload(run)
         call, upstreams = run.native_call()
@@ -337,7 +366,7 @@ class Driver:
                     f"Cannot submit task run {run.name!r}: task runner 'ray' is shutting down."
                 )
             if self._queue or len(self._active) >= self.max_pending:
-                self._queue.append(job)
+                self._queue.append(job, job.run.priority)
                 return
             self._active[run.id] = job
         self._launch(job, raise_errors=True)
@@ -419,7 +448,7 @@ class Driver:
                 self._idle.notify_all()
                 return
             if self._queue or len(self._active) >= self.max_pending:
-                self._queue.append(job)
+                self._queue.append(job, job.run.priority)
                 return
             self._active[run.id] = job
         self._launch(job)
@@ -580,7 +609,7 @@ class Driver:
                 for queued in self._queue:
                     if queued.run is run:
                         job = queued
-                        self._queue.remove(queued)
+                        self._queue.remove(queued, run.priority)
                         break
             if job is not None:
                 if not self._active and not self._queue and not self._parked:

@@ -16,8 +16,10 @@ from baton import InvalidOptionsError
 
 __all__ = [
     "TAG_PREFIX",
+    "cluster_shortfall",
     "current_options",
     "merge",
+    "options_from_resources",
     "options_from_tags",
     "remote_options",
     "validate",
@@ -199,3 +201,55 @@ def options_from_tags(tags: frozenset[str], task_name: str) -> Mapping[str, Any]
         _tag_cache.clear()
     _tag_cache[tags] = validated
     return validated
+
+
+_resource_cache: dict[tuple[tuple[str, float], ...], Mapping[str, Any]] = {}
+
+
+def options_from_resources(resources: Mapping[str, float]) -> Mapping[str, Any]:
+    """A task's `resources` as Ray options: ``GPU`` as num_gpus, ``CPU`` as num_cpus,
+    ``memory`` (bytes) as memory, any other name as a custom resource."""
+    key = tuple(sorted(resources.items()))
+    found = _resource_cache.get(key)
+    if found is not None:
+        return found
+    options: dict[str, Any] = {}
+    for name, amount in key:
+        option = _RESERVED.get(name)
+        if option == "memory":
+            options[option] = int(amount)
+        elif option is not None:
+            options[option] = int(amount) if float(amount).is_integer() else amount
+        else:
+            options.setdefault("resources", {})[name] = amount
+    if len(_resource_cache) > 256:
+        _resource_cache.clear()
+    _resource_cache[key] = options
+    return options
+
+
+def cluster_shortfall(options: Mapping[str, Any]) -> str:
+    """What `options` ask for beyond the Ray cluster's total resources ("" if nothing)."""
+    import ray
+
+    wanted: dict[str, float] = {}
+    for name, option in _RESERVED.items():
+        amount = options.get(option)
+        if amount:
+            wanted[name] = float(amount)
+    for name, amount in (options.get("resources") or {}).items():
+        if amount:
+            wanted[name] = float(amount)
+    if not wanted:
+        return ""
+    try:
+        resources_of: Any = ray.cluster_resources
+        total: dict[str, float] = resources_of()
+    except Exception:  # the cluster cannot say: let Ray decide
+        return ""
+    short = [
+        f"{name}={amount:g} (the cluster has {total.get(name, 0):g})"
+        for name, amount in sorted(wanted.items())
+        if amount > total.get(name, 0)
+    ]
+    return ", ".join(short)

@@ -71,6 +71,7 @@ class RayTaskRunner(TaskRunner):
             Capability.CRASH_DETECTION,
             Capability.CONNECT,
             Capability.NATIVE_DEPENDENCIES,
+            Capability.RESOURCES,
         }
     )
     url_schemes = ("ray",)
