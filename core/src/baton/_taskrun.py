@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import itertools
 import logging
+import threading
 from typing import TYPE_CHECKING, Any, final
 
 from baton._engine import run_async, run_sync
@@ -44,6 +45,10 @@ class TaskRun:
 
     Before the runner sees it, every future in its arguments has been replaced by
     that future's result, and every run it waits for is final.
+
+    For observers it also says where and after what it ran: `worker` (set as it
+    starts), `upstream_ids` (the runs it waited for) and `parent_id` (the run whose
+    task submitted it).
     """
 
     __slots__ = (
@@ -53,9 +58,12 @@ class TaskRun:
         "future",
         "id",
         "kwargs",
+        "parent_id",
         "scope",
         "task",
+        "upstream_ids",
         "wait_for",
+        "worker",
     )
 
     def __init__(
@@ -75,6 +83,16 @@ class TaskRun:
         self.future: Future[Any]
         self._name: str | None = None
         self._native_upstreams: list[Future[Any]] | None = None
+        self.worker: str | None = None
+        """Where the run executes, set as it starts (None before, or when the runner
+        does not say): the thread's name on ``thread`` and ``sync``, ``"pid N"`` on
+        ``process``, the worker's address on ``dask``, ``"node ID pid N"`` on ``ray``."""
+        self.upstream_ids: tuple[int, ...] = ()
+        """The ids of the runs this one waited for (futures among its arguments and in
+        ``wait_for``), in the order they were found."""
+        parent = _current_task_run.get()
+        self.parent_id: int | None = None if parent is None else parent.id
+        """The id of the run whose task submitted (or called) this one, if any."""
 
     @property
     def name(self) -> str:
@@ -119,17 +137,23 @@ class TaskRun:
 
     # -- what runners call --------------------------------------------------------
 
-    def set_running(self) -> bool:
-        """Mark the run RUNNING. Returns False if it was cancelled meanwhile: skip it."""
+    def set_running(self, worker: str | None = None) -> bool:
+        """Mark the run RUNNING, on `worker` if given (see `worker`). Returns False if
+        it was cancelled meanwhile: skip it."""
         if not self.future._set_running():
             return False
+        if worker is not None:
+            self.worker = worker
         observe = self.scope.observe
         if observe is not None:
             observe(self, self.future._state)
         return True
 
-    def set_state(self, state: State) -> None:
-        """Record a state the run reached (final ones complete the future)."""
+    def set_state(self, state: State, worker: str | None = None) -> None:
+        """Record a state the run reached (final ones complete the future); `worker`,
+        if given, is where it runs now (a RUNNING state of a new attempt)."""
+        if worker is not None:
+            self.worker = worker
         if state.type is StateType.PENDING or state.type is StateType.RUNNING:
             self.future._set_interim(state)
             observe = self.scope.observe
@@ -160,7 +184,7 @@ class TaskRun:
             from baton._portal import run_blocking
 
             return run_blocking(self.execute_async())
-        if not self.set_running():
+        if not self.set_running(threading.current_thread().name):
             return self.future._state
         token = _current_task_run.set(self)
         scope_token = self.scope.enter()
@@ -183,7 +207,7 @@ class TaskRun:
 
     async def execute_async(self) -> State:
         """Run the engine for this async run on the running event loop."""
-        if not self.set_running():
+        if not self.set_running(threading.current_thread().name):
             return self.future._state
         token = _current_task_run.set(self)
         scope_token = self.scope.enter()

@@ -194,7 +194,8 @@ class _Reports:
             if entries is not None:
                 entries.append(entry)
                 return
-            self.pending[topic] = [entry]
+            # The worker's address first: the runs that follow started there.
+            self.pending[topic] = [self.worker.address, entry]
         loop: Any = self.worker.loop
         loop.add_callback(self._later)
 
@@ -243,7 +244,8 @@ def _reporter(topic: str, number: int) -> Any:
                 from distributed.utils import sync
 
                 rpc: Any = worker.scheduler
-                sync(worker.loop, rpc.log_event, topic=topic, msg=[[number, dumps(state)]])
+                msg = [[number, dumps(state), worker.address]]
+                sync(worker.loop, rpc.log_event, topic=topic, msg=msg)
             except Exception:  # the scheduler is out of reach: the run goes on regardless
                 pass
 
