@@ -156,9 +156,7 @@ def _one_run(
             continue
         final, final_at, final_name = extra, timestamp, name
         if started is not None:
-            made.append(
-                _attempt(run_id, len(made) + 1, started, timestamp, where or worker, name)
-            )
+            made.append(_attempt(run_id, len(made) + 1, started, timestamp, where or worker, name))
             started = None
         break
     if started is not None:  # no final state heard: the attempt lasted to the flow's end

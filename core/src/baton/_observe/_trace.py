@@ -180,6 +180,6 @@ def _arrows(record: FlowRecord, pids: dict[str, int], micros: Any) -> list[dict[
         if parent is not None and parent.attempts:
             holding = [a for a in parent.attempts if a.start <= first.start] or parent.attempts
             arrow("nested", holding[-1], first)
-        for before, after in zip(run.attempts, run.attempts[1:]):
+        for before, after in zip(run.attempts, run.attempts[1:], strict=False):
             arrow("retry", before, after)
     return arrows

@@ -14,9 +14,9 @@ with a small result, which travels in it; ``(STORED, unhandled, worker)`` for a 
 run whose value stays in the object store, where downstream runs read it;
 ``(FINAL, result, worker)`` for a run that did not complete, and
 ``(RETRY, result, worker)`` for an attempt to retry (`result` is the `RemoteResult`,
-made portable; `worker` names the worker that ran it, for `TaskRun.worker`). `unhandled` holds the runs the task
-submitted that failed with nothing handling them, which `TaskRun.finish` reports to
-the flow.
+made portable; `worker` names the worker that ran it, for `TaskRun.worker`).
+`unhandled` holds the runs the task submitted that failed with nothing handling them,
+which `TaskRun.finish` reports to the flow.
 
 `run_whole` makes every attempt here, hooks included: the run cannot be retried by
 the driver (no retries, no timeout), so its two ObjectRefs are final and downstream
