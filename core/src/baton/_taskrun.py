@@ -137,10 +137,11 @@ class TaskRun:
 
     # -- what runners call --------------------------------------------------------
 
-    def set_running(self, worker: str | None = None) -> bool:
-        """Mark the run RUNNING, on `worker` if given (see `worker`). Returns False if
-        it was cancelled meanwhile: skip it."""
-        if not self.future._set_running():
+    def set_running(self, worker: str | None = None, timestamp: float | None = None) -> bool:
+        """Mark the run RUNNING, on `worker` if given (see `worker`), since `timestamp`
+        (``time.time()`` where it started; default now). Returns False if it was
+        cancelled meanwhile: skip it."""
+        if not self.future._set_running(timestamp):
             return False
         if worker is not None:
             self.worker = worker

@@ -147,17 +147,20 @@ def _one_run(
                 started, where = timestamp, worker
             continue
         if type(extra) is str:  # a PENDING state between attempts (Retrying)
-            if started is not None:
-                made.append(
-                    _attempt(run_id, len(made) + 1, started, timestamp, where or worker, name)
-                )
-                started = None
+            # An attempt whose start was not heard before its end (a runner that sends
+            # starts in batches) is drawn as an instant at its end.
+            begun = timestamp if started is None else min(started, timestamp)
+            made.append(_attempt(run_id, len(made) + 1, begun, timestamp, where or worker, name))
+            started = None
             retry_messages.append(extra)
             continue
         final, final_at, final_name = extra, timestamp, name
         if started is not None:
-            made.append(_attempt(run_id, len(made) + 1, started, timestamp, where or worker, name))
+            begun = min(started, timestamp)
+            made.append(_attempt(run_id, len(made) + 1, begun, timestamp, where or worker, name))
             started = None
+        elif _ran(extra[2], name, worker, made):
+            made.append(_attempt(run_id, len(made) + 1, timestamp, timestamp, worker, name))
         break
     if started is not None:  # no final state heard: the attempt lasted to the flow's end
         made.append(_attempt(run_id, len(made) + 1, started, flow_end, where, "Running"))
@@ -183,6 +186,14 @@ def _one_run(
     record.attempts = made
     record.retry_messages = retry_messages
     return record, made
+
+
+def _ran(kind: str, name: str, worker: str | None, made: list[Attempt]) -> bool:
+    """Whether a run whose start was not heard ran all the same: it completed, or failed
+    where its runner said it ran, or after attempts that were heard."""
+    if name == "UpstreamFailed" or kind == "CANCELLED":
+        return False
+    return kind == "COMPLETED" or worker is not None or bool(made)
 
 
 def _attempt(

@@ -445,18 +445,22 @@ class Session:
                 return
 
     def _started(self, entries: Any) -> None:
-        """What a worker reported: its address, then the numbers of runs that started
-        there, and `[number, state, address]` for a later state of one (Retrying, then
-        RUNNING again)."""
+        """What a worker reported: its address, then the start time and number of each
+        run that started there, and `[number, state, address]` for a later state of one
+        (Retrying, then RUNNING again)."""
         items = self._items
         where: str | None = None
+        at: float | None = None
         for entry in entries:
             try:
                 kind = type(entry)
                 if kind is int:
                     item = items.get(entry)
                     if item is not None:
-                        item.run.set_running(where)
+                        item.run.set_running(where, at)
+                    continue
+                if kind is float:
+                    at = entry
                     continue
                 if kind is str:
                     where = entry
