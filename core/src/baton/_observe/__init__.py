@@ -13,6 +13,7 @@ run's observer: it costs nothing per task.
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import threading
@@ -123,15 +124,23 @@ def flow_run_finished(flow_run: FlowRun, state: State) -> None:
         return
     from baton._observe._model import FlowRecord
 
-    record = FlowRecord.build(flow_run, state, recorder.events)
-    if recorder.trace is not None:
-        from baton._observe._trace import chrome_trace
+    # Tens of thousands of small objects are made at once, and none is garbage: the
+    # collector's passes over them would cost more than making them.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        record = FlowRecord.build(flow_run, state, recorder.events)
+        if recorder.trace is not None:
+            from baton._observe._trace import chrome_trace
 
-        _write(recorder.trace, flow_run, "trace", lambda: chrome_trace(record))
-    if recorder.report is not None:
-        from baton._observe._report import html_report
+            _write(recorder.trace, flow_run, "trace", lambda: chrome_trace(record))
+        if recorder.report is not None:
+            from baton._observe._report import html_report
 
-        _write(recorder.report, flow_run, "report", lambda: html_report(record))
+            _write(recorder.report, flow_run, "report", lambda: html_report(record))
+    finally:
+        if collecting:
+            gc.enable()
 
 
 @hookimpl

@@ -7,7 +7,7 @@ Built once, when the flow run ends, from the events its `Recorder` collected.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -25,7 +25,7 @@ UNKNOWN_WORKER = "unknown worker"
 _QUEUEING_RUNNERS = frozenset({"process"})
 
 
-@dataclass
+@dataclass(slots=True)
 class Attempt:
     """One attempt of a run: from its RUNNING to its Retrying or final state."""
 
@@ -38,7 +38,7 @@ class Attempt:
     lane: int = 0
 
 
-@dataclass
+@dataclass(slots=True)
 class RunRecord:
     """One task run of the flow run."""
 
@@ -55,8 +55,8 @@ class RunRecord:
     retries: int
     traceback: str | None
     end: float
-    attempts: list[Attempt] = field(default_factory=list)
-    retry_messages: list[str] = field(default_factory=list)
+    attempts: list[Attempt]
+    retry_messages: list[str]
 
     @property
     def duration(self) -> float:
@@ -114,26 +114,70 @@ class FlowRecord:
 def _runs_and_attempts(
     events: list[tuple[int, float, str, str | None, Any]], flow_end: float
 ) -> tuple[dict[int, RunRecord], list[Attempt]]:
-    by_run: dict[int, list[tuple[float, str, str | None, Any]]] = {}
-    for run_id, timestamp, name, worker, extra in events:
-        entry = (timestamp, name, worker, extra)
+    # Most runs have two events, RUNNING then final: that case is made without a loop.
+    by_run: dict[int, Any] = {}
+    for event in events:
+        run_id = event[0]
         seen = by_run.get(run_id)
         if seen is None:
-            by_run[run_id] = [entry]
+            by_run[run_id] = [event]
         else:
-            seen.append(entry)
+            seen.append(event)
     runs: dict[int, RunRecord] = {}
     attempts: list[Attempt] = []
+    add = attempts.append
     for run_id in sorted(by_run):
-        record, made = _one_run(run_id, by_run[run_id], flow_end)
+        entries = by_run[run_id]
+        if len(entries) == 2:
+            (_, begun, _, where, first), (_, ended, name, worker, final) = entries
+            if first is None and type(final) is tuple:
+                attempt = Attempt(
+                    run_id,
+                    1,
+                    begun if begun <= ended else ended,
+                    ended,
+                    where or worker or UNKNOWN_WORKER,
+                    name,
+                    0,
+                )
+                add(attempt)
+                runs[run_id] = _record(run_id, final, name, ended, [attempt], [])
+                continue
+        record = _one_run(run_id, entries, flow_end)
         runs[run_id] = record
-        attempts.extend(made)
+        attempts.extend(record.attempts)
     return runs, attempts
 
 
+def _record(
+    run_id: int,
+    final: tuple[Any, ...],
+    state_name: str,
+    end: float,
+    attempts: list[Attempt],
+    retry_messages: list[str],
+) -> RunRecord:
+    name, task, kind, message, upstream_ids, parent_id, retries, text = final
+    return RunRecord(
+        run_id,
+        name,
+        task,
+        kind,
+        state_name,
+        message,
+        upstream_ids,
+        parent_id,
+        retries,
+        text,
+        end,
+        attempts,
+        retry_messages,
+    )
+
+
 def _one_run(
-    run_id: int, entries: list[tuple[float, str, str | None, Any]], flow_end: float
-) -> tuple[RunRecord, list[Attempt]]:
+    run_id: int, entries: list[tuple[int, float, str, str | None, Any]], flow_end: float
+) -> RunRecord:
     made: list[Attempt] = []
     retry_messages: list[str] = []
     started: float | None = None
@@ -141,7 +185,7 @@ def _one_run(
     final: tuple[Any, ...] | None = None
     final_at = flow_end
     final_name = "Unknown"
-    for timestamp, name, worker, extra in entries:
+    for _, timestamp, name, worker, extra in entries:
         if extra is None:  # RUNNING: an attempt starts (a repeated report changes nothing)
             if started is None:
                 started, where = timestamp, worker
@@ -165,27 +209,22 @@ def _one_run(
     if started is not None:  # no final state heard: the attempt lasted to the flow's end
         made.append(_attempt(run_id, len(made) + 1, started, flow_end, where, "Running"))
     if final is None:
-        record = RunRecord(
-            run_id, f"run #{run_id}", "?", "UNKNOWN", "Unknown", None, (), None, 0, None, final_at
-        )
-    else:
-        name, task, kind, message, upstream_ids, parent_id, retries, text = final
-        record = RunRecord(
+        return RunRecord(
             run_id,
-            name,
-            task,
-            kind,
-            final_name,
-            message,
-            upstream_ids,
-            parent_id,
-            retries,
-            text,
+            f"run #{run_id}",
+            "?",
+            "UNKNOWN",
+            "Unknown",
+            None,
+            (),
+            None,
+            0,
+            None,
             final_at,
+            made,
+            retry_messages,
         )
-    record.attempts = made
-    record.retry_messages = retry_messages
-    return record, made
+    return _record(run_id, final, final_name, final_at, made, retry_messages)
 
 
 def _ran(kind: str, name: str, worker: str | None, made: list[Attempt]) -> bool:
