@@ -39,6 +39,7 @@ logger = logging.getLogger("baton")
 
 _RUNNING = StateType.RUNNING
 _PENDING = StateType.PENDING
+_COMPLETED = StateType.COMPLETED
 
 
 def _paths() -> tuple[str | None, str | None]:
@@ -62,43 +63,30 @@ class Recorder:
     state (``Retrying``), and a `final_info` tuple for a final state.
     """
 
-    __slots__ = ("events", "flow_run", "lock", "report", "trace")
+    __slots__ = ("events", "flow_run", "report", "trace")
 
     def __init__(self, flow_run: FlowRun, trace: str | None, report: str | None) -> None:
         self.flow_run = flow_run
         self.trace = trace
         self.report = report
-        self.events: list[tuple[int, float, str, str | None, Any]] = []
-        self.lock = threading.Lock()
-
-    def record(self, task_run: TaskRun, state: State) -> None:
-        kind = state.type
-        if kind is _RUNNING:
-            extra: Any = None
-        elif kind is _PENDING:
-            extra = state.message or ""
-        else:
-            extra = final_info(task_run, state)
         # list.append is atomic: worker threads append without a lock.
-        self.events.append((task_run.id, state.timestamp, state.name, task_run.worker, extra))
+        self.events: list[tuple[int, float, str, str | None, Any]] = []
 
 
 def final_info(task_run: TaskRun, state: State) -> tuple[Any, ...]:
-    """What the trace and report keep of a run that ended: (name, task name, state type,
-    message, upstream ids, parent id, retries allowed, traceback text or None)."""
+    """What the trace and report keep of a run that ended: (name, task, state type,
+    message, upstream ids, parent id, traceback text or None)."""
     text = None
-    if state.type is not StateType.COMPLETED:
-        error = state.error
-        if error is not None:
-            text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    error = state.error
+    if error is not None:
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
     return (
         task_run.name,
-        task_run.task.name,
-        state.type.value,
+        task_run.task,
+        state.type,
         state.message,
         task_run.upstream_ids,
         task_run.parent_id,
-        task_run.task.options.retries,
         text,
     )
 
@@ -146,8 +134,26 @@ def flow_run_finished(flow_run: FlowRun, state: State) -> None:
 @hookimpl
 def task_run_state_changed(task_run: TaskRun, state: State) -> None:
     recorder = _recorders.get(id(task_run.scope))
-    if recorder is not None:
-        recorder.record(task_run, state)
+    if recorder is None:
+        return
+    kind = state.type
+    if kind is _RUNNING:
+        extra: Any = None
+    elif kind is _PENDING:
+        extra = state.message or ""
+    elif kind is _COMPLETED:
+        extra = (
+            task_run.name,
+            task_run.task,
+            kind,
+            None,
+            task_run.upstream_ids,
+            task_run.parent_id,
+            None,
+        )
+    else:
+        extra = final_info(task_run, state)
+    recorder.events.append((task_run.id, state.timestamp, state.name, task_run.worker, extra))
 
 
 def target_path(template: str, flow_run: FlowRun) -> str:

@@ -157,17 +157,17 @@ def _record(
     attempts: list[Attempt],
     retry_messages: list[str],
 ) -> RunRecord:
-    name, task, kind, message, upstream_ids, parent_id, retries, text = final
+    name, task, kind, message, upstream_ids, parent_id, text = final
     return RunRecord(
         run_id,
         name,
-        task,
-        kind,
+        task.name,
+        kind.value,
         state_name,
         message,
         upstream_ids,
         parent_id,
-        retries,
+        task.options.retries,
         text,
         end,
         attempts,
@@ -203,7 +203,7 @@ def _one_run(
             begun = min(started, timestamp)
             made.append(_attempt(run_id, len(made) + 1, begun, timestamp, where or worker, name))
             started = None
-        elif _ran(extra[2], name, worker, made):
+        elif _ran(extra[2].value, name, worker, made):
             made.append(_attempt(run_id, len(made) + 1, timestamp, timestamp, worker, name))
         break
     if started is not None:  # no final state heard: the attempt lasted to the flow's end
