@@ -304,9 +304,18 @@ def tracing(sizes: list[int], repeats: int) -> list[Row]:
             for n in sizes:
                 batch(min(n, 1_000))  # warm up the pool
                 on(min(n, 1_000))
-                off_times, on_times = _interleaved(partial(batch, n), partial(on, n), repeats)
-                off_us = statistics.median(off_times) / n * 1e6
-                on_us = statistics.median(on_times) / n * 1e6
+                # Wall time, and the CPU time of all threads: on a shared machine the
+                # second is the steadier measure of what tracing costs.
+                times: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
+                for _ in range(repeats):
+                    for side, call in (("off", batch), ("on", on)):
+                        wall, cpu = time.perf_counter(), time.process_time()
+                        call(n)
+                        times[side].append((time.perf_counter() - wall, time.process_time() - cpu))
+                off_us, on_us = (statistics.median(t[0] for t in times[s]) / n * 1e6 for s in times)
+                off_cpu, on_cpu = (
+                    statistics.median(t[1] for t in times[s]) / n * 1e6 for s in times
+                )
                 rows.append(
                     {
                         "scenario": f"{variable} set (thread .map)",
@@ -314,6 +323,9 @@ def tracing(sizes: list[int], repeats: int) -> list[Row]:
                         "off_us_per_task": round(off_us, 2),
                         "on_us_per_task": round(on_us, 2),
                         "ratio": round(on_us / off_us, 3),
+                        "off_cpu_us_per_task": round(off_cpu, 2),
+                        "on_cpu_us_per_task": round(on_cpu, 2),
+                        "cpu_ratio": round(on_cpu / off_cpu, 3),
                     }
                 )
                 print(_line(rows[-1]), flush=True)

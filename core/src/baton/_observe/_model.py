@@ -10,6 +10,8 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from baton._states import StateType
+
 if TYPE_CHECKING:
     from baton._flow import FlowRun
     from baton._states import State
@@ -23,6 +25,8 @@ UNKNOWN_WORKER = "unknown worker"
 # it was sent one run at a time: an attempt queued there starts when the one before
 # it on that worker ended.
 _QUEUEING_RUNNERS = frozenset({"process"})
+
+_TYPE_NAMES = {kind: kind.value for kind in StateType}
 
 
 @dataclass(slots=True)
@@ -162,7 +166,7 @@ def _record(
         run_id,
         name,
         task.name,
-        kind.value,
+        _TYPE_NAMES[kind],
         state_name,
         message,
         upstream_ids,
@@ -203,7 +207,7 @@ def _one_run(
             begun = min(started, timestamp)
             made.append(_attempt(run_id, len(made) + 1, begun, timestamp, where or worker, name))
             started = None
-        elif _ran(extra[2].value, name, worker, made):
+        elif _ran(_TYPE_NAMES[extra[2]], name, worker, made):
             made.append(_attempt(run_id, len(made) + 1, timestamp, timestamp, worker, name))
         break
     if started is not None:  # no final state heard: the attempt lasted to the flow's end

@@ -18,6 +18,7 @@ Perfetto (ui.perfetto.dev) and ``chrome://tracing`` open.
 from __future__ import annotations
 
 import json
+from json.encoder import encode_basestring_ascii
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -59,7 +60,7 @@ _ATTEMPT = (
 
 def _attempt_lines(record: FlowRecord) -> list[str]:
     """One complete event per attempt, as `trace_events` makes them."""
-    encode = json.dumps
+    encode = encode_basestring_ascii  # json's own string encoder (C), without dumps' setup
     # Names met more than once (tasks, states, workers) are encoded once.
     text = {value: encode(value) for value in record.workers}
     for run in record.runs.values():
