@@ -188,8 +188,9 @@ def task_run_state_changed(task_run: TaskRun, state: State) -> None:
     ``TimedOut`` and ``UpstreamFailed`` apart).
 
     `task_run` carries ``id``, ``name``, ``task`` (with ``task.name``), ``args``,
-    ``kwargs`` and ``parameters``. Runners that execute work in other processes
-    report the final state only.
+    ``kwargs`` and ``parameters``; ``worker`` says where it runs (a thread's name,
+    ``pid N``, a Dask worker's address...), ``upstream_ids`` the ids of the runs it
+    waited for and ``parent_id`` the id of the run that submitted it.
 
     This is the per-task hook: it is called in whichever thread saw the change
     (a worker thread, or the thread that received a remote result), possibly from
