@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
+from operator import attrgetter
 from typing import TYPE_CHECKING, Any
 
 from baton._states import StateType
@@ -96,7 +97,10 @@ class FlowRecord:
         runs, attempts = _runs_and_attempts(events, end)
         if runner.name in _QUEUEING_RUNNERS:
             _queue_on_workers(attempts)
-        attempts.sort(key=lambda a: (a.start, -a.end))
+        # By start, the longest first among those starting together (a parent before
+        # the nested run it started at once): two stable sorts on C-level keys.
+        attempts.sort(key=attrgetter("end"), reverse=True)
+        attempts.sort(key=attrgetter("start"))
         workers = list(dict.fromkeys(a.worker for a in attempts))
         lanes = _assign_lanes(attempts, runs)
         return cls(
