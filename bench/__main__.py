@@ -15,6 +15,9 @@ reported as µs per task and as the ratio Baton / raw. Scenarios:
             result on `process`: seconds to the driver, the driver's peak RSS growth
   locality  on Dask and Ray: how much of a 200 MB result passed downstream goes
             through the driver process
+  tracing   (only when asked for) `.map` of N no-op tasks on `thread` with
+            BATON_TRACE_FILE, and BATON_REPORT_FILE, set against unset (µs per task,
+            the file written at the flow run's end included)
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ from bench.engines import (
 )
 
 SCENARIOS = ("overhead", "graphs", "startup", "memory", "locality")
+OPT_IN_SCENARIOS = ("tracing",)
 MB = 2**20
 Row = dict[str, Any]
 
@@ -274,6 +278,60 @@ def locality(engine: Engine, raw: LocalityEngine, mb: int, repeats: int) -> list
         row[f"{side}_s"] = round(statistics.median(seconds[side]), 3)
     print(_line(row), flush=True)
     return [row]
+
+
+def tracing(sizes: list[int], repeats: int) -> list[Row]:
+    """µs per task of `.map` on `thread` with the trace file (and the HTML report)
+    written, against neither: in interleaved pairs, in this process."""
+    import tempfile
+
+    task = baton.task(noop)
+
+    @baton.flow(task_runner="thread")
+    def batch(n: int) -> None:
+        task.map(range(n)).result()
+
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="baton-bench-") as folder:
+        for variable, suffix in (("BATON_TRACE_FILE", "json"), ("BATON_REPORT_FILE", "html")):
+            path = os.path.join(folder, f"run.{suffix}")
+
+            def on(n: int, variable: str = variable, path: str = path) -> None:
+                os.environ[variable] = path
+                try:
+                    batch(n)
+                finally:
+                    del os.environ[variable]
+
+            for n in sizes:
+                batch(min(n, 1_000))  # warm up the pool
+                on(min(n, 1_000))
+                # Wall time, and the CPU time of all threads: on a shared machine the
+                # second is the steadier measure of what tracing costs.
+                times: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
+                for _ in range(repeats):
+                    for side, call in (("off", batch), ("on", on)):
+                        wall, cpu = time.perf_counter(), time.process_time()
+                        call(n)
+                        times[side].append((time.perf_counter() - wall, time.process_time() - cpu))
+                off_us, on_us = (statistics.median(t[0] for t in times[s]) / n * 1e6 for s in times)
+                off_cpu, on_cpu = (
+                    statistics.median(t[1] for t in times[s]) / n * 1e6 for s in times
+                )
+                rows.append(
+                    {
+                        "scenario": f"{variable} set (thread .map)",
+                        "n": n,
+                        "off_us_per_task": round(off_us, 2),
+                        "on_us_per_task": round(on_us, 2),
+                        "ratio": round(on_us / off_us, 3),
+                        "off_cpu_us_per_task": round(off_cpu, 2),
+                        "on_cpu_us_per_task": round(on_cpu, 2),
+                        "cpu_ratio": round(on_cpu / off_cpu, 3),
+                    }
+                )
+                print(_line(rows[-1]), flush=True)
+    return rows
 
 
 def startup(repeats: int) -> list[Row]:
@@ -633,7 +691,8 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument(
         "--scenarios",
-        help=f"comma-separated scenarios to run (default: all of {','.join(SCENARIOS)})",
+        help=f"comma-separated scenarios to run (default: all of {','.join(SCENARIOS)}; "
+        f"also {','.join(OPT_IN_SCENARIOS)})",
     )
     parser.add_argument(
         "--sizes",
@@ -675,9 +734,10 @@ def main(argv: list[str] | None = None) -> int:
             "or leave it out of --runners"
         )
     scenarios = _csv(parser, "--scenarios", args.scenarios or ",".join(SCENARIOS))
-    bad = [s for s in scenarios if s not in SCENARIOS]
+    bad = [s for s in scenarios if s not in SCENARIOS + OPT_IN_SCENARIOS]
     if bad:
-        parser.error(f"unknown scenario {', '.join(bad)}; choose from {', '.join(SCENARIOS)}")
+        known = ", ".join(SCENARIOS + OPT_IN_SCENARIOS)
+        parser.error(f"unknown scenario {', '.join(bad)}; choose from {known}")
     if args.sizes:
         try:
             sizes = sorted({int(s.replace("_", "")) for s in _csv(parser, "--sizes", args.sizes)})
@@ -723,6 +783,8 @@ def main(argv: list[str] | None = None) -> int:
         skipped.append(_skip("locality", ",".join(runners), None, "needs the dask or ray runner"))
     if "startup" in scenarios:
         rows += startup(2 if args.quick else 10)
+    if "tracing" in scenarios:
+        rows += tracing(sizes, repeats)
     if "memory" in scenarios:
         rows += memory(1_000 if args.quick else 100_000, 2_000 if args.quick else 1_000_000)
         rows += large_results(100 if args.quick else 500)

@@ -227,3 +227,13 @@ def test_locality_on_dask_keeps_the_data_off_the_driver(tmp_path: Path) -> None:
     assert row["raw_via_driver_mb"] >= row["mb"] / 2
     assert row["baton_driver_mb"] < row["mb"] / 2
     assert row["raw_driver_mb"] < row["mb"] / 2
+
+
+def test_the_tracing_scenario_runs_when_asked_for(tmp_path: Path) -> None:
+    done = bench(tmp_path, "--quick", "--scenarios", "tracing", "--runners", "thread")
+    rows = results(tmp_path, done)["rows"]
+    assert [(row["scenario"], row["n"]) for row in rows] == [
+        ("BATON_TRACE_FILE set (thread .map)", 200),
+        ("BATON_REPORT_FILE set (thread .map)", 200),
+    ]
+    assert all(row["ratio"] > 0 for row in rows)

@@ -6,9 +6,11 @@ Only this module imports click, so that ``import baton`` stays fast.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import inspect
 import json
+import os
 import sys
 import traceback
 import warnings
@@ -22,7 +24,7 @@ from baton import _plugins
 from baton._errors import BatonError
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
+    from collections.abc import Iterator, Sequence
     from types import ModuleType
 
     from baton._flow import Flow
@@ -337,7 +339,28 @@ def _show_result(value: Any) -> None:
     "else as a string. Repeat for more.",
 )
 @click.option("--traceback", "show_traceback", is_flag=True, help="Show full tracebacks.")
-def run(target: str, runner: str | None, params: tuple[str, ...], show_traceback: bool) -> None:
+@click.option(
+    "--trace",
+    "trace_file",
+    metavar="PATH",
+    help="Write the flow run as a Chrome trace (JSON, opens in Perfetto) to PATH; "
+    "the same as BATON_TRACE_FILE=PATH.",
+)
+@click.option(
+    "--report",
+    "report_file",
+    metavar="PATH",
+    help="Write the flow run as a self-contained HTML report to PATH; "
+    "the same as BATON_REPORT_FILE=PATH.",
+)
+def run(
+    target: str,
+    runner: str | None,
+    params: tuple[str, ...],
+    show_traceback: bool,
+    trace_file: str | None,
+    report_file: str | None,
+) -> None:
     """Run a flow from a Python file: TARGET is path/to/file.py:flow_name.
 
     The flow name is the name of the decorated function (or the flow's name); it
@@ -366,12 +389,13 @@ def run(target: str, runner: str | None, params: tuple[str, ...], show_traceback
     if runner is not None:
         flow = flow.with_options(task_runner=runner)
     try:
-        if flow.is_async:
-            import asyncio
+        with _files_set(trace_file, report_file):
+            if flow.is_async:
+                import asyncio
 
-            state = asyncio.run(flow(**values, return_state=True))
-        else:
-            state = flow(**values, return_state=True)
+                state = asyncio.run(flow(**values, return_state=True))
+            else:
+                state = flow(**values, return_state=True)
     except KeyboardInterrupt:
         _fail(f"flow {flow.name!r} was interrupted.", 130)
     except BatonError as exc:  # raised before the flow's function ran (runner, plugins)
@@ -384,6 +408,24 @@ def run(target: str, runner: str | None, params: tuple[str, ...], show_traceback
         traceback.print_exception(type(error), error, error.__traceback__)
     detail = f"{type(error).__name__}: {error}" if error is not None else state.message
     _fail(f"flow {flow.name!r} ended in state {state.name}: {detail}")
+
+
+@contextlib.contextmanager
+def _files_set(trace_file: str | None, report_file: str | None) -> Iterator[None]:
+    """BATON_TRACE_FILE / BATON_REPORT_FILE as --trace / --report give them, while the
+    flow runs (settings are read as a flow run starts)."""
+    saved = {name: os.environ.get(name) for name in ("BATON_TRACE_FILE", "BATON_REPORT_FILE")}
+    for name, value in (("BATON_TRACE_FILE", trace_file), ("BATON_REPORT_FILE", report_file)):
+        if value is not None:
+            os.environ[name] = value
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

@@ -214,12 +214,12 @@ class Future(Generic[R]):
             if self._state.type in _FAILED_TYPES:
                 self._run.scope.failure_observed(self)
 
-    def _set_running(self) -> bool:
+    def _set_running(self, timestamp: float | None = None) -> bool:
         """PENDING -> RUNNING. False if the run was cancelled (or already final)."""
         with self._lock:
             if self._state.type is not _PENDING:
                 return False
-            self._state = State(_RUNNING)
+            self._state = State(_RUNNING, timestamp=timestamp)
         return True
 
     def _set_interim(self, state: State) -> None:

@@ -63,6 +63,12 @@ def _upstream_value(future: Future[Any], allowed: bool) -> Any:
     raise _UpstreamFailed(future)
 
 
+def _ids_of(upstreams: list[Future[Any]]) -> tuple[int, ...]:
+    if len(upstreams) == 1:
+        return (upstreams[0]._run.id,)
+    return tuple(dict.fromkeys([u._run.id for u in upstreams]))
+
+
 def _upstream_failed_state(run: TaskRun, upstream: Future[Any]) -> State:
     return upstream_failed(run.name, upstream._run.name, upstream._state)
 
@@ -112,6 +118,7 @@ class RunScope:
         if self.on_submit is not None:
             self.on_submit(run)
         if upstreams:
+            run.upstream_ids = _ids_of(upstreams)
             if runner.native_dependencies:
                 # The runner wires upstream runs of its own into its engine's graph;
                 # the core waits only for upstream runs that other runners execute.
@@ -214,6 +221,7 @@ class RunScope:
         if self.on_submit is not None:
             self.on_submit(run)
         if upstreams:
+            run.upstream_ids = _ids_of(upstreams)
             wait(upstreams)
         try:
             if run.wait_for:

@@ -76,10 +76,29 @@ class Settings(BaseSettings):
         "runs a child span, with the tracer provider you configure (needs "
         '`pip install "baton-core[otel]"`). See the OpenTelemetry page.',
     )
+    trace_file: str | None = Field(
+        default=None,
+        description="Write each flow run as a Chrome trace (JSON, opens in Perfetto) to "
+        "this path; `{flow}` and `{flow_run}` in it are replaced by the flow's and the "
+        "flow run's names. Unset: no trace, at no cost.",
+    )
+    report_file: str | None = Field(
+        default=None,
+        description="Write each flow run as a self-contained HTML report to this path; "
+        "`{flow}` and `{flow_run}` in it are replaced as for `BATON_TRACE_FILE`. "
+        "Unset: no report, at no cost.",
+    )
 
     @field_validator("task_run_log_limit", mode="before")
     @classmethod
     def _empty_is_no_limit(cls, value: object) -> object:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return value
+
+    @field_validator("trace_file", "report_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
         if isinstance(value, str) and not value.strip():
             return None
         return value

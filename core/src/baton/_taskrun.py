@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import threading
 from typing import TYPE_CHECKING, Any, final
 
 from baton._context import current_task_run_var
@@ -43,6 +44,10 @@ class TaskRun:
 
     Before the runner sees it, every future in its arguments has been replaced by
     that future's result, and every run it waits for is final.
+
+    For observers it also says where and after what it ran: `worker` (set as it
+    starts), `upstream_ids` (the runs it waited for) and `parent_id` (the run whose
+    task submitted it).
     """
 
     __slots__ = (
@@ -54,11 +59,14 @@ class TaskRun:
         "kwargs",
         "map_id",
         "map_index",
+        "parent_id",
         "priority",
         "scope",
         "task",
         "trace",
+        "upstream_ids",
         "wait_for",
+        "worker",
     )
 
     def __init__(
@@ -91,6 +99,16 @@ class TaskRun:
         )
         """With OpenTelemetry on: the trace context of the code that created the run, in
         which its attempts' spans are made (`call` carries it along). None otherwise."""
+        self.worker: str | None = None
+        """Where the run executes, set as it starts (None before, or when the runner
+        does not say): the thread's name on ``thread`` and ``sync``, ``"pid N"`` on
+        ``process``, the worker's address on ``dask``, ``"node ID pid N"`` on ``ray``."""
+        self.upstream_ids: tuple[int, ...] = ()
+        """The ids of the runs this one waited for (futures among its arguments and in
+        ``wait_for``), in the order they were found."""
+        parent = _current_task_run.get()
+        self.parent_id: int | None = None if parent is None else parent.id
+        """The id of the run whose task submitted (or called) this one, if any."""
 
     @property
     def name(self) -> str:
@@ -151,17 +169,24 @@ class TaskRun:
 
     # -- what runners call --------------------------------------------------------
 
-    def set_running(self) -> bool:
-        """Mark the run RUNNING. Returns False if it was cancelled meanwhile: skip it."""
-        if not self.future._set_running():
+    def set_running(self, worker: str | None = None, timestamp: float | None = None) -> bool:
+        """Mark the run RUNNING, on `worker` if given (see `worker`), since `timestamp`
+        (``time.time()`` where it started; default now). Returns False if it was
+        cancelled meanwhile: skip it."""
+        if not self.future._set_running(timestamp):
             return False
+        if worker is not None:
+            self.worker = worker
         observe = self.scope.observe
         if observe is not None:
             observe(self, self.future._state)
         return True
 
-    def set_state(self, state: State) -> None:
-        """Record a state the run reached (final ones complete the future)."""
+    def set_state(self, state: State, worker: str | None = None) -> None:
+        """Record a state the run reached (final ones complete the future); `worker`,
+        if given, is where it runs now (a RUNNING state of a new attempt)."""
+        if worker is not None:
+            self.worker = worker
         if state.type is StateType.PENDING or state.type is StateType.RUNNING:
             self.future._set_interim(state)
             observe = self.scope.observe
@@ -192,7 +217,7 @@ class TaskRun:
             from baton._portal import run_blocking
 
             return run_blocking(self.execute_async())
-        if not self.set_running():
+        if not self.set_running(threading.current_thread().name):
             return self.future._state
         token = _current_task_run.set(self)
         scope_token = self.scope.enter()
@@ -215,7 +240,7 @@ class TaskRun:
 
     async def execute_async(self) -> State:
         """Run the engine for this async run on the running event loop."""
-        if not self.set_running():
+        if not self.set_running(threading.current_thread().name):
             return self.future._state
         token = _current_task_run.set(self)
         scope_token = self.scope.enter()

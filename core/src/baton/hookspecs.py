@@ -188,9 +188,11 @@ def task_run_state_changed(task_run: TaskRun, state: State) -> None:
     ``TimedOut`` and ``UpstreamFailed`` apart).
 
     `task_run` carries ``id``, ``name``, ``task`` (with ``task.name``), ``args``,
-    ``kwargs`` and ``parameters``, and for a run of a ``.map`` its ``map_id`` (the
-    same for every run of that map) and ``map_index`` (None for other runs). Runners
-    that execute work in other processes report the final state only.
+    ``kwargs`` and ``parameters``; ``worker`` says where it runs (a thread's name,
+    ``pid N``, a Dask worker's address...), ``upstream_ids`` the ids of the runs it
+    waited for and ``parent_id`` the id of the run that submitted it; for a run of a
+    ``.map``, ``map_id`` (the same for every run of that map) and ``map_index`` (None
+    for other runs).
 
     This is the per-task hook: it is called in whichever thread saw the change
     (a worker thread, or the thread that received a remote result), possibly from

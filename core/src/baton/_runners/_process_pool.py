@@ -404,13 +404,14 @@ class WorkerPool(PoolStopping):
         new_tasks: list[tuple[int, bytes]] = []
         sent: list[Job] = []
         cancellable = self._cancellable
+        where = f"pid {worker.pid}"
         for job in batch:
             run = job.run
             cancellable.pop(run.id, None)
             if job.cancelled:
                 continue
             if job.mark_running:
-                if not run.set_running():
+                if not run.set_running(where):
                     continue  # cancelled meanwhile
                 job.mark_running = False
             elif run.future.done():

@@ -445,22 +445,32 @@ class Session:
                 return
 
     def _started(self, entries: Any) -> None:
-        """What a worker reported: the numbers of runs that started, and `[number, state]`
-        for a later state of one (Retrying, then RUNNING again)."""
+        """What a worker reported: its address, then the start time and number of each
+        run that started there, and `[number, state, address]` for a later state of one
+        (Retrying, then RUNNING again)."""
         items = self._items
+        where: str | None = None
+        at: float | None = None
         for entry in entries:
             try:
-                if type(entry) is int:
+                kind = type(entry)
+                if kind is int:
                     item = items.get(entry)
                     if item is not None:
-                        item.run.set_running()
+                        item.run.set_running(where, at)
+                    continue
+                if kind is float:
+                    at = entry
+                    continue
+                if kind is str:
+                    where = entry
                     continue
                 item = items.get(entry[0])
                 if item is None:
                     continue
                 state: State = pickle.loads(entry[1])
                 item.attempt.note(state)
-                item.run.set_state(state)
+                item.run.set_state(state, entry[2] if len(entry) > 2 else None)
             except BaseException:  # an observer that raised: the run goes on regardless
                 logger.exception("Reporting that a task run started on Dask raised")
 

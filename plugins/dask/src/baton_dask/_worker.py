@@ -174,15 +174,28 @@ class _Reports:
         self.lock = threading.Lock()
         self.pending: dict[str, list[Any]] = {}
 
-    def add(self, topic: str, entry: Any) -> None:
+    def add(self, topic: str, started: float, number: int) -> None:
+        """Run `number` started at `started` (``time.time()``)."""
         with self.lock:
             entries = self.pending.get(topic)
             if entries is not None:
-                entries.append(entry)
+                entries += (started, number)
                 return
-            self.pending[topic] = [entry]
+            # The worker's address first: the runs that follow started there.
+            self.pending[topic] = [self.worker.address, started, number]
         loop: Any = self.worker.loop
         loop.add_callback(self._later)
+
+    def take(self, topic: str, number: int) -> bool:
+        """Take the start of run `number` out of what is waiting to be sent; True if it
+        was there (it then goes with the run's next report, ahead of it)."""
+        with self.lock:
+            entries = self.pending.get(topic)
+            if entries is None or number not in entries:
+                return False
+            at = entries.index(number)
+            del entries[at - 1 : at + 1]  # its start time and number
+            return True
 
     def _later(self) -> None:
         import asyncio
@@ -219,17 +232,22 @@ def _reporter(topic: str, number: int) -> Any:
         with _reports_lock:
             reports = _reports[id(worker)] = _Reports(worker)
     first = [True]
+    started = [0.0]
 
     def report(state: State) -> None:
         if first[0]:
             first[0] = False
-            reports.add(topic, number)
+            started[0] = state.timestamp
+            reports.add(topic, state.timestamp, number)
         else:
             try:
                 from distributed.utils import sync
 
                 rpc: Any = worker.scheduler
-                sync(worker.loop, rpc.log_event, topic=topic, msg=[[number, dumps(state)]])
+                msg: list[Any] = [[number, dumps(state), worker.address]]
+                if reports.take(topic, number):  # its start must not come after this
+                    msg = [worker.address, started[0], number, *msg]
+                sync(worker.loop, rpc.log_event, topic=topic, msg=msg)
             except Exception:  # the scheduler is out of reach: the run goes on regardless
                 pass
 

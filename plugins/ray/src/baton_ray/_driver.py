@@ -507,6 +507,10 @@ class Driver:
         """What the remote function returned for `job` (see `_worker` for the forms)."""
         kind = outcome[0] if type(outcome) is tuple and outcome else None
         run = job.run
+        if kind is not None and type(outcome[-1]) is str:
+            # Ray says where a task ran only once it ran: the run reads RUNNING from
+            # when Ray has it, and names its worker from its outcome on.
+            run.worker = outcome[-1]
         if kind == INLINE:
             self._end(job, State.completed(outcome[1]), outcome[2])
         elif kind == STORED:

@@ -9,13 +9,14 @@ runs the call with `baton.runners.run_call` and returns two objects, the value f
 and then the outcome, so that a value that cannot be pickled fails both, and the
 driver, which fetches only the small outcome, sees the failure.
 
-An outcome is a small tuple: ``(INLINE, value, unhandled)`` for a completed run with a
-small result, which travels in it; ``(STORED, unhandled)`` for a completed run whose
-value stays in the object store, where downstream runs read it; ``(FINAL, result)``
-for a run that did not complete, and ``(RETRY, result)`` for an attempt to retry
-(`result` is the `RemoteResult`, made portable). `unhandled` holds the runs the task
-submitted that failed with nothing handling them, which `TaskRun.finish` reports to
-the flow.
+An outcome is a small tuple: ``(INLINE, value, unhandled, worker)`` for a completed run
+with a small result, which travels in it; ``(STORED, unhandled, worker)`` for a completed
+run whose value stays in the object store, where downstream runs read it;
+``(FINAL, result, worker)`` for a run that did not complete, and
+``(RETRY, result, worker)`` for an attempt to retry (`result` is the `RemoteResult`,
+made portable; `worker` names the worker that ran it, for `TaskRun.worker`).
+`unhandled` holds the runs the task submitted that failed with nothing handling them,
+which `TaskRun.finish` reports to the flow.
 
 `run_whole` makes every attempt here, hooks included: the run cannot be retried by
 the driver (no retries, no timeout), so its two ObjectRefs are final and downstream
@@ -28,6 +29,7 @@ attempt started, so that the driver can time the attempt and stop it
 
 from __future__ import annotations
 
+import os
 import pickle
 import threading
 import time
@@ -188,15 +190,31 @@ def _split(call: RunCall, result: RemoteResult) -> tuple[Any, tuple[Any, ...]]:
         value = state.result()
         kind = type(value)
         if kind in _INLINE_TYPES or ((kind is str or kind is bytes) and len(value) <= _INLINE_SIZE):
-            return None, (INLINE, value, unhandled)
+            return None, (INLINE, value, unhandled, _where())
         # Found here, so that the run fails rather than completing with a result that
         # nobody can read: the driver reads a stored value only when asked to.
         problem = rebuild_problem(value)
         if problem:
             failed = unrebuildable_result(call.task.name, call.name, problem)
             return None, _outcome(RemoteResult(failed, None, result.unhandled, result.attempt))
-        return value, (STORED, unhandled)
+        return value, (STORED, unhandled, _where())
     return None, _outcome(result)
+
+
+_worker_name: str | None = None
+
+
+def _where() -> str:
+    """This worker, as `TaskRun.worker` names it: ``"node <8 hex digits> pid N"``."""
+    global _worker_name
+    name = _worker_name
+    if name is None:
+        try:
+            node = ray.get_runtime_context().get_node_id()[:8]
+        except Exception:  # not in a Ray worker (a test calling the function directly)
+            node = "?"
+        name = _worker_name = f"node {node} pid {os.getpid()}"
+    return name
 
 
 def _portable(unhandled: tuple[NestedFailure, ...]) -> tuple[NestedFailure, ...]:
@@ -207,7 +225,7 @@ def _portable(unhandled: tuple[NestedFailure, ...]) -> tuple[NestedFailure, ...]
 
 def _outcome(result: RemoteResult) -> tuple[Any, ...]:
     """The outcome of a run or attempt that did not complete, with errors that travel."""
-    return (FINAL if result.retry is None else RETRY, result.portable())
+    return (FINAL if result.retry is None else RETRY, result.portable(), _where())
 
 
 # -- nested runs --------------------------------------------------------------------------

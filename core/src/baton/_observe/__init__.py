@@ -1,0 +1,183 @@
+"""The built-in observer that writes a flow run's trace file and HTML report.
+
+``BATON_TRACE_FILE=run.json`` writes each flow run as a Chrome trace (Perfetto and
+``chrome://tracing`` open it); ``BATON_REPORT_FILE=run.html`` writes it as one
+self-contained HTML page. ``baton run --trace/--report`` set them.
+
+While a flow run goes on, the per-task hook only appends a small tuple per state
+change to a list; everything else (attempts, tracks, arrows, the page) is worked
+out and written once, as the flow run finishes. With neither setting,
+`observes_task_runs()` is False and the per-task hook is left out of the flow
+run's observer: it costs nothing per task.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+import threading
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from baton._states import StateType
+from baton.hookspecs import hookimpl
+
+if TYPE_CHECKING:
+    from baton._flow import FlowRun
+    from baton._states import State
+    from baton._taskrun import TaskRun
+
+__all__ = [
+    "flow_run_finished",
+    "flow_run_started",
+    "observes_task_runs",
+    "task_run_state_changed",
+]
+
+logger = logging.getLogger("baton")
+
+_RUNNING = StateType.RUNNING
+_PENDING = StateType.PENDING
+_COMPLETED = StateType.COMPLETED
+
+
+def _paths() -> tuple[str | None, str | None]:
+    from baton._settings import get_settings
+
+    settings = get_settings()
+    return settings.trace_file, settings.report_file
+
+
+def observes_task_runs() -> bool:
+    """Whether a flow run starting now is recorded (read once per flow run)."""
+    trace, report = _paths()
+    return trace is not None or report is not None
+
+
+class Recorder:
+    """What one flow run's task runs went through, as they went through it.
+
+    `events` holds one tuple per state change: ``(run id, timestamp, state name,
+    worker, extra)`` where `extra` is None for RUNNING, the message of a PENDING
+    state (``Retrying``), and a `final_info` tuple for a final state.
+    """
+
+    __slots__ = ("events", "flow_run", "report", "trace")
+
+    def __init__(self, flow_run: FlowRun, trace: str | None, report: str | None) -> None:
+        self.flow_run = flow_run
+        self.trace = trace
+        self.report = report
+        # list.append is atomic: worker threads append without a lock.
+        self.events: list[tuple[int, float, str, str | None, Any]] = []
+
+
+def final_info(task_run: TaskRun, state: State) -> tuple[Any, ...]:
+    """What the trace and report keep of a run that ended: (name, task, state type,
+    message, upstream ids, parent id, traceback text or None)."""
+    text = None
+    error = state.error
+    if error is not None:
+        text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    return (
+        task_run.name,
+        task_run.task,
+        state.type,
+        state.message,
+        task_run.upstream_ids,
+        task_run.parent_id,
+        text,
+    )
+
+
+_lock = threading.Lock()
+_recorders: dict[int, Recorder] = {}
+
+
+@hookimpl
+def flow_run_started(flow_run: FlowRun) -> None:
+    trace, report = _paths()
+    if trace is None and report is None:
+        return
+    with _lock:
+        _recorders[id(flow_run.scope)] = Recorder(flow_run, trace, report)
+
+
+@hookimpl
+def flow_run_finished(flow_run: FlowRun, state: State) -> None:
+    with _lock:
+        recorder = _recorders.pop(id(flow_run.scope), None)
+    if recorder is None:
+        return
+    from baton._observe._model import FlowRecord
+
+    # Tens of thousands of small objects are made at once, and none is garbage: the
+    # collector's passes over them would cost more than making them.
+    collecting = gc.isenabled()
+    gc.disable()
+    try:
+        record = FlowRecord.build(flow_run, state, recorder.events)
+        if recorder.trace is not None:
+            from baton._observe._trace import chrome_trace
+
+            _write(recorder.trace, flow_run, "trace", lambda: chrome_trace(record))
+        if recorder.report is not None:
+            from baton._observe._report import html_report
+
+            _write(recorder.report, flow_run, "report", lambda: html_report(record))
+    finally:
+        if collecting:
+            gc.enable()
+
+
+@hookimpl
+def task_run_state_changed(task_run: TaskRun, state: State) -> None:
+    recorder = _recorders.get(id(task_run.scope))
+    if recorder is None:
+        return
+    kind = state.type
+    if kind is _RUNNING:
+        extra: Any = None
+    elif kind is _PENDING:
+        extra = state.message or ""
+    elif kind is _COMPLETED:
+        extra = (
+            task_run.name,
+            task_run.task,
+            kind,
+            None,
+            task_run.upstream_ids,
+            task_run.parent_id,
+            None,
+        )
+    else:
+        extra = final_info(task_run, state)
+    recorder.events.append((task_run.id, state.timestamp, state.name, task_run.worker, extra))
+
+
+def target_path(template: str, flow_run: FlowRun) -> str:
+    """`template` with ``{flow}`` and ``{flow_run}`` replaced by the flow run's names."""
+    return template.replace("{flow}", flow_run.flow.name).replace("{flow_run}", flow_run.name)
+
+
+def _write(template: str, flow_run: FlowRun, what: str, render: Any) -> None:
+    path = target_path(template, flow_run)
+    try:
+        text = render()
+        folder = os.path.dirname(path)
+        if folder:
+            os.makedirs(folder, exist_ok=True)
+        temporary = f"{path}.{os.getpid()}.tmp"
+        with open(temporary, "w", encoding="utf-8") as file:
+            file.write(text)
+        os.replace(temporary, path)
+    except Exception:
+        logger.exception(
+            "Flow run %r - could not write its %s to %r; check that the folder is writable",
+            flow_run.name,
+            what,
+            path,
+        )
+        return
+    logger.info("Flow run %r - %s written to %s", flow_run.name, what.capitalize(), path)

@@ -1,0 +1,299 @@
+"""A finished flow run as the trace and the report show it: its task runs, their
+attempts, the workers they ran on, and the lanes the attempts are drawn in.
+
+Built once, when the flow run ends, from the events its `Recorder` collected.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from operator import attrgetter
+from typing import TYPE_CHECKING, Any
+
+from baton._states import StateType
+
+if TYPE_CHECKING:
+    from baton._flow import FlowRun
+    from baton._states import State
+
+__all__ = ["Attempt", "FlowRecord", "RunRecord"]
+
+UNKNOWN_WORKER = "unknown worker"
+"""The worker of attempts whose runner did not say where they ran."""
+
+# Runners that mark a run RUNNING when they send it to a worker, which then runs what
+# it was sent one run at a time: an attempt queued there starts when the one before
+# it on that worker ended.
+_QUEUEING_RUNNERS = frozenset({"process"})
+
+_TYPE_NAMES = {kind: kind.value for kind in StateType}
+
+
+@dataclass(slots=True)
+class Attempt:
+    """One attempt of a run: from its RUNNING to its Retrying or final state."""
+
+    run_id: int
+    number: int
+    start: float
+    end: float
+    worker: str
+    outcome: str
+    lane: int = 0
+
+
+@dataclass(slots=True)
+class RunRecord:
+    """One task run of the flow run."""
+
+    id: int
+    name: str
+    task: str
+    state: str
+    """The final state's type: ``COMPLETED``, ``FAILED``, ``CRASHED``, ``CANCELLED``."""
+    state_name: str
+    """The final state's name (``TimedOut``, ``UpstreamFailed``...)."""
+    message: str | None
+    upstream_ids: tuple[int, ...]
+    parent_id: int | None
+    retries: int
+    traceback: str | None
+    end: float
+    attempts: list[Attempt]
+    retry_messages: list[str]
+
+    @property
+    def duration(self) -> float:
+        """Seconds from the start of its first attempt to its end (0 if it never ran)."""
+        return self.end - self.attempts[0].start if self.attempts else 0.0
+
+
+@dataclass
+class FlowRecord:
+    """A finished flow run, with everything the trace and the report show."""
+
+    flow: str
+    flow_run: str
+    state: str
+    message: str | None
+    start: float
+    end: float
+    runner: str
+    runner_options: dict[str, str]
+    runs: dict[int, RunRecord]
+    attempts: list[Attempt]
+    workers: list[str]
+    """Every worker, in the order their first attempt started."""
+    lanes: dict[str, int]
+    """How many lanes each worker's attempts are drawn in."""
+
+    @classmethod
+    def build(
+        cls, flow_run: FlowRun, state: State, events: list[tuple[int, float, str, str | None, Any]]
+    ) -> FlowRecord:
+        runner = flow_run.task_runner
+        end = flow_run.end_time or time.time()
+        runs, attempts = _runs_and_attempts(events, end)
+        if runner.name in _QUEUEING_RUNNERS:
+            _queue_on_workers(attempts)
+        # By start, the longest first among those starting together (a parent before
+        # the nested run it started at once): two stable sorts on C-level keys.
+        attempts.sort(key=attrgetter("end"), reverse=True)
+        attempts.sort(key=attrgetter("start"))
+        workers = list(dict.fromkeys(a.worker for a in attempts))
+        lanes = _assign_lanes(attempts, runs)
+        return cls(
+            flow=flow_run.flow.name,
+            flow_run=flow_run.name,
+            state=state.name,
+            message=state.message,
+            start=flow_run.start_time,
+            end=end,
+            runner=runner.name,
+            runner_options=_options_of(runner),
+            runs=runs,
+            attempts=attempts,
+            workers=workers,
+            lanes=lanes,
+        )
+
+
+def _runs_and_attempts(
+    events: list[tuple[int, float, str, str | None, Any]], flow_end: float
+) -> tuple[dict[int, RunRecord], list[Attempt]]:
+    # Most runs have two events, RUNNING then final: that case is made without a loop.
+    by_run: dict[int, Any] = {}
+    for event in events:
+        run_id = event[0]
+        seen = by_run.get(run_id)
+        if seen is None:
+            by_run[run_id] = [event]
+        else:
+            seen.append(event)
+    runs: dict[int, RunRecord] = {}
+    attempts: list[Attempt] = []
+    add = attempts.append
+    for run_id in sorted(by_run):
+        entries = by_run[run_id]
+        if len(entries) == 2:
+            (_, begun, _, where, first), (_, ended, name, worker, final) = entries
+            if first is None and type(final) is tuple:
+                attempt = Attempt(
+                    run_id,
+                    1,
+                    begun if begun <= ended else ended,
+                    ended,
+                    where or worker or UNKNOWN_WORKER,
+                    name,
+                    0,
+                )
+                add(attempt)
+                runs[run_id] = _record(run_id, final, name, ended, [attempt], [])
+                continue
+        record = _one_run(run_id, entries, flow_end)
+        runs[run_id] = record
+        attempts.extend(record.attempts)
+    return runs, attempts
+
+
+def _record(
+    run_id: int,
+    final: tuple[Any, ...],
+    state_name: str,
+    end: float,
+    attempts: list[Attempt],
+    retry_messages: list[str],
+) -> RunRecord:
+    name, task, kind, message, upstream_ids, parent_id, text = final
+    return RunRecord(
+        run_id,
+        name,
+        task.name,
+        _TYPE_NAMES[kind],
+        state_name,
+        message,
+        upstream_ids,
+        parent_id,
+        task.options.retries,
+        text,
+        end,
+        attempts,
+        retry_messages,
+    )
+
+
+def _one_run(
+    run_id: int, entries: list[tuple[int, float, str, str | None, Any]], flow_end: float
+) -> RunRecord:
+    made: list[Attempt] = []
+    retry_messages: list[str] = []
+    started: float | None = None
+    where: str | None = None
+    final: tuple[Any, ...] | None = None
+    final_at = flow_end
+    final_name = "Unknown"
+    for _, timestamp, name, worker, extra in entries:
+        if extra is None:  # RUNNING: an attempt starts (a repeated report changes nothing)
+            if started is None:
+                started, where = timestamp, worker
+            continue
+        if type(extra) is str:  # a PENDING state between attempts (Retrying)
+            # An attempt whose start was not heard before its end (a runner that sends
+            # starts in batches) is drawn as an instant at its end.
+            begun = timestamp if started is None else min(started, timestamp)
+            made.append(_attempt(run_id, len(made) + 1, begun, timestamp, where or worker, name))
+            started = None
+            retry_messages.append(extra)
+            continue
+        final, final_at, final_name = extra, timestamp, name
+        if started is not None:
+            begun = min(started, timestamp)
+            made.append(_attempt(run_id, len(made) + 1, begun, timestamp, where or worker, name))
+            started = None
+        elif _ran(_TYPE_NAMES[extra[2]], name, worker, made):
+            made.append(_attempt(run_id, len(made) + 1, timestamp, timestamp, worker, name))
+        break
+    if started is not None:  # no final state heard: the attempt lasted to the flow's end
+        made.append(_attempt(run_id, len(made) + 1, started, flow_end, where, "Running"))
+    if final is None:
+        return RunRecord(
+            run_id,
+            f"run #{run_id}",
+            "?",
+            "UNKNOWN",
+            "Unknown",
+            None,
+            (),
+            None,
+            0,
+            None,
+            final_at,
+            made,
+            retry_messages,
+        )
+    return _record(run_id, final, final_name, final_at, made, retry_messages)
+
+
+def _ran(kind: str, name: str, worker: str | None, made: list[Attempt]) -> bool:
+    """Whether a run whose start was not heard ran all the same: it completed, or failed
+    where its runner said it ran, or after attempts that were heard."""
+    if name == "UpstreamFailed" or kind == "CANCELLED":
+        return False
+    return kind == "COMPLETED" or worker is not None or bool(made)
+
+
+def _attempt(
+    run_id: int, number: int, start: float, end: float, worker: str | None, outcome: str
+) -> Attempt:
+    return Attempt(run_id, number, start, max(start, end), worker or UNKNOWN_WORKER, outcome)
+
+
+def _queue_on_workers(attempts: list[Attempt]) -> None:
+    """On a runner that queues runs on its workers, an attempt starts when the one
+    before it on the same worker ended (it was reported RUNNING as it was sent)."""
+    by_worker: dict[str, list[Attempt]] = {}
+    for attempt in attempts:
+        by_worker.setdefault(attempt.worker, []).append(attempt)
+    for queue in by_worker.values():
+        queue.sort(key=lambda a: a.end)
+        previous_end = float("-inf")
+        for attempt in queue:
+            if attempt.start < previous_end:
+                attempt.start = min(previous_end, attempt.end)
+            previous_end = attempt.end
+
+
+def _assign_lanes(attempts: list[Attempt], runs: dict[int, RunRecord]) -> dict[str, int]:
+    """Give each attempt a lane of its worker: attempts in one lane never overlap, except
+    a nested run drawn inside its parent (the ``sync`` runner runs it there)."""
+    open_by_worker: dict[str, list[list[Attempt]]] = {}
+    for attempt in attempts:  # sorted by start, longest first
+        lanes = open_by_worker.setdefault(attempt.worker, [])
+        placed = False
+        for number, stack in enumerate(lanes):
+            while stack and stack[-1].end <= attempt.start:
+                stack.pop()
+            if not stack or (
+                attempt.end <= stack[-1].end
+                and runs.get(attempt.run_id) is not None
+                and runs[attempt.run_id].parent_id == stack[-1].run_id
+            ):
+                stack.append(attempt)
+                attempt.lane = number
+                placed = True
+                break
+        if not placed:
+            attempt.lane = len(lanes)
+            lanes.append([attempt])
+    return {worker: len(lanes) for worker, lanes in open_by_worker.items()}
+
+
+def _options_of(runner: object) -> dict[str, str]:
+    """The runner's public settings, as text."""
+    options: dict[str, str] = {}
+    for name, value in sorted(getattr(runner, "__dict__", {}).items()):
+        if name.startswith("_"):
+            continue
+        options[name] = value if isinstance(value, str) else repr(value)
+    return options

@@ -1,0 +1,251 @@
+"""A flow run as a Chrome trace (the Trace Event Format's JSON object form), which
+Perfetto (ui.perfetto.dev) and ``chrome://tracing`` open.
+
+- The flow run is process 1: one slice from its start to its end, and an instant
+  event for each task run that never ran (``UpstreamFailed``, cancelled).
+- Each worker is a process of its own (named after it: a thread's name, ``pid N``, a
+  Dask worker's address, a Ray node and pid), with one thread per lane: attempts in
+  one lane never overlap, except a nested run drawn inside its parent.
+- Each attempt of a task run is one complete event (``"ph": "X"``), named after the
+  run, in the category of its task, with the run's name, task, state, attempt number
+  and retries in its ``args``.
+- Flow events (``"ph": "s"``/``"f"``) draw arrows from each upstream run to the runs
+  that waited for it (category ``upstream``), from a parent run to the runs its
+  task submitted (``nested``), and from one attempt of a run to the next
+  (``retry``).
+"""
+
+from __future__ import annotations
+
+import json
+from json.encoder import encode_basestring_ascii
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from baton._observe._model import Attempt, FlowRecord
+
+__all__ = ["FLOW_PID", "chrome_trace", "trace_events"]
+
+FLOW_PID = 1
+"""The process of the trace that holds the flow run itself."""
+
+
+def chrome_trace(record: FlowRecord) -> str:
+    """The trace file's text: the same events as `trace_events`, the attempts written
+    from a template (a flow run of 10,000 runs is written in milliseconds)."""
+    other = {
+        "flow": record.flow,
+        "flow_run": record.flow_run,
+        "state": record.state,
+        "task_runner": record.runner,
+        "task_runs": len(record.runs),
+    }
+    events = trace_events(record, attempts=False)
+    parts = [json.dumps(e, separators=(",", ":"), default=str) for e in events]
+    parts.extend(_attempt_lines(record))
+    return (
+        '{"traceEvents":[\n'
+        + ",\n".join(parts)
+        + '\n],"displayTimeUnit":"ms","otherData":'
+        + json.dumps(other, separators=(",", ":"))
+        + "}\n"
+    )
+
+
+_ATTEMPT = (
+    '{"ph":"X","name":%s,"cat":%s,"pid":%d,"tid":%d,"ts":%.3f,"dur":%.3f,"args":{"run":%s,'
+    '"task":%s,"state":%s,"final_state":%s,"attempt":%d,"retries":%d,"worker":%s,"run_id":%d}}'
+)
+
+
+def _attempt_lines(record: FlowRecord) -> list[str]:
+    """One complete event per attempt, as `trace_events` makes them."""
+    encode = encode_basestring_ascii  # json's own string encoder (C), without dumps' setup
+    # Names met more than once (tasks, states, workers) are encoded once.
+    text = {value: encode(value) for value in record.workers}
+    for run in record.runs.values():
+        for value in (run.task, run.state_name):
+            if value not in text:
+                text[value] = encode(value)
+    for attempt in record.attempts:
+        if attempt.outcome not in text:
+            text[attempt.outcome] = encode(attempt.outcome)
+    pids = _pids(record)
+    origin = record.start
+    runs = record.runs
+    template = _ATTEMPT
+    lines: list[str] = []
+    add = lines.append
+    for attempt in record.attempts:
+        run = runs[attempt.run_id]
+        name = encode(run.name)
+        task = text[run.task]
+        worker = attempt.worker
+        start = attempt.start
+        add(
+            template
+            % (
+                name,
+                task,
+                pids[worker],
+                attempt.lane + 1,
+                (start - origin) * 1e6,
+                (attempt.end - start) * 1e6,
+                name,
+                task,
+                text[attempt.outcome],
+                text[run.state_name],
+                attempt.number,
+                run.retries,
+                text[worker],
+                run.id,
+            )
+        )
+    return lines
+
+
+def _pids(record: FlowRecord) -> dict[str, int]:
+    return {worker: FLOW_PID + 1 + index for index, worker in enumerate(record.workers)}
+
+
+def trace_events(record: FlowRecord, attempts: bool = True) -> list[dict[str, Any]]:
+    """Every event of the trace, metadata first (without the attempts' complete events
+    when `attempts` is False)."""
+    origin = record.start
+
+    def micros(timestamp: float) -> float:
+        return round((timestamp - origin) * 1e6, 3)
+
+    pids = _pids(record)
+    events: list[dict[str, Any]] = [
+        _meta("process_name", FLOW_PID, 0, f"flow run {record.flow_run} ({record.flow})"),
+        _meta("process_sort_index", FLOW_PID, 0, 0, key="sort_index"),
+        _meta("thread_name", FLOW_PID, 1, "flow run"),
+    ]
+    for index, worker in enumerate(record.workers):
+        pid = pids[worker]
+        events.append(_meta("process_name", pid, 0, worker))
+        events.append(_meta("process_sort_index", pid, 0, index + 1, key="sort_index"))
+        lanes = record.lanes[worker]
+        for lane in range(lanes):
+            name = worker if lanes == 1 else f"{worker} ({lane + 1})"
+            events.append(_meta("thread_name", pid, lane + 1, name))
+    events.append(
+        {
+            "ph": "X",
+            "name": f"flow run {record.flow_run}",
+            "cat": "flow",
+            "pid": FLOW_PID,
+            "tid": 1,
+            "ts": 0.0,
+            "dur": micros(record.end),
+            "args": {
+                "flow": record.flow,
+                "state": record.state,
+                "message": record.message,
+                "task_runner": record.runner,
+                **{f"option {k}": v for k, v in record.runner_options.items()},
+            },
+        }
+    )
+    runs = record.runs
+    for attempt in record.attempts if attempts else ():
+        run = runs[attempt.run_id]
+        events.append(
+            {
+                "ph": "X",
+                "name": run.name,
+                "cat": run.task,
+                "pid": pids[attempt.worker],
+                "tid": attempt.lane + 1,
+                "ts": micros(attempt.start),
+                "dur": round((attempt.end - attempt.start) * 1e6, 3),
+                "args": {
+                    "run": run.name,
+                    "task": run.task,
+                    "state": attempt.outcome,
+                    "final_state": run.state_name,
+                    "attempt": attempt.number,
+                    "retries": run.retries,
+                    "worker": attempt.worker,
+                    "run_id": run.id,
+                },
+            }
+        )
+    for run in runs.values():
+        if not run.attempts:
+            events.append(
+                {
+                    "ph": "i",
+                    "s": "t",
+                    "name": run.name,
+                    "cat": run.task,
+                    "pid": FLOW_PID,
+                    "tid": 1,
+                    "ts": micros(run.end),
+                    "args": {
+                        "run": run.name,
+                        "task": run.task,
+                        "state": run.state_name,
+                        "message": run.message,
+                        "run_id": run.id,
+                    },
+                }
+            )
+    events.extend(_arrows(record, pids, micros))
+    return events
+
+
+def _meta(name: str, pid: int, tid: int, value: object, key: str = "name") -> dict[str, Any]:
+    return {"ph": "M", "name": name, "pid": pid, "tid": tid, "args": {key: value}}
+
+
+def _arrows(record: FlowRecord, pids: dict[str, int], micros: Any) -> list[dict[str, Any]]:
+    arrows: list[dict[str, Any]] = []
+    runs = record.runs
+    number = 0
+
+    def arrow(category: str, source: Attempt, target: Attempt) -> None:
+        nonlocal number
+        number += 1
+        arrows.append(
+            {
+                "ph": "s",
+                "id": number,
+                "name": category,
+                "cat": category,
+                "pid": pids[source.worker],
+                "tid": source.lane + 1,
+                "ts": micros(source.start),
+            }
+        )
+        arrows.append(
+            {
+                "ph": "f",
+                "bp": "e",
+                "id": number,
+                "name": category,
+                "cat": category,
+                "pid": pids[target.worker],
+                "tid": target.lane + 1,
+                "ts": micros(target.start),
+            }
+        )
+
+    for run in runs.values():
+        if not run.attempts or not (
+            run.upstream_ids or run.parent_id is not None or len(run.attempts) > 1
+        ):
+            continue
+        first = run.attempts[0]
+        for upstream_id in run.upstream_ids:
+            upstream = runs.get(upstream_id)
+            if upstream is not None and upstream.attempts:
+                arrow("upstream", upstream.attempts[-1], first)
+        parent = runs.get(run.parent_id) if run.parent_id is not None else None
+        if parent is not None and parent.attempts:
+            holding = [a for a in parent.attempts if a.start <= first.start] or parent.attempts
+            arrow("nested", holding[-1], first)
+        for before, after in zip(run.attempts, run.attempts[1:], strict=False):
+            arrow("retry", before, after)
+    return arrows
