@@ -96,7 +96,8 @@ def test_runners_table(fresh_plugins: None) -> None:
     assert set(rule) <= {"-", " "}
     by_name = {row.split()[0]: row.split() for row in rows}
     assert by_name["thread"][:4] == ["thread", "baton.runners", "baton-core", baton.__version__]
-    assert "async," in by_name["thread"] and "nested" in by_name["thread"]
+    capabilities = {word.rstrip(",") for word in by_name["thread"][4:-1]}
+    assert {"async", "nested", "priorities", "resources"} <= capabilities
     assert set(by_name) == {r.name for r in list_runners()}
 
 
@@ -105,7 +106,7 @@ def test_runners_json(fresh_plugins: None) -> None:
     assert result.exit_code == 0
     runners = {r["name"]: r for r in json.loads(result.stdout)}
     assert runners["sync"]["distribution"] == "baton-core"
-    assert runners["sync"]["capabilities"] == ["async", "nested"]
+    assert runners["sync"]["capabilities"] == ["async", "nested", "priorities", "resources"]
     assert runners["sync"]["error"] is None
 
 

@@ -59,8 +59,8 @@ def test_options_a_runner_does_not_take_are_named(fresh_plugins: None) -> None:
     message = str(info.value)
     assert "Task runner 'thread' (ThreadRunner) does not accept these options" in message
     assert "'workers'" in message
-    assert "Its options: max_workers." in message
-    with pytest.raises(TypeError, match=re.escape("Its options: none.")):
+    assert "Its options: max_workers, resources." in message
+    with pytest.raises(TypeError, match=re.escape("Its options: resources.")):
         get_runner("sync", max_workers=2)
     with pytest.raises(InvalidOptionsError, match="max_workers"):
         get_runner("thread", max_workers=0)
