@@ -24,6 +24,7 @@ from baton._states import State, StateType
 from baton._travel import dumps, portable_state
 
 if TYPE_CHECKING:
+    from baton._limits import RunLimits
     from baton._runner import TaskRunner
     from baton._scope import RunScope
     from baton._task import Task
@@ -71,6 +72,10 @@ class RunCall:
     wait_for: tuple[Any, ...] = ()
     """The placeholders of upstreams the run waits for without taking their results
     (in a native call only)."""
+    limits: RunLimits | None = None
+    """How the run reaches its flow run's concurrency and rate limits from wherever it
+    runs, and which limits' slots it holds (None: the flow run declares none).
+    `run_call` applies it: a runner only has to send the call whole."""
 
     def fill(self, upstream: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | State:
         """The arguments with each placeholder replaced by its upstream's value, or the
@@ -257,6 +262,15 @@ def run_call(
     enforce = timeout == "engine"
     scope = _scope_for(call, nested)
     token = scope.enter()
+    limits = call.limits
+    held = None
+    if limits is not None:
+        from baton._limits import holding
+
+        scope.limiter = limits.limiter()
+        scope.limits_block = True
+        if limits.held:
+            held = holding(limits.held)
     try:
         if on_state is not None:
             on_state(State.running())
@@ -281,6 +295,10 @@ def run_call(
             state = Attempts(call, attempt).finish(failure_state(exc, call))
         del args, kwargs
     finally:
+        if held is not None:
+            from baton._limits import let_go
+
+            let_go(held)
         scope.exit(token)
     retry = None
     if retries == "runner":
@@ -388,6 +406,7 @@ def _scope_for(call: RunCall, nested: TaskRunner | None) -> RunScope:
     if scope is not None and scope.runner is runner:
         _spare.scope = None
         scope.label = label
+        scope.limiter = None
         return scope
     from baton._scope import RunScope
 

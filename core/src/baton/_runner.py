@@ -39,6 +39,12 @@ class Capability(str, enum.Enum):
     """Connects to an existing cluster by address (URL forms such as dask://host:port)."""
     NATIVE_DEPENDENCIES = "native-dependencies"
     """Passes upstream results worker to worker, never through the driver."""
+    LIMITS = "limits"
+    """Honours the flow run's concurrency and rate limits inside runs wherever they
+    execute (`baton.concurrency`, `baton.rate_limit`, tagged runs that tasks submit on
+    workers). Runners that execute runs in the flow's process have it for free; one
+    that ships runs sends `TaskRun.call` (or `native_call()`) whole, with its
+    `RunCall.limits`, to `run_call`."""
 
     def __str__(self) -> str:
         return self.value

@@ -24,6 +24,7 @@ from baton._resolve import resolve
 from baton._states import LazyResult, State, StateType, upstream_failed
 
 if TYPE_CHECKING:
+    from baton._limits import Admission, Limiter
     from baton._map import LazyMap
     from baton._remote import NestedFailure
     from baton._runner import TaskRunner
@@ -79,6 +80,12 @@ class RunScope:
         self._pending: set[Future[Any]] = set()
         self._unobserved: dict[int, Future[Any]] = {}
         self._lazy_maps: list[LazyMap[Any]] = []
+        self.limiter: Limiter | None = None
+        """The flow run's concurrency and rate limits, if it declares any."""
+        self.owns_limiter = False
+        # True in the scope of a run on a worker: its runs take their slots as they are
+        # submitted, in the submitting task's thread (see `_limits.acquire_blocking`).
+        self.limits_block = False
 
     # -- context ------------------------------------------------------------------
 
@@ -101,6 +108,16 @@ class RunScope:
             )
         future: Future[Any] = Future(run)
         run.future = future
+        if self.limiter is not None:
+            admission = self._admission(run)
+            if admission is not None and admission.needed and not self.limits_block:
+                # It takes a slot only once it can run: the core waits for its upstreams.
+                upstreams = [u for u in upstreams if u._state.type not in _FINAL]
+                if upstreams:
+                    with self._lock:
+                        self._pending.add(future)
+                    self._defer(run, upstreams)
+                    return future
         with self._lock:
             self._pending.add(future)
         if upstreams:
@@ -143,6 +160,55 @@ class RunScope:
             upstream.add_done_callback(upstream_done)
         upstream_done(waiting[0])  # the registration's own count
 
+    def _admission(self, run: TaskRun) -> Admission | None:
+        from baton._limits import acquire_blocking, admission_for
+
+        assert self.limiter is not None
+        admission = run.limits = admission_for(self.limiter, run.task.options.tags)
+        if admission is not None and admission.needed and self.limits_block:
+            acquire_blocking(admission)
+        return admission
+
+    def _admit(self, run: TaskRun) -> bool:
+        """Take the run's concurrency slots: True if it may go to the runner now; else it
+        waits PENDING (AwaitingConcurrencySlot) and goes once they free."""
+        admission = run.limits
+        if admission is None or admission.status != 0:
+            return True
+        from baton._limits import AWAITING_SLOT, acquire_later
+
+        def queued() -> None:
+            run.set_state(State.pending(AWAITING_SLOT, admission.wait_message()))
+
+        return acquire_later(admission, lambda: self._dispatch_admitted(run), queued)
+
+    def _dispatch_admitted(self, run: TaskRun) -> None:
+        """Hand a run that got its slots to the runner (from the thread that freed them)."""
+        queue: collections.deque[tuple[RunScope, TaskRun]] | None = getattr(
+            _dispatching, "admitted", None
+        )
+        if queue is not None:
+            queue.append((self, run))
+            return
+        queue = _dispatching.admitted = collections.deque([(self, run)])
+        try:
+            while queue:
+                scope, next_run = queue.popleft()
+                if next_run.future._state.type is not StateType.PENDING:
+                    continue  # cancelled meanwhile: its end gives the slots back
+                try:
+                    if scope.runner.closed:
+                        raise RunnerClosedError(
+                            f"Task run {next_run.name!r} could not start: task runner "
+                            f"{scope.runner.name!r} of {scope.label} was shut down while the "
+                            "run waited for a concurrency slot."
+                        )
+                    scope.runner.submit(next_run)
+                except Exception as exc:
+                    next_run.future._set_final(State.failed(exc))
+        finally:
+            _dispatching.admitted = None
+
     def _dispatch_later(self, run: TaskRun) -> None:
         # Dispatching one run can end it at once (UpstreamFailed, or a runner that runs
         # it inside `submit`), which dispatches its dependents from the same call stack.
@@ -175,6 +241,8 @@ class RunScope:
                     f"Task run {run.name!r} could not start: task runner {runner.name!r} of "
                     f"{self.label} was shut down while the run waited for its upstream runs."
                 )
+            if run.limits is not None and not self._admit(run):
+                return
             runner.submit(run)
             return
         try:
@@ -194,6 +262,8 @@ class RunScope:
                 f"Task run {run.name!r} could not start: task runner {runner.name!r} of "
                 f"{self.label} was shut down while the run waited for its upstream runs."
             )
+        if run.limits is not None and not self._admit(run):
+            return
         runner.submit(run)
 
     def run_inline(
@@ -213,6 +283,12 @@ class RunScope:
         except _UpstreamFailed as failed:
             future._set_final(_upstream_failed_state(run, failed.future))
             return future
+        if self.limiter is not None:
+            admission = self._admission(run)
+            if admission is not None and admission.status == 0:
+                from baton._limits import acquire_blocking
+
+                acquire_blocking(admission)
         if execute:
             run.execute()
         return future
@@ -240,6 +316,10 @@ class RunScope:
         observer = self.observe if observe else None
         if observer is not None:
             observer(future._run, state)
+        if self.limiter is not None:
+            admission = future._run.limits
+            if admission is not None:
+                admission.end()
         with self._lock:
             self._pending.discard(future)
             if state.type in _FAILED and not future._observed:

@@ -8,11 +8,14 @@ import logging
 from typing import TYPE_CHECKING, Any, final
 
 from baton._engine import run_async, run_sync
+from baton._limits import holding as _holding
+from baton._limits import let_go as _let_go
 from baton._remote import RunCall
 from baton._states import State, StateType
 
 if TYPE_CHECKING:
     from baton._futures import Future
+    from baton._limits import Admission, RunLimits
     from baton._remote import RemoteResult
     from baton._scope import RunScope
     from baton._task import Task
@@ -53,6 +56,7 @@ class TaskRun:
         "future",
         "id",
         "kwargs",
+        "limits",
         "scope",
         "task",
         "wait_for",
@@ -75,6 +79,9 @@ class TaskRun:
         self.future: Future[Any]
         self._name: str | None = None
         self._native_upstreams: list[Future[Any]] | None = None
+        self.limits: Admission | None = None
+        """Where the run stands with its flow's concurrency limits (None: no limit
+        concerns it)."""
 
     @property
     def name(self) -> str:
@@ -97,7 +104,24 @@ class TaskRun:
     @property
     def call(self) -> RunCall:
         """The run packed to travel: picklable, callable anywhere (see `run_call`)."""
+        limiter = self.scope.limiter
+        if limiter is not None:
+            return RunCall(
+                self.task, self.id, self.name, self.args, self.kwargs, (), self.run_limits()
+            )
         return RunCall(self.task, self.id, self.name, self.args, self.kwargs)
+
+    def run_limits(self) -> RunLimits | None:
+        """What a worker needs to honour the flow run's limits in this run (see
+        `RunCall.limits`), or None when the flow run declares none."""
+        limiter = self.scope.limiter
+        if limiter is None:
+            return None
+        limits = self.limits
+        held = limits.held if limits is not None else frozenset()
+        # The flow's own limiter, or a client of it (the run was submitted on a worker).
+        run_limits: Any = getattr(limiter, "run_limits", None)
+        return run_limits(held) if run_limits is not None else None
 
     def native_call(self) -> tuple[RunCall, list[Future[Any]]]:
         """For runners with native dependencies: the run packed with a placeholder for
@@ -113,7 +137,8 @@ class TaskRun:
         wait_for = to_portable(self.wait_for, upstreams) if self.wait_for else ()
         args = to_portable(self.args, upstreams)
         kwargs = to_portable(self.kwargs, upstreams)
-        call = RunCall(self.task, self.id, self.name, args, kwargs, wait_for)
+        limits = self.run_limits() if self.scope.limiter is not None else None
+        call = RunCall(self.task, self.id, self.name, args, kwargs, wait_for, limits)
         self._native_upstreams = upstreams
         return call, upstreams
 
@@ -164,6 +189,8 @@ class TaskRun:
             return self.future._state
         token = _current_task_run.set(self)
         scope_token = self.scope.enter()
+        limits = self.limits
+        held = _holding(limits.held) if limits is not None and limits.held else None
         try:
             state = run_sync(self, self.args, self.kwargs, self._on_retry)
         except BaseException as exc:  # Ctrl-C in the main thread: record it, then let it go
@@ -176,6 +203,8 @@ class TaskRun:
             self.future._mark_observed()
             raise
         finally:
+            if held is not None:
+                _let_go(held)
             self.scope.exit(scope_token)
             _current_task_run.reset(token)
         self.future._set_final(state)
@@ -187,9 +216,13 @@ class TaskRun:
             return self.future._state
         token = _current_task_run.set(self)
         scope_token = self.scope.enter()
+        limits = self.limits
+        held = _holding(limits.held) if limits is not None and limits.held else None
         try:
             state = await self._async_engine()
         finally:
+            if held is not None:
+                _let_go(held)
             self.scope.exit(scope_token)
             _current_task_run.reset(token)
         self.future._set_final(state)

@@ -18,6 +18,13 @@ On the worker
     byte stream, `RemoteResult.portable()` for engines that pickle it themselves.
     `lend_slot(pool)` lets a worker that waits on nested runs give its slot up.
 
+Limits
+    A flow run's concurrency and rate limits are kept in its process (a `Limiter`).
+    The core admits tagged runs before the runner sees them; a `RunCall` carries
+    `RunLimits`, through which `run_call` reaches that limiter from any worker for
+    `baton.concurrency`, `baton.rate_limit` and the runs a task submits there. A
+    runner that sends the call whole needs to do nothing else.
+
 Attempts, crashes and hard timeouts
     `Attempts` is the one retry rule, for the engine and for every runner that
     sees an attempt end outside it: the worker died (`worker_lost`) or it ran past
@@ -61,6 +68,7 @@ from baton._deadlines import Deadlines
 from baton._engine import RunInfo
 from baton._errors import RemoteTaskError, RemoteTraceback
 from baton._futures import blocking_section
+from baton._limits import Limiter, RunLimits
 from baton._public import report_public_module as _report_public_module
 from baton._remote import (
     NestedFailure,
@@ -92,6 +100,7 @@ __all__ = [
     "Attempts",
     "Capability",
     "Deadlines",
+    "Limiter",
     "NestedFailure",
     "RemoteResult",
     "RemoteTaskError",
@@ -99,6 +108,7 @@ __all__ = [
     "Retry",
     "RunCall",
     "RunInfo",
+    "RunLimits",
     "SlotLender",
     "TaskRun",
     "TaskRunner",

@@ -142,7 +142,14 @@ def reap(worker: WorkerProcess, patient: bool) -> str:
 
 
 def pickle_arguments(run: TaskRun) -> bytes:
+    """The run's arguments for the worker: ``(args, kwargs)``, or ``(args, kwargs,
+    limits)`` in a flow run with limits (see `RunCall.limits`)."""
     args, kwargs = run.args, run.kwargs
+    if run.scope.limiter is not None:
+        try:
+            return cloudpickle_dumps((args, kwargs, run.run_limits()))
+        except Exception as exc:
+            raise _argument_error(run, exc) from exc
     if not kwargs:
         for value in args:
             if type(value) not in _PLAIN:

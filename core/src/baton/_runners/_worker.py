@@ -9,7 +9,8 @@ parent -> worker
     ``(HELLO, sys_path, argv, initializer_blob)`` once, then
     ``(BATCH, new_tasks, forget, items, sys_path)``: tasks the worker has not seen
     yet as ``(key, cloudpickled Task)``, keys of tasks it may forget, runs as
-    ``(run_id, name, task_key, attempt, timed, pickled (args, kwargs))``, and the
+    ``(run_id, name, task_key, attempt, timed, pickled (args, kwargs))`` (with the
+    run's `RunCall.limits` third in a flow run with limits), and the
     parent's sys.path if it changed (None if not);
     ``(STOP,)`` to exit once the batches sent so far are done.
 worker -> parent
@@ -225,7 +226,7 @@ class _Worker:
             self._send_result(run_id, encode_result(result, "?", name))
             return
         try:
-            args, kwargs = _load(payload)
+            loaded = _load(payload)
         except BaseException as exc:
             error = WorkerLoadError(
                 f"The arguments of task run {name!r} (task {task.name!r}) could not be "
@@ -234,8 +235,9 @@ class _Worker:
             result = RemoteResult(State.failed(error), attempt=attempt)
             self._send_result(run_id, encode_result(result, task.name, name))
             return
-        call = RunCall(task, run_id, name, args, kwargs)
-        del args, kwargs
+        # (args, kwargs), or (args, kwargs, limits) in a flow run with limits
+        call = RunCall(task, run_id, name, *loaded[:2], (), *loaded[2:])
+        del loaded
         result = run_call(
             call, attempt=attempt, timeout="runner", on_state=self._state_reporter(run_id, timed)
         )

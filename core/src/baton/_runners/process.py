@@ -95,6 +95,7 @@ class ProcessRunner(TaskRunner):
             Capability.ASYNC,
             Capability.HARD_TIMEOUTS,
             Capability.CRASH_DETECTION,
+            Capability.LIMITS,
         }
     )
 

@@ -20,7 +20,7 @@ class SyncRunner(TaskRunner):
     """
 
     name = "sync"
-    capabilities = frozenset({Capability.NESTED, Capability.ASYNC})
+    capabilities = frozenset({Capability.NESTED, Capability.ASYNC, Capability.LIMITS})
 
     def submit(self, run: TaskRun) -> None:
         run.execute()

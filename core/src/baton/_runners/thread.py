@@ -125,7 +125,7 @@ class ThreadRunner(TaskRunner):
     """
 
     name = "thread"
-    capabilities = frozenset({Capability.NESTED, Capability.ASYNC})
+    capabilities = frozenset({Capability.NESTED, Capability.ASYNC, Capability.LIMITS})
 
     def __init__(self, max_workers: int | None = None) -> None:
         if max_workers is not None and (not isinstance(max_workers, int) or max_workers < 1):
