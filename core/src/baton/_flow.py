@@ -159,7 +159,7 @@ class Flow(Generic[P, R]):
                 scope.runner.shutdown(wait=not interrupted)
         finally:
             if scope.owns_limiter:
-                scope.limiter.close()  # type: ignore[union-attr]
+                _close_limits(scope)
             flow_run.state = state
             flow_run.end_time = time.time()
             hooks = self.options.on_completion if state.is_completed() else self.options.on_failure
@@ -353,19 +353,29 @@ def _upstream_failed(flow_run: FlowRun, wait_for: tuple[Any, ...]) -> State | No
 def _set_limits(scope: RunScope, options: FlowOptions, settings: Any) -> None:
     """Give the flow run's scope its limiter: its own if the flow or the settings declare
     limits, else (a subflow) the one of the flow run it runs in."""
-    if options.concurrency_limits or options.rate_limits or settings.concurrency_limits or (
-        settings.rate_limits
+    if (
+        options.concurrency_limits
+        or options.rate_limits
+        or settings.concurrency_limits
+        or (settings.rate_limits)
     ):
         from baton._limits import limits_of_flow
 
-        scope.limiter = limits_of_flow(options.concurrency_limits, options.rate_limits)
-        scope.owns_limiter = scope.limiter is not None
+        limiter = limits_of_flow(options.concurrency_limits, options.rate_limits)
+        scope.limiter = limiter
+        scope.owns_limiter = limiter is not None
         return
     from baton._scope import _current_scope
 
     parent = _current_scope.get()
     if parent is not None and parent.limiter is not None:
         scope.limiter = parent.limiter
+
+
+def _close_limits(scope: RunScope) -> None:
+    close = getattr(scope.limiter, "close", None)
+    if close is not None:
+        close()
 
 
 def _returned_result(future: Future[Any], allowed: bool) -> Any:

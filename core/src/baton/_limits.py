@@ -2,162 +2,40 @@
 
 A flow run that declares limits (``@flow(concurrency_limits=..., rate_limits=...)``
 or the ``BATON_CONCURRENCY_LIMITS`` / ``BATON_RATE_LIMITS`` settings) gets one
-`LocalLimiter`. Its scope admits tagged runs before the runner sees them, so every
-runner honours the limits; code on workers (`concurrency`, `rate_limit`, runs that
-tasks submit there) reaches the same limiter through the `RunLimits` that travels
-in each `RunCall` (see `baton._limits_service`).
-
-A run that holds a slot shares it with the runs it submits (and theirs): they are
-admitted under the slot of the limits it holds, so a limit never deadlocks a parent
-that waits for its own subtasks.
+`LocalLimiter`. Its scope admits tagged runs before the runner sees them (see
+`baton._admission`), so every runner honours the limits; code on workers
+(`concurrency`, `rate_limit`, runs that tasks submit there) reaches the same
+limiter through the `RunLimits` that travels in each `RunCall` (see
+`baton._limits_service`).
 """
 
 from __future__ import annotations
 
 import collections
 import contextvars
-import math
-import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Protocol, final
+from typing import TYPE_CHECKING, Any, final
 
-from baton._errors import BatonError
+from baton._admission import Limiter, _held
+from baton._limitspec import LimitError, parse_rate
 
 if TYPE_CHECKING:
     import types
 
-    from baton._limits_service import LimiterHandle
+    from baton._limits_service import LimiterHandle, RunLimits
     from baton._scope import RunScope
 
 __all__ = [
-    "Admission",
     "LimitError",
-    "Limiter",
     "LocalLimiter",
-    "RunLimits",
     "concurrency",
     "current_limiter",
-    "parse_rate",
+    "limits_of_flow",
     "rate_limit",
     "rate_limit_async",
 ]
-
-AWAITING_SLOT = "AwaitingConcurrencySlot"
-"""The name of the PENDING state of a run that waits for a concurrency slot."""
-
-
-class LimitError(BatonError, ValueError):
-    """A concurrency or rate limit used in a way that cannot work: a name no limit of
-    the flow run has, a malformed rate, or more slots than the limit has."""
-
-
-# -- declarations ---------------------------------------------------------------------
-
-_RATE = re.compile(r"^\s*(\d+)\s*/\s*(\d*\.?\d*)\s*([a-z]+)\s*$", re.IGNORECASE)
-_UNITS = {
-    "s": 1.0,
-    "sec": 1.0,
-    "second": 1.0,
-    "seconds": 1.0,
-    "m": 60.0,
-    "min": 60.0,
-    "minute": 60.0,
-    "minutes": 60.0,
-    "h": 3600.0,
-    "hour": 3600.0,
-    "hours": 3600.0,
-    "d": 86400.0,
-    "day": 86400.0,
-    "days": 86400.0,
-}
-
-
-def parse_rate(text: object) -> tuple[int, float]:
-    """``"10/s"`` -> (10, 1.0): at most 10 calls in any 1 second. Units: s, m, h, d
-    (or second, minute, hour, day); a period may have a count, as in ``"5/10s"``."""
-    match = _RATE.match(text) if isinstance(text, str) else None
-    unit = _UNITS.get(match.group(3).lower()) if match else None
-    if match is None or unit is None:
-        raise ValueError(
-            f"a rate is written as calls per period, such as '10/s', '600/m', '1/h' or "
-            f"'5/10s' (units: s, m, h, d); got {text!r}"
-        )
-    count = int(match.group(1))
-    scale = float(match.group(2)) if match.group(2) not in ("", ".") else 1.0
-    period = scale * unit
-    if count < 1 or not period > 0 or not math.isfinite(period):
-        raise ValueError(f"a rate needs at least 1 call per period longer than 0, got {text!r}")
-    return count, period
-
-
-def check_concurrency_limits(value: Any) -> dict[str, int]:
-    """Validate ``{"db": 2}``: names are non-empty strings, limits whole numbers >= 1."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ValueError(f"expected a mapping of limit names to slots, such as {{'db': 2}}")
-    checked: dict[str, int] = {}
-    for name, limit in value.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"limit names are non-empty strings (tags), got {name!r}")
-        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
-            raise ValueError(
-                f"the limit of {name!r} must be a whole number of slots >= 1, got {limit!r}; "
-                "leave the name out for no limit"
-            )
-        checked[name] = limit
-    return checked
-
-
-def check_rate_limits(value: Any) -> dict[str, str]:
-    """Validate ``{"api": "10/s"}`` (see `parse_rate`)."""
-    if value is None:
-        return {}
-    if not isinstance(value, Mapping):
-        raise ValueError(f"expected a mapping of limit names to rates, such as {{'api': '10/s'}}")
-    checked: dict[str, str] = {}
-    for name, rate in value.items():
-        if not isinstance(name, str) or not name:
-            raise ValueError(f"limit names are non-empty strings, got {name!r}")
-        try:
-            parse_rate(rate)
-        except ValueError as exc:
-            raise ValueError(f"rate limit {name!r}: {exc}") from None
-        checked[name] = rate
-    return checked
-
-
-# -- the limiter ----------------------------------------------------------------------
-
-
-class Limiter(Protocol):
-    """What keeps a flow run's concurrency and rate limits: the flow's own `LocalLimiter`
-    in its process, or a client of it on a worker (`RunLimits.limiter()`).
-
-    Slots are asked for as ``{limit name: count}``. `acquire` takes them at once
-    (returns None) or queues the request (returns a ticket) and calls `granted()`
-    from another thread once they are held; `cancel(ticket)` withdraws a queued
-    request (False if it was granted meanwhile: `granted` then runs, and the caller
-    must `release`). `reserve` books one call of a rate limit and returns how many
-    seconds the caller must wait before making it.
-    """
-
-    concurrency_limits: Mapping[str, int]
-    rate_limits: Mapping[str, str]
-
-    def acquire(self, slots: Mapping[str, int], granted: Callable[[], None]) -> object | None:
-        """Take `slots` now (None) or queue for them (a ticket; `granted` is called later)."""
-
-    def cancel(self, ticket: object) -> bool:
-        """Withdraw a queued request; False if it was granted meanwhile."""
-
-    def release(self, slots: Mapping[str, int]) -> None:
-        """Give back slots taken by `acquire`."""
-
-    def reserve(self, name: str, occupy: int = 1) -> float:
-        """Book `occupy` calls of rate limit `name`: seconds to wait before making them."""
 
 
 @final
@@ -298,6 +176,8 @@ class LocalLimiter:
         """What travels with the call of a run that holds `held` (cached)."""
         limits = self._run_limits.get(held)
         if limits is None:
+            from baton._limits_service import RunLimits
+
             limits = self._run_limits[held] = RunLimits(self.handle(), held)
         return limits
 
@@ -308,137 +188,6 @@ class LocalLimiter:
             from baton._limits_service import stop
 
             stop(handle)
-
-
-@final
-class RunLimits:
-    """The limits part of a `RunCall`: how a worker reaches the flow's limiter, and the
-    limits whose slot the run holds (which the runs it submits share)."""
-
-    __slots__ = ("handle", "held")
-
-    def __init__(self, handle: LimiterHandle, held: frozenset[str]) -> None:
-        self.handle = handle
-        self.held = held
-
-    def __reduce__(self) -> tuple[Any, ...]:
-        return (RunLimits, (self.handle, self.held))
-
-    def limiter(self) -> Limiter:
-        """The flow's limiter: itself in the flow's process, a client of it elsewhere."""
-        return self.handle.limiter()
-
-
-# -- admission of task runs -----------------------------------------------------------
-
-# The limits whose slot the code running here holds (its run's, or a block's): the runs
-# it submits, and `concurrency` blocks inside it, share that slot.
-_held: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
-    "baton_limits_held", default=frozenset()
-)
-_status_lock = threading.Lock()
-
-_NEW, _WAITING, _HOLDING, _ENDED = 0, 1, 2, 3
-
-
-@final
-class Admission:
-    """A task run's standing with its flow's concurrency limits: the slots it needs, the
-    limits it holds for itself and its nested runs, and whether it holds them now."""
-
-    __slots__ = ("held", "limiter", "needed", "status", "ticket")
-
-    def __init__(self, limiter: Limiter, needed: dict[str, int], held: frozenset[str]) -> None:
-        self.limiter = limiter
-        self.needed = needed
-        self.held = held
-        self.status = _NEW if needed else _HOLDING
-        self.ticket: object | None = None
-
-    def wait_message(self) -> str:
-        names = ", ".join(repr(name) for name in self.needed)
-        return f"Waiting for a slot of concurrency limit {names}."
-
-    def granted(self) -> bool:
-        """The queued request was granted: True if the run goes on, False if it ended
-        meanwhile (its slots are then given back)."""
-        with _status_lock:
-            if self.status == _WAITING:
-                self.status = _HOLDING
-                return True
-        self.limiter.release(self.needed)
-        return False
-
-    def end(self) -> None:
-        """The run is final: give back what it holds, or withdraw its request."""
-        with _status_lock:
-            status, self.status = self.status, _ENDED
-        if status == _HOLDING:
-            if self.needed:
-                self.limiter.release(self.needed)
-        elif status == _WAITING and self.ticket is not None:
-            # Not withdrawn: it was granted meanwhile, and `granted` gives the slots back.
-            self.limiter.cancel(self.ticket)
-
-
-def admission_for(limiter: Limiter, tags: frozenset[str]) -> Admission | None:
-    """The admission of a run with `tags` submitted here, or None if no limit concerns it."""
-    held = _held.get()
-    limits = limiter.concurrency_limits
-    if not tags:
-        return Admission(limiter, {}, held) if held else None
-    mine = {tag for tag in tags if tag in limits}
-    if not mine and not held:
-        return None
-    return Admission(limiter, {name: 1 for name in sorted(mine - held)}, held | mine)
-
-
-def acquire_blocking(admission: Admission) -> None:
-    """Take the admission's slots in this thread, waiting as long as it takes (a worker
-    of a bounded pool lends its slot meanwhile)."""
-    event = threading.Event()
-    ticket = admission.limiter.acquire(admission.needed, event.set)
-    if ticket is None:
-        admission.status = _HOLDING
-        return
-    from baton._futures import _wait_until
-
-    _wait_until(event.is_set, None, event.wait)
-    admission.status = _HOLDING
-
-
-def acquire_later(
-    admission: Admission, granted: Callable[[], None], queued: Callable[[], None]
-) -> bool:
-    """Take the admission's slots now (True) or queue (False): then `queued()` runs at
-    once, and `granted()` once they are held, unless the run ended first."""
-
-    def on_grant() -> None:
-        if admission.granted():
-            granted()
-
-    admission.status = _WAITING
-    ticket = admission.limiter.acquire(admission.needed, on_grant)
-    if ticket is None:
-        admission.status = _HOLDING
-        return True
-    with _status_lock:
-        # Under the lock that a grant needs to go on: `queued` comes before `granted`.
-        admission.ticket = ticket
-        if admission.status == _WAITING:
-            queued()
-    return False
-
-
-def holding(held: frozenset[str]) -> contextvars.Token[frozenset[str]]:
-    return _held.set(held)
-
-
-def let_go(token: contextvars.Token[frozenset[str]]) -> None:
-    _held.reset(token)
-
-
-# -- in task code ---------------------------------------------------------------------
 
 
 def current_limiter() -> Limiter | None:
@@ -478,7 +227,7 @@ def _check_occupy(occupy: object, what: str) -> int:
 
 
 @final
-class concurrency:  # noqa: N801 - used as a function, like contextlib's context managers
+class concurrency:
     """Hold `occupy` slots of the named concurrency limit(s) for the block, in any task
     of a flow that declares them, wherever the task runs::
 
@@ -678,4 +427,3 @@ def limits_of_flow(
     if not merged and not rates:
         return None
     return LocalLimiter(merged, rates)
-

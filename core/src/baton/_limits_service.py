@@ -26,9 +26,10 @@ from multiprocessing.connection import Client, Connection, Listener
 from typing import TYPE_CHECKING, Any, final
 
 if TYPE_CHECKING:
-    from baton._limits import Limiter, LocalLimiter, RunLimits
+    from baton._admission import Limiter
+    from baton._limits import LocalLimiter
 
-__all__ = ["LimiterClient", "LimiterHandle", "serve", "stop"]
+__all__ = ["LimiterClient", "LimiterHandle", "RunLimits", "serve", "stop"]
 
 logger = logging.getLogger("baton")
 
@@ -80,6 +81,28 @@ class LimiterHandle:
         return client
 
 
+@final
+class RunLimits:
+    """The limits part of a `RunCall`: how a worker reaches the flow's limiter, and the
+    limits whose slot the run holds (which the runs it submits share)."""
+
+    __slots__ = ("handle", "held")
+
+    def __init__(self, handle: LimiterHandle, held: frozenset[str]) -> None:
+        self.handle = handle
+        self.held = held
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RunLimits, (self.handle, self.held))
+
+    def limiter(self) -> Limiter:
+        """The flow's limiter: itself in the flow's process, a client of it elsewhere."""
+        return self.handle.limiter()
+
+
+# -- admission of task runs -----------------------------------------------------------
+
+
 # -- the service (in the flow's process) ------------------------------------------------
 
 
@@ -100,7 +123,7 @@ class _Service:
             try:
                 connection = self.listener.accept()
             except Exception:
-                if self.closed:
+                if self.listener_closed():
                     return
                 logger.debug("A connection to the limits service failed", exc_info=True)
                 continue
@@ -183,6 +206,9 @@ class _Service:
                 held.clear()
             if left:
                 limiter.release(left)
+
+    def listener_closed(self) -> bool:
+        return self.closed
 
     def close(self) -> None:
         self.closed = True
@@ -313,8 +339,6 @@ class LimiterClient:
         """What travels with the call of a run submitted here that holds `held`."""
         limits = self._run_limits.get(held)
         if limits is None:
-            from baton._limits import RunLimits
-
             limits = self._run_limits[held] = RunLimits(self.handle, held)
         return limits
 

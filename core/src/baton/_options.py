@@ -194,14 +194,14 @@ class FlowOptions(BaseModel):
     @field_validator("concurrency_limits", mode="before")
     @classmethod
     def _valid_concurrency_limits(cls, value: Any) -> Any:
-        from baton._limits import check_concurrency_limits
+        from baton._limitspec import check_concurrency_limits
 
         return check_concurrency_limits(value)
 
     @field_validator("rate_limits", mode="before")
     @classmethod
     def _valid_rate_limits(cls, value: Any) -> Any:
-        from baton._limits import check_rate_limits
+        from baton._limitspec import check_rate_limits
 
         return check_rate_limits(value)
 

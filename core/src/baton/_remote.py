@@ -24,7 +24,7 @@ from baton._states import State, StateType
 from baton._travel import dumps, portable_state
 
 if TYPE_CHECKING:
-    from baton._limits import RunLimits
+    from baton._limits_service import RunLimits
     from baton._runner import TaskRunner
     from baton._scope import RunScope
     from baton._task import Task
@@ -265,7 +265,7 @@ def run_call(
     limits = call.limits
     held = None
     if limits is not None:
-        from baton._limits import holding
+        from baton._admission import holding
 
         scope.limiter = limits.limiter()
         scope.limits_block = True
@@ -296,7 +296,7 @@ def run_call(
         del args, kwargs
     finally:
         if held is not None:
-            from baton._limits import let_go
+            from baton._admission import let_go
 
             let_go(held)
         scope.exit(token)

@@ -24,7 +24,7 @@ from baton._resolve import resolve
 from baton._states import LazyResult, State, StateType, upstream_failed
 
 if TYPE_CHECKING:
-    from baton._limits import Admission, Limiter
+    from baton._admission import Admission, Limiter
     from baton._map import LazyMap
     from baton._remote import NestedFailure
     from baton._runner import TaskRunner
@@ -161,7 +161,7 @@ class RunScope:
         upstream_done(waiting[0])  # the registration's own count
 
     def _admission(self, run: TaskRun) -> Admission | None:
-        from baton._limits import acquire_blocking, admission_for
+        from baton._admission import acquire_blocking, admission_for
 
         assert self.limiter is not None
         admission = run.limits = admission_for(self.limiter, run.task.options.tags)
@@ -175,7 +175,7 @@ class RunScope:
         admission = run.limits
         if admission is None or admission.status != 0:
             return True
-        from baton._limits import AWAITING_SLOT, acquire_later
+        from baton._admission import AWAITING_SLOT, acquire_later
 
         def queued() -> None:
             run.set_state(State.pending(AWAITING_SLOT, admission.wait_message()))
@@ -286,7 +286,7 @@ class RunScope:
         if self.limiter is not None:
             admission = self._admission(run)
             if admission is not None and admission.status == 0:
-                from baton._limits import acquire_blocking
+                from baton._admission import acquire_blocking
 
                 acquire_blocking(admission)
         if execute:

@@ -85,14 +85,14 @@ class Settings(BaseSettings):
     @field_validator("concurrency_limits", mode="before")
     @classmethod
     def _valid_concurrency_limits(cls, value: object) -> object:
-        from baton._limits import check_concurrency_limits
+        from baton._limitspec import check_concurrency_limits
 
         return check_concurrency_limits(value)
 
     @field_validator("rate_limits", mode="before")
     @classmethod
     def _valid_rate_limits(cls, value: object) -> object:
-        from baton._limits import check_rate_limits
+        from baton._limitspec import check_rate_limits
 
         return check_rate_limits(value)
 

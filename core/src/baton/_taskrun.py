@@ -7,15 +7,16 @@ import itertools
 import logging
 from typing import TYPE_CHECKING, Any, final
 
+from baton._admission import holding as _holding
+from baton._admission import let_go as _let_go
 from baton._engine import run_async, run_sync
-from baton._limits import holding as _holding
-from baton._limits import let_go as _let_go
 from baton._remote import RunCall
 from baton._states import State, StateType
 
 if TYPE_CHECKING:
+    from baton._admission import Admission
     from baton._futures import Future
-    from baton._limits import Admission, RunLimits
+    from baton._limits_service import RunLimits
     from baton._remote import RemoteResult
     from baton._scope import RunScope
     from baton._task import Task

@@ -54,6 +54,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from baton._admission import Limiter
 from baton._attempts import (
     FINAL_STATE_TYPES,
     Attempts,
@@ -68,7 +69,7 @@ from baton._deadlines import Deadlines
 from baton._engine import RunInfo
 from baton._errors import RemoteTaskError, RemoteTraceback
 from baton._futures import blocking_section
-from baton._limits import Limiter, RunLimits
+from baton._limits_service import RunLimits
 from baton._public import report_public_module as _report_public_module
 from baton._remote import (
     NestedFailure,

@@ -236,7 +236,8 @@ class _Worker:
             self._send_result(run_id, encode_result(result, task.name, name))
             return
         # (args, kwargs), or (args, kwargs, limits) in a flow run with limits
-        call = RunCall(task, run_id, name, *loaded[:2], (), *loaded[2:])
+        limits = loaded[2] if len(loaded) > 2 else None
+        call = RunCall(task, run_id, name, loaded[0], loaded[1], (), limits)
         del loaded
         result = run_call(
             call, attempt=attempt, timeout="runner", on_state=self._state_reporter(run_id, timed)
