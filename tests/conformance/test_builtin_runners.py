@@ -8,7 +8,7 @@ from baton.testing import RunnerConformance
 
 
 class TestThreadRunner(RunnerConformance):
-    conformance_level = 2
+    conformance_level = 3
 
     @pytest.fixture
     def runner(self) -> TaskRunner:
@@ -22,7 +22,7 @@ class TestThreadRunner(RunnerConformance):
 class TestThreadRunnerWithTwoWorkers(RunnerConformance):
     """A bounded pool, full as soon as two runs wait on nested ones."""
 
-    conformance_level = 2
+    conformance_level = 3
 
     @pytest.fixture
     def runner(self) -> TaskRunner:
@@ -30,7 +30,7 @@ class TestThreadRunnerWithTwoWorkers(RunnerConformance):
 
 
 class TestSyncRunner(RunnerConformance):
-    conformance_level = 2
+    conformance_level = 3
 
     @pytest.fixture
     def runner(self) -> TaskRunner:
@@ -42,7 +42,7 @@ class TestSyncRunner(RunnerConformance):
 
 
 class TestProcessRunner(RunnerConformance):
-    conformance_level = 2
+    conformance_level = 3
 
     @pytest.fixture
     def runner(self) -> TaskRunner:

@@ -191,7 +191,12 @@ class _Service:
                     withdrawn = ticket is not None and limiter.cancel(ticket)
                     send(("cancelled", request, withdrawn))
         except (EOFError, OSError):
-            pass
+            pass  # the worker went away
+        except Exception:
+            # Closed under the reading thread as the flow run ended, or a message that
+            # makes no sense: either way this connection is done.
+            if not self.listener_closed():
+                logger.debug("The limits service dropped a connection", exc_info=True)
         finally:
             self.connections.discard(connection)
             connection.close()
@@ -297,8 +302,8 @@ class LimiterClient:
                 if waiter is not None:
                     waiter[1].append(message)
                     waiter[0].set()
-        except (EOFError, OSError):
-            pass
+        except Exception:
+            pass  # the flow run ended (its service closed), or the connection broke
         finally:
             self.closed = True
             with self._lock:

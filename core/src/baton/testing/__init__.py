@@ -41,6 +41,7 @@ _ASSERTING = (
     "baton.testing._suite_api",
     "baton.testing._suite_failures",
     "baton.testing._suite_futures",
+    "baton.testing._suite_limits",
     "baton.testing._suite_runner",
     "baton.testing._suite_workers",
 )

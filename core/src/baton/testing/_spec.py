@@ -10,7 +10,7 @@ from baton._runner import Capability
 
 __all__ = ["LATEST_LEVEL", "Spec", "conformance", "spec_of"]
 
-LATEST_LEVEL = 2
+LATEST_LEVEL = 3
 """The highest conformance level this kit has tests for.
 
 Levels only grow: a test added in a later release of the kit belongs to a new
@@ -22,6 +22,10 @@ level, so a plugin that pins ``conformance_level`` keeps passing until it opts i
   subtask nobody read fails the flow, crashed runs are retried by the one rule, a
   hard timeout stops work blocked in C, a run on a worker reads RUNNING, and tasks
   defined in a script's ``__main__`` run on the runner.
+- Level 3: concurrency limits hold for tagged runs (also runs submitted on workers)
+  and for `baton.concurrency` blocks, untagged runs are not held back, a tagged
+  subtask of a slot holder finishes, rate limits space calls, and an undeclared
+  limit is an error.
 """
 
 F = TypeVar("F", bound=Callable[..., Any])
