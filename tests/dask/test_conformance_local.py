@@ -17,7 +17,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 class TestDaskOnLocalCluster(RunnerConformance):
-    conformance_level = 2
+    conformance_level = 3
 
     @pytest.fixture
     def runner(self, cluster: LocalCluster) -> DaskTaskRunner:

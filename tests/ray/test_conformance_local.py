@@ -9,7 +9,7 @@ from baton_ray import RayTaskRunner
 
 @pytest.mark.usefixtures("ray_local")
 class TestRayOnLocalRay(RunnerConformance):
-    conformance_level = 2
+    conformance_level = 3
 
     @pytest.fixture
     def runner(self) -> RayTaskRunner:
