@@ -115,10 +115,12 @@ class LimitTests:
 
     @conformance(level=3, requires=(Capability.LIMITS,))
     def test_concurrency_blocks_hold_the_limit_wherever_the_tasks_run(self, kit: Kit) -> None:
-        def body() -> list[tuple[float, float]]:
+        def body() -> list[tuple[float, float, int]]:
             return concurrency_block.map("kit-block", range(6), 0.2).result()
 
-        intervals = kit.run(body, concurrency_limits={"kit-block": 2})
+        intervals = [
+            (start, end) for start, end, _ in kit.run(body, concurrency_limits={"kit-block": 2})
+        ]
         assert len(intervals) == 6
         assert most_at_once(intervals) <= 2, sorted(intervals)
 

@@ -4,6 +4,7 @@ clock (shared by every process of one machine): the tests count overlaps from th
 
 from __future__ import annotations
 
+import os
 import time
 from typing import Any
 
@@ -95,9 +96,11 @@ def map_limited(count: int, seconds: float = WORK_SECONDS) -> list[tuple[float, 
 @_loose
 @task
 def concurrency_block(name: str, index: int, seconds: float = WORK_SECONDS) -> Any:
-    """Hold a slot of concurrency limit `name` for a block; when the block ran."""
+    """Hold a slot of concurrency limit `name` for a block; when the block ran, and in
+    which process."""
     with baton.concurrency(name):
-        return _interval(seconds)
+        start, end = _interval(seconds)
+    return start, end, os.getpid()
 
 
 @_loose
