@@ -250,17 +250,20 @@ def test_cancelled_runs_waiting_for_a_slot_give_it_back() -> None:
 
 def test_a_failing_flow_cancels_the_runs_waiting_for_a_slot() -> None:
     futures: list[Any] = []
+    mapped = threading.Event()
 
     @task(tags=["db"])
     def hold(index: int) -> str:
         if index == 0:
             # Holds the only slot until the flow has cancelled the runs waiting for it.
+            mapped.wait(10)
             baton.wait(futures[1:], timeout=10)
         return "held"
 
     @flow(concurrency_limits={"db": 1})
     def failing() -> None:
         futures.extend(hold.map(range(3)))
+        mapped.set()
         raise RuntimeError("the flow gave up")
 
     state = failing(return_state=True)
