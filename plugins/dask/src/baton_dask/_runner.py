@@ -74,6 +74,7 @@ class DaskTaskRunner(TaskRunner):
             Capability.CRASH_DETECTION,
             Capability.CONNECT,
             Capability.NATIVE_DEPENDENCIES,
+            Capability.LIMITS,
         }
     )
     url_schemes = ("dask", "dask+tls")

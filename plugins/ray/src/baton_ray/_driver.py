@@ -327,7 +327,9 @@ class Driver:
         call, upstreams = run.native_call()
         job = _Job(run, upstreams, kind, remote)
         job.call = call
-        job.head = _pack((key, blob, run.id, run.name, call.args, call.kwargs, call.wait_for))
+        job.head = _pack(
+            (key, blob, run.id, run.name, call.args, call.kwargs, call.wait_for, call.limits)
+        )
         with self._lock:
             if self._closing is not None:
                 raise RunnerClosedError(

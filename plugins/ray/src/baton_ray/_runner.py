@@ -71,6 +71,7 @@ class RayTaskRunner(TaskRunner):
             Capability.CRASH_DETECTION,
             Capability.CONNECT,
             Capability.NATIVE_DEPENDENCIES,
+            Capability.LIMITS,
         }
     )
     url_schemes = ("ray",)

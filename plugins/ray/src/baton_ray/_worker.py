@@ -58,8 +58,9 @@ __all__ = [
 INLINE, STORED, FINAL, RETRY = 0, 1, 2, 3
 STARTED: Final = "started"
 
-# (task key, pickled task or [its ObjectRef], run id, run name, args, kwargs, wait_for)
-Head = tuple[str, Any, int, str, tuple[Any, ...], dict[str, Any], tuple[Any, ...]]
+# (task key, pickled task or [its ObjectRef], run id, run name, args, kwargs, wait_for,
+# the call's RunLimits or None)
+Head = tuple[str, Any, int, str, tuple[Any, ...], dict[str, Any], tuple[Any, ...], Any]
 
 # Results of these types and sizes travel inside the outcome instead of the store.
 _INLINE_TYPES: Final = frozenset({int, float, bool, complex, type(None)})
@@ -116,7 +117,7 @@ def _load(head: Head | bytes) -> RunCall | State:
                     f"Ray worker: {type(exc).__name__}: {exc}"
                 )
             )
-    key, blob, run_id, name, args, kwargs, wait_for = head
+    key, blob, run_id, name, args, kwargs, wait_for, limits = head
     task = _tasks.get(key)
     if task is None:
         try:
@@ -140,7 +141,7 @@ def _load(head: Head | bytes) -> RunCall | State:
             if len(_tasks) >= 512:
                 _tasks.clear()
             _tasks[key] = task
-    return RunCall(task, run_id, name, args, kwargs, wait_for)
+    return RunCall(task, run_id, name, args, kwargs, wait_for, limits)
 
 
 def _upstream_values(inputs: tuple[Any, ...]) -> tuple[State, ...]:
