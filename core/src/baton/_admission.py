@@ -11,7 +11,7 @@ from __future__ import annotations
 import contextvars
 import threading
 from collections.abc import Callable, Mapping
-from typing import Protocol, final
+from typing import Any, Protocol, final
 
 __all__ = [
     "AWAITING_SLOT",
@@ -69,7 +69,14 @@ _held: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
 )
 _status_lock = threading.Lock()
 
-_NEW, _WAITING, _HOLDING, _ENDED = 0, 1, 2, 3
+# NEW: not asked yet; WAITING: queued for its slots; HOLDING: granted after waiting (a
+# grant and the run's end may race: they settle under `_status_lock`); DIRECT: holds
+# its slots (or needs none) since admission, which only the run's end changes.
+_NEW, _WAITING, _HOLDING, _ENDED, _DIRECT = 0, 1, 2, 3, 4
+
+Plans = dict[tuple[frozenset[str], frozenset[str]], tuple[dict[str, int], frozenset[str]]]
+"""A limiter's cache, (tags, limits held) -> (slots needed, limits held): runs of one
+task ask alike."""
 
 
 @final
@@ -77,51 +84,72 @@ class Admission:
     """A task run's standing with its flow's concurrency limits: the slots it needs, the
     limits it holds for itself and its nested runs, and whether it holds them now."""
 
-    __slots__ = ("held", "limiter", "needed", "status", "ticket")
+    __slots__ = ("held", "limiter", "needed", "run", "status", "ticket")
 
     def __init__(self, limiter: Limiter, needed: dict[str, int], held: frozenset[str]) -> None:
         self.limiter = limiter
         self.needed = needed
         self.held = held
-        self.status = _NEW if needed else _HOLDING
+        self.status = _NEW if needed else _DIRECT
         self.ticket: object | None = None
+        self.run: Any = None
+
+    def waiting(self) -> bool:
+        """Whether the run still has to take its slots."""
+        return self.status == _NEW
 
     def wait_message(self) -> str:
         names = ", ".join(repr(name) for name in self.needed)
         return f"Waiting for a slot of concurrency limit {names}."
 
-    def granted(self) -> bool:
-        """The queued request was granted: True if the run goes on, False if it ended
-        meanwhile (its slots are then given back)."""
+    def _granted(self) -> None:
+        """The queued request was granted: the run goes to its runner, unless it ended
+        meanwhile (its slots then go back)."""
         with _status_lock:
-            if self.status == _WAITING:
+            go = self.status == _WAITING
+            if go:
                 self.status = _HOLDING
-                return True
-        self.limiter.release(self.needed)
-        return False
+        if go:
+            run = self.run
+            run.scope.dispatch_admitted(run)
+        else:
+            self.limiter.release(self.needed)
 
     def end(self) -> None:
         """The run is final: give back what it holds, or withdraw its request."""
-        with _status_lock:
-            status, self.status = self.status, _ENDED
-        if status == _HOLDING:
+        if self.status == _DIRECT:
+            self.status = _ENDED
             if self.needed:
                 self.limiter.release(self.needed)
+            return
+        with _status_lock:
+            status, self.status = self.status, _ENDED
+        self.run = None
+        if status == _HOLDING:
+            self.limiter.release(self.needed)
         elif status == _WAITING and self.ticket is not None:
-            # Not withdrawn: it was granted meanwhile, and `granted` gives the slots back.
+            # Not withdrawn: it was granted meanwhile, and `_granted` gives the slots back.
             self.limiter.cancel(self.ticket)
 
 
 def admission_for(limiter: Limiter, tags: frozenset[str]) -> Admission | None:
     """The admission of a run with `tags` submitted here, or None if no limit concerns it."""
     held = _held.get()
-    limits = limiter.concurrency_limits
-    if not tags:
-        return Admission(limiter, {}, held) if held else None
-    mine = {tag for tag in tags if tag in limits}
-    if not mine and not held:
+    plans: Plans | None = getattr(limiter, "plans", None)
+    key = (tags, held)
+    plan = plans.get(key) if plans is not None else None
+    if plan is None:
+        limits = limiter.concurrency_limits
+        mine = frozenset(tag for tag in tags if tag in limits)
+        plan = ({name: 1 for name in sorted(mine - held)}, held | mine)
+        if plans is not None:
+            if len(plans) > 1024:
+                plans.clear()
+            plans[key] = plan
+    needed, holds = plan
+    if not holds:
         return None
-    return Admission(limiter, {name: 1 for name in sorted(mine - held)}, held | mine)
+    return Admission(limiter, needed, holds)
 
 
 def acquire_blocking(admission: Admission) -> None:
@@ -129,32 +157,26 @@ def acquire_blocking(admission: Admission) -> None:
     of a bounded pool lends its slot meanwhile)."""
     event = threading.Event()
     ticket = admission.limiter.acquire(admission.needed, event.set)
-    if ticket is None:
-        admission.status = _HOLDING
-        return
-    from baton._futures import _wait_until
+    if ticket is not None:
+        from baton._futures import _wait_until
 
-    _wait_until(event.is_set, None, event.wait)
-    admission.status = _HOLDING
+        _wait_until(event.is_set, None, event.wait)
+    admission.status = _DIRECT
 
 
-def acquire_later(
-    admission: Admission, granted: Callable[[], None], queued: Callable[[], None]
-) -> bool:
+def acquire_later(admission: Admission, run: Any, queued: Callable[[], None]) -> bool:
     """Take the admission's slots now (True) or queue (False): then `queued()` runs at
-    once, and `granted()` once they are held, unless the run ended first."""
-
-    def on_grant() -> None:
-        if admission.granted():
-            granted()
-
+    once, and ``run.scope.dispatch_admitted(run)`` once they are held, unless the run
+    ended first."""
     admission.status = _WAITING
-    ticket = admission.limiter.acquire(admission.needed, on_grant)
+    admission.run = run
+    ticket = admission.limiter.acquire(admission.needed, admission._granted)
     if ticket is None:
-        admission.status = _HOLDING
+        admission.status = _DIRECT
+        admission.run = None
         return True
     with _status_lock:
-        # Under the lock that a grant needs to go on: `queued` comes before `granted`.
+        # Under the lock that a grant needs to go on: `queued` comes before the dispatch.
         admission.ticket = ticket
         if admission.status == _WAITING:
             queued()

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, final
 
-from baton._admission import Limiter, _held
+from baton._admission import Limiter, Plans, _held
 from baton._limitspec import LimitError, parse_rate
 
 if TYPE_CHECKING:
@@ -75,6 +75,7 @@ class LocalLimiter:
             name: collections.deque(maxlen=count) for name, (count, _) in self._rates.items()
         }
         self._handle: LimiterHandle | None = None
+        self.plans: Plans = {}
         self._run_limits: dict[frozenset[str], RunLimits] = {}
 
     def in_use(self, name: str) -> int:
@@ -85,10 +86,10 @@ class LocalLimiter:
     def acquire(self, slots: Mapping[str, int], granted: Callable[[], None]) -> object | None:
         used, queued, limits = self._used, self._queued, self.concurrency_limits
         with self._lock:
-            if all(
-                not queued[name] and used[name] + count <= limits[name]
-                for name, count in slots.items()
-            ):
+            for name, count in slots.items():
+                if queued[name] or used[name] + count > limits[name]:
+                    break
+            else:
                 for name, count in slots.items():
                     used[name] += count
                 return None

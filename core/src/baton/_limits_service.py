@@ -26,7 +26,7 @@ from multiprocessing.connection import Client, Connection, Listener
 from typing import TYPE_CHECKING, Any, final
 
 if TYPE_CHECKING:
-    from baton._admission import Limiter
+    from baton._admission import Limiter, Plans
     from baton._limits import LocalLimiter
 
 __all__ = ["LimiterClient", "LimiterHandle", "RunLimits", "serve", "stop"]
@@ -257,6 +257,7 @@ class LimiterClient:
     def __init__(self, handle: LimiterHandle) -> None:
         self.handle = handle
         self._run_limits: dict[frozenset[str], RunLimits] = {}
+        self.plans: Plans = {}
         self.concurrency_limits = handle.concurrency_limits
         self.rate_limits = handle.rate_limits
         self._connection = Client(handle.address, family="AF_INET", authkey=handle.authkey)

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from baton._admission import AWAITING_SLOT, acquire_blocking, acquire_later, admission_for
 from baton._attempts import FINAL_STATE_TYPES
 from baton._errors import RunnerClosedError
 from baton._futures import Future, wait
@@ -110,7 +111,7 @@ class RunScope:
         run.future = future
         if self.limiter is not None:
             admission = self._admission(run)
-            if admission is not None and admission.needed and not self.limits_block:
+            if admission is not None and admission.waiting():
                 # It takes a slot only once it can run: the core waits for its upstreams.
                 upstreams = [u for u in upstreams if u._state.type not in _FINAL]
                 if upstreams:
@@ -161,28 +162,22 @@ class RunScope:
         upstream_done(waiting[0])  # the registration's own count
 
     def _admission(self, run: TaskRun) -> Admission | None:
-        from baton._admission import acquire_blocking, admission_for
-
         assert self.limiter is not None
         admission = run.limits = admission_for(self.limiter, run.task.options.tags)
-        if admission is not None and admission.needed and self.limits_block:
+        if admission is not None and self.limits_block and admission.waiting():
             acquire_blocking(admission)
         return admission
 
-    def _admit(self, run: TaskRun) -> bool:
+    def _admit(self, run: TaskRun, admission: Admission) -> bool:
         """Take the run's concurrency slots: True if it may go to the runner now; else it
         waits PENDING (AwaitingConcurrencySlot) and goes once they free."""
-        admission = run.limits
-        if admission is None or admission.status != 0:
-            return True
-        from baton._admission import AWAITING_SLOT, acquire_later
 
         def queued() -> None:
             run.set_state(State.pending(AWAITING_SLOT, admission.wait_message()))
 
-        return acquire_later(admission, lambda: self._dispatch_admitted(run), queued)
+        return acquire_later(admission, run, queued)
 
-    def _dispatch_admitted(self, run: TaskRun) -> None:
+    def dispatch_admitted(self, run: TaskRun) -> None:
         """Hand a run that got its slots to the runner (from the thread that freed them)."""
         queue: collections.deque[tuple[RunScope, TaskRun]] | None = getattr(
             _dispatching, "admitted", None
@@ -241,7 +236,8 @@ class RunScope:
                     f"Task run {run.name!r} could not start: task runner {runner.name!r} of "
                     f"{self.label} was shut down while the run waited for its upstream runs."
                 )
-            if run.limits is not None and not self._admit(run):
+            admission = run.limits
+            if admission is not None and admission.waiting() and not self._admit(run, admission):
                 return
             runner.submit(run)
             return
@@ -262,7 +258,8 @@ class RunScope:
                 f"Task run {run.name!r} could not start: task runner {runner.name!r} of "
                 f"{self.label} was shut down while the run waited for its upstream runs."
             )
-        if run.limits is not None and not self._admit(run):
+        admission = run.limits
+        if admission is not None and admission.waiting() and not self._admit(run, admission):
             return
         runner.submit(run)
 
@@ -285,9 +282,7 @@ class RunScope:
             return future
         if self.limiter is not None:
             admission = self._admission(run)
-            if admission is not None and admission.status == 0:
-                from baton._admission import acquire_blocking
-
+            if admission is not None and admission.waiting():
                 acquire_blocking(admission)
         if execute:
             run.execute()

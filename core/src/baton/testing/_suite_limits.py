@@ -64,15 +64,20 @@ class LimitTests:
         rv = kit.rv
 
         def body() -> tuple[list[Any], list[tuple[float, float]]]:
-            runs = gated_interval.map(rv, range(5), "open")
+            runs = [gated_interval.submit(rv, index, "open") for index in range(5)]
             # The first two hold the slots until the gate opens: the rest wait for them.
             waiting = [(f.state.type, f.state.name) for f in runs[2:]]
             rv.signal("open")
-            return waiting, runs.result()
+            return waiting, [future.result() for future in runs]
 
         waiting, intervals = kit.run(body, concurrency_limits={LIMIT_TAG: 2})
-        assert waiting == [(StateType.PENDING, "AwaitingConcurrencySlot")] * 3
-        assert most_at_once(intervals) <= 2
+        assert waiting == [(StateType.PENDING, "AwaitingConcurrencySlot")] * 3, (
+            "rule: a run waiting for a concurrency slot is PENDING, named "
+            f"AwaitingConcurrencySlot; got {waiting}"
+        )
+        assert most_at_once(intervals) <= 2, (
+            f"rule: at most 2 runs of a limit of 2 run at once; {sorted(intervals)}"
+        )
 
     @conformance(level=3, concurrent=True)
     def test_untagged_runs_are_not_held_back_by_a_limit(self, kit: Kit) -> None:
@@ -86,11 +91,10 @@ class LimitTests:
             free = signal_free.submit(rv, "untagged-ran")
             return [holder.result(), queued.result(), free.result()]
 
-        assert kit.run(body, concurrency_limits={LIMIT_TAG: 1}) == [
-            "held",
-            "held",
-            "untagged-ran",
-        ]
+        got = kit.run(body, concurrency_limits={LIMIT_TAG: 1})
+        assert got == ["held", "held", "untagged-ran"], (
+            f"rule: untagged runs are not held back by a concurrency limit; got {got}"
+        )
 
     @conformance(level=3, requires=(Capability.NESTED,))
     def test_a_tagged_subtask_of_a_slot_holder_finishes_under_a_limit_of_one(
@@ -99,7 +103,11 @@ class LimitTests:
         def body() -> list[int]:
             return limited_parent.map([1, 2, 3]).result()
 
-        assert kit.run(body, concurrency_limits={LIMIT_TAG: 1}) == [20, 30, 40]
+        got = kit.run(body, concurrency_limits={LIMIT_TAG: 1})
+        assert got == [20, 30, 40], (
+            "rule: a tagged task that waits for a tagged subtask finishes under a limit "
+            f"of 1 (the subtask shares its slot); got {got}"
+        )
 
     @conformance(level=3, requires=(Capability.NESTED, Capability.LIMITS))
     def test_tagged_runs_submitted_on_a_worker_share_the_limit(self, kit: Kit) -> None:
@@ -112,7 +120,10 @@ class LimitTests:
         # A limit of 1: a runner with two workers could not tell a limit of 2 from none.
         intervals = kit.run(body, concurrency_limits={LIMIT_TAG: 1})
         assert len(intervals) == 6
-        assert most_at_once(intervals) == 1, sorted(intervals)
+        assert most_at_once(intervals) == 1, (
+            "rule: tagged runs submitted inside tasks, on any worker, count against the "
+            f"flow's limit (here 1); the runs' own times overlap: {sorted(intervals)}"
+        )
 
     @conformance(level=3, requires=(Capability.LIMITS,))
     def test_concurrency_blocks_hold_the_limit_wherever_the_tasks_run(self, kit: Kit) -> None:
@@ -122,7 +133,10 @@ class LimitTests:
         runs = kit.run(body, concurrency_limits={"kit-block": 1})
         intervals = [(start, end) for start, end, _ in runs]
         assert len(intervals) == 6
-        assert most_at_once(intervals) == 1, sorted(intervals)
+        assert most_at_once(intervals) == 1, (
+            "rule: baton.concurrency blocks hold the flow's limit (here 1) wherever the "
+            f"tasks run; the blocks' own times overlap: {sorted(intervals)}"
+        )
 
     @conformance(level=3, requires=(Capability.LIMITS,))
     def test_a_rate_limit_spaces_the_calls(self, kit: Kit) -> None:
@@ -137,7 +151,11 @@ class LimitTests:
         # At most 4 calls in any half second: the k-th call (from 0) is made no sooner
         # than (k // 4) half seconds after the flow began to map them.
         for k, at in enumerate(made):
-            assert at - before >= (k // 4) * 0.5 - 0.001, (k, [m - before for m in made])
+            assert at - before >= (k // 4) * 0.5 - 0.001, (
+                "rule: under rate '4/0.5s' at most 4 calls go through in any half second; "
+                f"call {k} went {at - before:.3f} s after the first could: "
+                f"{[round(m - before, 3) for m in made]}"
+            )
 
     @conformance(level=3, requires=(Capability.LIMITS,))
     def test_an_undeclared_limit_name_fails_the_run_saying_what_to_declare(self, kit: Kit) -> None:
@@ -147,7 +165,9 @@ class LimitTests:
             return future.state
 
         state = kit.run(body, concurrency_limits={"kit-other": 1})
-        assert state.type is StateType.FAILED
+        assert state.type is StateType.FAILED, (
+            f"rule: a concurrency limit the flow does not declare fails the run; got {state!r}"
+        )
         error = state.error
         assert isinstance(error, LimitError) or type(error).__name__ in (
             "LimitError",
