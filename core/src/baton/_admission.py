@@ -92,7 +92,7 @@ class Admission:
         self.held = held
         self.status = _NEW if needed else _DIRECT
         self.ticket: object | None = None
-        self.run: Any = None
+        self.run: Any = None  # while it waits: the TaskRun to dispatch once granted
 
     def waiting(self) -> bool:
         """Whether the run still has to take its slots."""

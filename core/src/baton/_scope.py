@@ -17,7 +17,15 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from baton._admission import AWAITING_SLOT, acquire_blocking, acquire_later, admission_for
+from baton._admission import (
+    _DIRECT,
+    _ENDED,
+    _NEW,
+    AWAITING_SLOT,
+    acquire_blocking,
+    acquire_later,
+    admission_for,
+)
 from baton._attempts import FINAL_STATE_TYPES
 from baton._errors import RunnerClosedError
 from baton._futures import Future, wait
@@ -109,16 +117,20 @@ class RunScope:
             )
         future: Future[Any] = Future(run)
         run.future = future
-        if self.limiter is not None:
-            admission = self._admission(run)
-            if admission is not None and admission.waiting():
-                # It takes a slot only once it can run: the core waits for its upstreams.
-                upstreams = [u for u in upstreams if u._state.type not in _FINAL]
-                if upstreams:
-                    with self._lock:
-                        self._pending.add(future)
-                    self._defer(run, upstreams)
-                    return future
+        limiter = self.limiter
+        if limiter is not None:
+            admission = run.limits = admission_for(limiter, run.task.options.tags)
+            if admission is not None and admission.status == _NEW:
+                if self.limits_block:
+                    acquire_blocking(admission)
+                elif upstreams:
+                    # It takes a slot only once it can run: the core waits for its upstreams.
+                    upstreams = [u for u in upstreams if u._state.type not in _FINAL]
+                    if upstreams:
+                        with self._lock:
+                            self._pending.add(future)
+                        self._defer(run, upstreams)
+                        return future
         with self._lock:
             self._pending.add(future)
         if upstreams:
@@ -160,13 +172,6 @@ class RunScope:
         for upstream in waiting:
             upstream.add_done_callback(upstream_done)
         upstream_done(waiting[0])  # the registration's own count
-
-    def _admission(self, run: TaskRun) -> Admission | None:
-        assert self.limiter is not None
-        admission = run.limits = admission_for(self.limiter, run.task.options.tags)
-        if admission is not None and self.limits_block and admission.waiting():
-            acquire_blocking(admission)
-        return admission
 
     def _admit(self, run: TaskRun, admission: Admission) -> bool:
         """Take the run's concurrency slots: True if it may go to the runner now; else it
@@ -237,7 +242,11 @@ class RunScope:
                     f"{self.label} was shut down while the run waited for its upstream runs."
                 )
             admission = run.limits
-            if admission is not None and admission.waiting() and not self._admit(run, admission):
+            if (
+                admission is not None
+                and admission.status == _NEW
+                and not self._admit(run, admission)
+            ):
                 return
             runner.submit(run)
             return
@@ -259,7 +268,7 @@ class RunScope:
                 f"{self.label} was shut down while the run waited for its upstream runs."
             )
         admission = run.limits
-        if admission is not None and admission.waiting() and not self._admit(run, admission):
+        if admission is not None and admission.status == _NEW and not self._admit(run, admission):
             return
         runner.submit(run)
 
@@ -280,9 +289,10 @@ class RunScope:
         except _UpstreamFailed as failed:
             future._set_final(_upstream_failed_state(run, failed.future))
             return future
-        if self.limiter is not None:
-            admission = self._admission(run)
-            if admission is not None and admission.waiting():
+        limiter = self.limiter
+        if limiter is not None:
+            admission = run.limits = admission_for(limiter, run.task.options.tags)
+            if admission is not None and admission.status == _NEW:
                 acquire_blocking(admission)
         if execute:
             run.execute()
@@ -314,7 +324,14 @@ class RunScope:
         if self.limiter is not None:
             admission = future._run.limits
             if admission is not None:
-                admission.end()
+                if admission.status == _DIRECT:
+                    # Held since admission: nothing else can change it (see Admission.end).
+                    admission.status = _ENDED
+                    needed = admission.needed
+                    if needed:
+                        admission.limiter.release(needed)
+                else:
+                    admission.end()
         with self._lock:
             self._pending.discard(future)
             if state.type in _FAILED and not future._observed:

@@ -7,8 +7,7 @@ import itertools
 import logging
 from typing import TYPE_CHECKING, Any, final
 
-from baton._admission import holding as _holding
-from baton._admission import let_go as _let_go
+from baton._admission import _held
 from baton._engine import run_async, run_sync
 from baton._remote import RunCall
 from baton._states import State, StateType
@@ -191,7 +190,7 @@ class TaskRun:
         token = _current_task_run.set(self)
         scope_token = self.scope.enter()
         limits = self.limits
-        held = _holding(limits.held) if limits is not None and limits.held else None
+        held = _held.set(limits.held) if limits is not None and limits.held else None
         try:
             state = run_sync(self, self.args, self.kwargs, self._on_retry)
         except BaseException as exc:  # Ctrl-C in the main thread: record it, then let it go
@@ -205,7 +204,7 @@ class TaskRun:
             raise
         finally:
             if held is not None:
-                _let_go(held)
+                _held.reset(held)
             self.scope.exit(scope_token)
             _current_task_run.reset(token)
         self.future._set_final(state)
@@ -218,12 +217,12 @@ class TaskRun:
         token = _current_task_run.set(self)
         scope_token = self.scope.enter()
         limits = self.limits
-        held = _holding(limits.held) if limits is not None and limits.held else None
+        held = _held.set(limits.held) if limits is not None and limits.held else None
         try:
             state = await self._async_engine()
         finally:
             if held is not None:
-                _let_go(held)
+                _held.reset(held)
             self.scope.exit(scope_token)
             _current_task_run.reset(token)
         self.future._set_final(state)
