@@ -324,3 +324,43 @@ def test_tagged_runs_limited_on_the_process_runner_from_flow_and_workers() -> No
     intervals = both()
     assert len(intervals) == 10
     assert most_at_once(intervals) <= 2
+
+
+def test_a_block_that_gets_no_slot_in_time_raises_timeout_error() -> None:
+    import asyncio
+
+    @task
+    def wait_briefly() -> str:
+        try:
+            with baton.concurrency("db", timeout=0.01):
+                return "entered"
+        except TimeoutError as error:
+            return str(error)
+
+    @task
+    async def wait_briefly_async() -> str:
+        try:
+            async with baton.concurrency("db", timeout=0.01):
+                return "entered"
+        except TimeoutError as error:
+            return str(error)
+
+    entered, done = threading.Event(), threading.Event()
+
+    @task
+    def hold() -> None:
+        with baton.concurrency("db"):
+            entered.set()
+            done.wait(10)
+
+    @flow(concurrency_limits={"db": 1})
+    def blocked() -> list[str]:
+        holder = hold.submit()  # holds the only slot until the others gave up
+        entered.wait(10)
+        got = [wait_briefly(), asyncio.run(wait_briefly_async())]
+        done.set()
+        holder.result()
+        return got
+
+    got = blocked()
+    assert got == ["baton.concurrency('db') got no slot within 0.01 s."] * 2

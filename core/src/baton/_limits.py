@@ -314,8 +314,14 @@ class concurrency:
             if ticket is not None:
                 try:
                     await asyncio.wait_for(asyncio.shield(ready), self._timeout)
-                except (asyncio.TimeoutError, asyncio.CancelledError):
+                except asyncio.TimeoutError:
                     self._give_up(limiter, ticket, slots)
+                except asyncio.CancelledError:
+                    # Cancelled while waiting: withdraw, or give back what came meanwhile.
+                    if not limiter.cancel(ticket):
+                        release = limiter.release
+                        ready.add_done_callback(lambda _: release(slots))
+                    raise
         self._took(limiter, slots)
         return self
 
