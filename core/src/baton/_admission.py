@@ -17,6 +17,7 @@ __all__ = [
     "AWAITING_SLOT",
     "Admission",
     "Limiter",
+    "Plan",
     "acquire_blocking",
     "acquire_later",
     "admission_for",
@@ -52,6 +53,9 @@ class Limiter(Protocol):
     def acquire(self, slots: Mapping[str, int], granted: Callable[[], None]) -> object | None:
         """Take `slots` now (None) or queue for them (a ticket; `granted` is called later)."""
 
+    def try_acquire(self, slots: Mapping[str, int]) -> bool:
+        """Take `slots` if they are free and nobody queues for them; else take nothing."""
+
     def cancel(self, ticket: object) -> bool:
         """Withdraw a queued request; False if it was granted meanwhile."""
 
@@ -74,33 +78,50 @@ _status_lock = threading.Lock()
 # its slots (or needs none) since admission, which only the run's end changes.
 _NEW, _WAITING, _HOLDING, _ENDED, _DIRECT = 0, 1, 2, 3, 4
 
-Plans = dict[tuple[frozenset[str], frozenset[str]], tuple[dict[str, int], frozenset[str]]]
-"""A limiter's cache, (tags, limits held) -> (slots needed, limits held): runs of one
-task ask alike."""
+Plans = dict[tuple[frozenset[str], frozenset[str]], "Plan"]
+"""A limiter's cache of plans by (tags, limits held): runs of one task ask alike."""
+
+
+@final
+class Plan:
+    """How runs with some tags, submitted where some limits are held, stand with a
+    limiter: the slots they need, the limits they hold (theirs and those they share),
+    and `status`: NEW (they have slots to take) or DIRECT (they hold what they need).
+    Shared by all such runs, never changed: a run's `TaskRun.limits` moves from a NEW
+    plan to its `holding` plan as it takes its slots, or to an `Admission` of its own
+    while it queues for them."""
+
+    __slots__ = ("held", "holding", "limiter", "needed", "status")
+
+    def __init__(
+        self, limiter: Limiter, needed: dict[str, int], held: frozenset[str], status: int
+    ) -> None:
+        self.limiter = limiter
+        self.needed = needed
+        self.held = held
+        self.status = status
+        self.holding: Plan = self if status == _DIRECT else Plan(limiter, needed, held, _DIRECT)
+
+    def end(self) -> None:
+        """A run of this plan is final: give back its slots if it holds them."""
+        if self.status == _DIRECT and self.needed:
+            self.limiter.release(self.needed)
 
 
 @final
 class Admission:
-    """A task run's standing with its flow's concurrency limits: the slots it needs, the
-    limits it holds for itself and its nested runs, and whether it holds them now."""
+    """A run that queued for its slots: whether it holds them now (a grant and the run's
+    end may race; they settle under `_status_lock`)."""
 
     __slots__ = ("held", "limiter", "needed", "run", "status", "ticket")
 
-    def __init__(self, limiter: Limiter, needed: dict[str, int], held: frozenset[str]) -> None:
-        self.limiter = limiter
-        self.needed = needed
-        self.held = held
-        self.status = _NEW if needed else _DIRECT
+    def __init__(self, plan: Plan, run: Any) -> None:
+        self.limiter = plan.limiter
+        self.needed = plan.needed
+        self.held = plan.held
+        self.status = _WAITING
         self.ticket: object | None = None
-        self.run: Any = None  # while it waits: the TaskRun to dispatch once granted
-
-    def waiting(self) -> bool:
-        """Whether the run still has to take its slots."""
-        return self.status == _NEW
-
-    def wait_message(self) -> str:
-        names = ", ".join(repr(name) for name in self.needed)
-        return f"Waiting for a slot of concurrency limit {names}."
+        self.run: Any = run  # while it waits: the TaskRun to dispatch once granted
 
     def _granted(self) -> None:
         """The queued request was granted: the run goes to its runner, unless it ended
@@ -117,23 +138,18 @@ class Admission:
 
     def end(self) -> None:
         """The run is final: give back what it holds, or withdraw its request."""
-        if self.status == _DIRECT:
-            self.status = _ENDED
-            if self.needed:
-                self.limiter.release(self.needed)
-            return
         with _status_lock:
             status, self.status = self.status, _ENDED
         self.run = None
-        if status == _HOLDING:
+        if status in (_HOLDING, _DIRECT):
             self.limiter.release(self.needed)
         elif status == _WAITING and self.ticket is not None:
             # Not withdrawn: it was granted meanwhile, and `_granted` gives the slots back.
             self.limiter.cancel(self.ticket)
 
 
-def admission_for(limiter: Limiter, tags: frozenset[str]) -> Admission | None:
-    """The admission of a run with `tags` submitted here, or None if no limit concerns it."""
+def admission_for(limiter: Limiter, tags: frozenset[str]) -> Plan | None:
+    """The plan of a run with `tags` submitted here, or None if no limit concerns it."""
     held = _held.get()
     plans: Plans | None = getattr(limiter, "plans", None)
     key = (tags, held)
@@ -141,36 +157,37 @@ def admission_for(limiter: Limiter, tags: frozenset[str]) -> Admission | None:
     if plan is None:
         limits = limiter.concurrency_limits
         mine = frozenset(tag for tag in tags if tag in limits)
-        plan = ({name: 1 for name in sorted(mine - held)}, held | mine)
+        needed = {name: 1 for name in sorted(mine - held)}
+        plan = Plan(limiter, needed, held | mine, _NEW if needed else _DIRECT)
         if plans is not None:
             if len(plans) > 1024:
                 plans.clear()
             plans[key] = plan
-    needed, holds = plan
-    if not holds:
-        return None
-    return Admission(limiter, needed, holds)
+    return plan if plan.held else None
 
 
-def acquire_blocking(admission: Admission) -> None:
-    """Take the admission's slots in this thread, waiting as long as it takes (a worker
-    of a bounded pool lends its slot meanwhile)."""
+def acquire_blocking(plan: Plan) -> Plan:
+    """Take the plan's slots in this thread, waiting as long as it takes (a worker of a
+    bounded pool lends its slot meanwhile); the plan of a run that holds them."""
     event = threading.Event()
-    ticket = admission.limiter.acquire(admission.needed, event.set)
+    ticket = plan.limiter.acquire(plan.needed, event.set)
     if ticket is not None:
         from baton._futures import _wait_until
 
         _wait_until(event.is_set, None, event.wait)
-    admission.status = _DIRECT
+    return plan.holding
 
 
-def acquire_later(admission: Admission, run: Any, queued: Callable[[], None]) -> bool:
-    """Take the admission's slots now (True) or queue (False): then `queued()` runs at
-    once, and ``run.scope.dispatch_admitted(run)`` once they are held, unless the run
-    ended first."""
-    admission.status = _WAITING
-    admission.run = run
-    ticket = admission.limiter.acquire(admission.needed, admission._granted)
+def acquire_later(plan: Plan, run: Any, queued: Callable[[], None]) -> bool:
+    """Take the plan's slots for `run` now (True) or queue (False): then `queued()` runs
+    at once, and ``run.scope.dispatch_admitted(run)`` once they are held, unless the run
+    ended first. `run.limits` says where the run stands."""
+    limiter = plan.limiter
+    if limiter.try_acquire(plan.needed):
+        run.limits = plan.holding
+        return True
+    admission = run.limits = Admission(plan, run)
+    ticket = limiter.acquire(plan.needed, admission._granted)
     if ticket is None:
         admission.status = _DIRECT
         admission.run = None

@@ -99,6 +99,16 @@ class LocalLimiter:
                 queued[name] += 1
         return waiter
 
+    def try_acquire(self, slots: Mapping[str, int]) -> bool:
+        used, queued, limits = self._used, self._queued, self.concurrency_limits
+        with self._lock:
+            for name, count in slots.items():
+                if queued[name] or used[name] + count > limits[name]:
+                    return False
+            for name, count in slots.items():
+                used[name] += count
+        return True
+
     def cancel(self, ticket: object) -> bool:
         with self._lock:
             if not isinstance(ticket, _Waiter) or ticket.cancelled or ticket not in self._waiting:

@@ -324,6 +324,11 @@ class LimiterClient:
             return None
         return request
 
+    def try_acquire(self, slots: Mapping[str, int]) -> bool:
+        ticket = self.acquire(slots, _nothing)
+        # Queued: withdraw it, unless it was granted meanwhile.
+        return ticket is None or not self.cancel(ticket)
+
     def cancel(self, ticket: object) -> bool:
         if not isinstance(ticket, int):
             return False
@@ -353,3 +358,7 @@ class LimiterClient:
         reply = self._ask(("reserve", request, name, occupy), request)
         delay: float = reply[2]
         return delay
+
+
+def _nothing() -> None:
+    pass

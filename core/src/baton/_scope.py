@@ -19,7 +19,6 @@ from typing import TYPE_CHECKING, Any
 
 from baton._admission import (
     _DIRECT,
-    _ENDED,
     _NEW,
     AWAITING_SLOT,
     acquire_blocking,
@@ -33,7 +32,7 @@ from baton._resolve import resolve
 from baton._states import LazyResult, State, StateType, upstream_failed
 
 if TYPE_CHECKING:
-    from baton._admission import Admission, Limiter
+    from baton._admission import Admission, Limiter, Plan
     from baton._map import LazyMap
     from baton._remote import NestedFailure
     from baton._runner import TaskRunner
@@ -119,10 +118,10 @@ class RunScope:
         run.future = future
         limiter = self.limiter
         if limiter is not None:
-            admission = run.limits = admission_for(limiter, run.task.options.tags)
-            if admission is not None and admission.status == _NEW:
+            plan = run.limits = admission_for(limiter, run.task.options.tags)
+            if plan is not None and plan.status == _NEW:
                 if self.limits_block:
-                    acquire_blocking(admission)
+                    run.limits = acquire_blocking(plan)
                 elif upstreams:
                     # It takes a slot only once it can run: the core waits for its upstreams.
                     upstreams = [u for u in upstreams if u._state.type not in _FINAL]
@@ -173,14 +172,16 @@ class RunScope:
             upstream.add_done_callback(upstream_done)
         upstream_done(waiting[0])  # the registration's own count
 
-    def _admit(self, run: TaskRun, admission: Admission) -> bool:
+    def _admit(self, run: TaskRun, plan: Plan) -> bool:
         """Take the run's concurrency slots: True if it may go to the runner now; else it
         waits PENDING (AwaitingConcurrencySlot) and goes once they free."""
 
         def queued() -> None:
-            run.set_state(State.pending(AWAITING_SLOT, admission.wait_message()))
+            names = ", ".join(repr(name) for name in plan.needed)
+            message = f"Waiting for a slot of concurrency limit {names}."
+            run.set_state(State.pending(AWAITING_SLOT, message))
 
-        return acquire_later(admission, run, queued)
+        return acquire_later(plan, run, queued)
 
     def dispatch_admitted(self, run: TaskRun) -> None:
         """Hand a run that got its slots to the runner (from the thread that freed them)."""
@@ -241,12 +242,8 @@ class RunScope:
                     f"Task run {run.name!r} could not start: task runner {runner.name!r} of "
                     f"{self.label} was shut down while the run waited for its upstream runs."
                 )
-            admission = run.limits
-            if (
-                admission is not None
-                and admission.status == _NEW
-                and not self._admit(run, admission)
-            ):
+            plan = run.limits
+            if plan is not None and plan.status == _NEW and not self._admit(run, _plan(plan)):
                 return
             runner.submit(run)
             return
@@ -267,8 +264,8 @@ class RunScope:
                 f"Task run {run.name!r} could not start: task runner {runner.name!r} of "
                 f"{self.label} was shut down while the run waited for its upstream runs."
             )
-        admission = run.limits
-        if admission is not None and admission.status == _NEW and not self._admit(run, admission):
+        plan = run.limits
+        if plan is not None and plan.status == _NEW and not self._admit(run, _plan(plan)):
             return
         runner.submit(run)
 
@@ -291,9 +288,9 @@ class RunScope:
             return future
         limiter = self.limiter
         if limiter is not None:
-            admission = run.limits = admission_for(limiter, run.task.options.tags)
-            if admission is not None and admission.status == _NEW:
-                acquire_blocking(admission)
+            plan = run.limits = admission_for(limiter, run.task.options.tags)
+            if plan is not None and plan.status == _NEW:
+                run.limits = acquire_blocking(plan)
         if execute:
             run.execute()
         return future
@@ -322,16 +319,15 @@ class RunScope:
         if observer is not None:
             observer(future._run, state)
         if self.limiter is not None:
-            admission = future._run.limits
-            if admission is not None:
-                if admission.status == _DIRECT:
-                    # Held since admission: nothing else can change it (see Admission.end).
-                    admission.status = _ENDED
-                    needed = admission.needed
+            limits = future._run.limits
+            if limits is not None:
+                if limits.status == _DIRECT:
+                    # Took its slots at once (or needs none): nothing else changes that.
+                    needed = limits.needed
                     if needed:
-                        admission.limiter.release(needed)
-                else:
-                    admission.end()
+                        limits.limiter.release(needed)
+                elif limits.status != _NEW:
+                    limits.end()
         with self._lock:
             self._pending.discard(future)
             if state.type in _FAILED and not future._observed:
@@ -392,6 +388,13 @@ class RunScope:
 
 
 _FINAL = FINAL_STATE_TYPES
+
+
+def _plan(limits: Plan | Admission) -> Plan:
+    # Only a plan is NEW: an admission is made once its run asks for its slots.
+    return limits  # type: ignore[return-value]
+
+
 _reported_ids = itertools.count(1)
 
 

@@ -13,7 +13,7 @@ from baton._remote import RunCall
 from baton._states import State, StateType
 
 if TYPE_CHECKING:
-    from baton._admission import Admission
+    from baton._admission import Admission, Plan
     from baton._futures import Future
     from baton._limits_service import RunLimits
     from baton._remote import RemoteResult
@@ -79,7 +79,7 @@ class TaskRun:
         self.future: Future[Any]
         self._name: str | None = None
         self._native_upstreams: list[Future[Any]] | None = None
-        self.limits: Admission | None = None
+        self.limits: Plan | Admission | None = None
         """Where the run stands with its flow's concurrency limits (None: no limit
         concerns it)."""
 
