@@ -362,14 +362,14 @@ def _set_limits(scope: RunScope, options: FlowOptions, settings: Any) -> None:
         from baton._limits import limits_of_flow
 
         limiter = limits_of_flow(options.concurrency_limits, options.rate_limits)
-        scope.limiter = limiter
+        scope.set_limiter(limiter)
         scope.owns_limiter = limiter is not None
         return
     from baton._scope import _current_scope
 
     parent = _current_scope.get()
     if parent is not None and parent.limiter is not None:
-        scope.limiter = parent.limiter
+        scope.set_limiter(parent.limiter)
 
 
 def _close_limits(scope: RunScope) -> None:

@@ -267,7 +267,7 @@ def run_call(
     if limits is not None:
         from baton._admission import holding
 
-        scope.limiter = limits.limiter()
+        scope.set_limiter(limits.limiter())
         scope.limits_block = True
         if limits.held:
             held = holding(limits.held)
@@ -406,7 +406,7 @@ def _scope_for(call: RunCall, nested: TaskRunner | None) -> RunScope:
     if scope is not None and scope.runner is runner:
         _spare.scope = None
         scope.label = label
-        scope.limiter = None
+        scope.set_limiter(None)
         return scope
     from baton._scope import RunScope
 

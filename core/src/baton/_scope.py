@@ -21,6 +21,7 @@ from baton._admission import (
     _DIRECT,
     _NEW,
     AWAITING_SLOT,
+    _held,
     acquire_blocking,
     acquire_later,
     admission_for,
@@ -32,7 +33,7 @@ from baton._resolve import resolve
 from baton._states import LazyResult, State, StateType, upstream_failed
 
 if TYPE_CHECKING:
-    from baton._admission import Admission, Limiter, Plan
+    from baton._admission import Admission, Limiter, Plan, Plans
     from baton._map import LazyMap
     from baton._remote import NestedFailure
     from baton._runner import TaskRunner
@@ -94,6 +95,12 @@ class RunScope:
         # True in the scope of a run on a worker: its runs take their slots as they are
         # submitted, in the submitting task's thread (see `_limits.acquire_blocking`).
         self.limits_block = False
+        self._plans: Plans | None = None
+
+    def set_limiter(self, limiter: Limiter | None) -> None:
+        """Give the runs submitted here the concurrency and rate limits of `limiter`."""
+        self.limiter = limiter
+        self._plans = getattr(limiter, "plans", None)
 
     # -- context ------------------------------------------------------------------
 
@@ -118,7 +125,13 @@ class RunScope:
         run.future = future
         limiter = self.limiter
         if limiter is not None:
-            plan = run.limits = admission_for(limiter, run.task.options.tags)
+            tags = run.task.options.tags
+            plan = self._plans.get((tags, _held.get())) if self._plans is not None else None
+            if plan is None:
+                plan = admission_for(limiter, tags)
+            elif not plan.held:
+                plan = None
+            run.limits = plan
             if plan is not None and plan.status == _NEW:
                 if self.limits_block:
                     run.limits = acquire_blocking(plan)
@@ -243,8 +256,11 @@ class RunScope:
                     f"{self.label} was shut down while the run waited for its upstream runs."
                 )
             plan = run.limits
-            if plan is not None and plan.status == _NEW and not self._admit(run, _plan(plan)):
-                return
+            if plan is not None and plan.status == _NEW:
+                if plan.limiter.try_acquire(plan.needed):
+                    run.limits = _plan(plan).holding
+                elif not self._admit(run, _plan(plan)):
+                    return
             runner.submit(run)
             return
         try:
@@ -265,8 +281,11 @@ class RunScope:
                 f"{self.label} was shut down while the run waited for its upstream runs."
             )
         plan = run.limits
-        if plan is not None and plan.status == _NEW and not self._admit(run, _plan(plan)):
-            return
+        if plan is not None and plan.status == _NEW:
+            if plan.limiter.try_acquire(plan.needed):
+                run.limits = _plan(plan).holding
+            elif not self._admit(run, _plan(plan)):
+                return
         runner.submit(run)
 
     def run_inline(
