@@ -33,6 +33,41 @@ def test_slots_are_granted_in_order_as_they_free() -> None:
     assert granted == ["c", "d"] and limiter.in_use("db") == 2
 
 
+def test_racing_takers_never_exceed_a_limit_and_every_request_is_granted() -> None:
+    limiter = LocalLimiter({"db": 2, "gpu": 1}, {})
+    inside = {"db": 0, "gpu": 0}
+    most = {"db": 0, "gpu": 0}
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def worker(index: int) -> None:
+        try:
+            for round_ in range(1500):
+                slots = {"db": 1, "gpu": 1} if (index + round_) % 5 == 0 else {"db": 1}
+                granted = threading.Event()
+                if limiter.acquire(slots, granted.set) is not None:
+                    assert granted.wait(20), "a queued request was never granted"
+                with lock:
+                    for name in slots:
+                        inside[name] += 1
+                        most[name] = max(most[name], inside[name])
+                with lock:
+                    for name in slots:
+                        inside[name] -= 1
+                limiter.release(slots)
+        except BaseException as exc:  # reported by the test's thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(60)
+    assert not errors, errors
+    assert most["db"] <= 2 and most["gpu"] <= 1
+    assert limiter.in_use("db") == 0 and limiter.in_use("gpu") == 0
+
+
 def test_a_request_for_another_limit_does_not_queue_behind() -> None:
     limiter = LocalLimiter({"db": 1, "gpu": 1}, {})
     assert limiter.acquire({"db": 1}, lambda: None) is None

@@ -38,6 +38,9 @@ __all__ = [
 ]
 
 
+_NONE: list[None] = [None]
+
+
 @final
 class _Waiter:
     __slots__ = ("cancelled", "granted", "slots")
@@ -65,7 +68,10 @@ class LocalLimiter:
         self.names = frozenset(self.concurrency_limits)
         self._clock = clock
         self._lock = threading.Lock()
-        self._used = dict.fromkeys(self.concurrency_limits, 0)
+        # One list per limit, one item per slot taken: appending to a list, or deleting
+        # its last items, is one atomic step under the GIL, so a run takes and gives
+        # back a free slot without a lock (see `try_acquire`).
+        self._taken: dict[str, list[None]] = {name: [] for name in self.concurrency_limits}
         self._waiting: collections.deque[_Waiter] = collections.deque()
         # How many queued requests need each limit: a request for a limit others queue
         # for goes behind them.
@@ -80,33 +86,68 @@ class LocalLimiter:
 
     def in_use(self, name: str) -> int:
         """How many slots of concurrency limit `name` are held now."""
-        with self._lock:
-            return self._used[name]
+        return len(self._taken[name])
+
+    def try_acquire(self, slots: Mapping[str, int]) -> bool:
+        # Take each slot, then look: one that went past its limit is given back (two
+        # takers racing for the last slot may then both fail, and queue instead).
+        taken, queued, limits = self._taken, self._queued, self.concurrency_limits
+        done = 0
+        for name, count in slots.items():
+            if queued[name]:
+                break
+            cell = taken[name]
+            if count == 1:
+                cell.append(None)
+            else:
+                cell.extend(_NONE * count)
+            if len(cell) > limits[name]:
+                del cell[-count:]
+                break
+            done += 1
+        else:
+            return True
+        for name, count in list(slots.items())[:done]:
+            del taken[name][-count:]
+        if self._waiting:
+            self._grant()  # what this gave back may be what a queued request waits for
+        return False
 
     def acquire(self, slots: Mapping[str, int], granted: Callable[[], None]) -> object | None:
-        used, queued, limits = self._used, self._queued, self.concurrency_limits
+        if self.try_acquire(slots):
+            return None
         with self._lock:
-            for name, count in slots.items():
-                if queued[name] or used[name] + count > limits[name]:
-                    break
-            else:
-                for name, count in slots.items():
-                    used[name] += count
-                return None
             waiter = _Waiter(slots, granted)
             self._waiting.append(waiter)
             for name in slots:
-                queued[name] += 1
+                self._queued[name] += 1
+            # Slots freed since `try_acquire` looked, before this request was queued,
+            # granted nobody: if it is first in line for them, it takes them now.
+            if self._first_in_line(waiter) and self._take(slots):
+                self._waiting.remove(waiter)
+                for name in slots:
+                    self._queued[name] -= 1
+                return None
         return waiter
 
-    def try_acquire(self, slots: Mapping[str, int]) -> bool:
-        used, queued, limits = self._used, self._queued, self.concurrency_limits
-        with self._lock:
-            for name, count in slots.items():
-                if queued[name] or used[name] + count > limits[name]:
-                    return False
-            for name, count in slots.items():
-                used[name] += count
+    def _first_in_line(self, waiter: _Waiter) -> bool:
+        names = waiter.slots.keys()
+        for other in self._waiting:
+            if other is waiter:
+                return True
+            if not names.isdisjoint(other.slots.keys()):
+                return False
+        return True
+
+    def _take(self, slots: Mapping[str, int]) -> bool:
+        """Under the lock: take `slots` if they all fit (racing lock-free takers give
+        back what went past a limit, so a full limit may look fuller for an instant)."""
+        taken, limits = self._taken, self.concurrency_limits
+        for name, count in slots.items():
+            if len(taken[name]) + count > limits[name]:
+                return False
+        for name, count in slots.items():
+            taken[name].extend(_NONE * count)
         return True
 
     def cancel(self, ticket: object) -> bool:
@@ -121,40 +162,35 @@ class LocalLimiter:
         return True
 
     def release(self, slots: Mapping[str, int]) -> None:
-        used = self._used
-        with self._lock:
-            for name, count in slots.items():
-                used[name] -= count
-            if not self._waiting:
-                return
-        self._grant()
+        taken = self._taken
+        for name, count in slots.items():
+            del taken[name][-count:]
+        if self._waiting:
+            self._grant()
 
     def _grant(self) -> None:
         """Grant, in order, the queued requests that fit; a request that does not fit
         holds back those behind it that need any of the same limits."""
         granted: list[_Waiter] = []
         with self._lock:
-            used, limits = self._used, self.concurrency_limits
+            # In place: lock-free readers of `_waiting` must never see it empty while
+            # requests are still queued.
+            limits, queued, waiting = self.concurrency_limits, self._queued, self._waiting
             blocked: set[str] = set()
-            kept: collections.deque[_Waiter] = collections.deque()
-            waiting = self._waiting
-            while waiting:
-                waiter = waiting.popleft()
+            index = 0
+            while index < len(waiting):
+                waiter = waiting[index]
                 names = waiter.slots.keys()
-                if blocked.isdisjoint(names) and all(
-                    used[name] + count <= limits[name] for name, count in waiter.slots.items()
-                ):
-                    for name, count in waiter.slots.items():
-                        used[name] += count
-                        self._queued[name] -= 1
+                if blocked.isdisjoint(names) and self._take(waiter.slots):
+                    del waiting[index]
+                    for name in names:
+                        queued[name] -= 1
                     granted.append(waiter)
                     continue
-                kept.append(waiter)
                 blocked.update(names)
                 if len(blocked) == len(limits):
                     break  # nothing behind can be granted
-            kept.extend(waiting)
-            self._waiting = kept
+                index += 1
         for waiter in granted:
             waiter.granted()
 
