@@ -9,6 +9,7 @@ limit never deadlocks a parent that waits for its own subtasks.
 from __future__ import annotations
 
 import contextvars
+import functools
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any, Protocol, final
@@ -91,21 +92,38 @@ class Plan:
     plan to its `holding` plan as it takes its slots, or to an `Admission` of its own
     while it queues for them."""
 
-    __slots__ = ("held", "holding", "limiter", "needed", "status")
+    __slots__ = ("give", "held", "holding", "limiter", "needed", "status", "take")
 
     def __init__(
-        self, limiter: Limiter, needed: dict[str, int], held: frozenset[str], status: int
+        self,
+        limiter: Limiter,
+        needed: dict[str, int],
+        held: frozenset[str],
+        status: int,
+        holding: Plan | None = None,
     ) -> None:
         self.limiter = limiter
         self.needed = needed
         self.held = held
         self.status = status
-        self.holding: Plan = self if status == _DIRECT else Plan(limiter, needed, held, _DIRECT)
+        # `take()` is `limiter.try_acquire(needed)`, `give()` is `limiter.release(needed)`:
+        # made once per plan, and quicker when the limiter has `quick(needed)`.
+        self.take: Callable[[], bool]
+        self.give: Callable[[], None]
+        quick = getattr(limiter, "quick", None)
+        if quick is not None:
+            self.take, self.give = quick(needed)
+        else:
+            self.take = functools.partial(limiter.try_acquire, needed)
+            self.give = functools.partial(limiter.release, needed)
+        self.holding: Plan = holding or (
+            self if status == _DIRECT else Plan(limiter, needed, held, _DIRECT, None)
+        )
 
     def end(self) -> None:
         """A run of this plan is final: give back its slots if it holds them."""
         if self.status == _DIRECT and self.needed:
-            self.limiter.release(self.needed)
+            self.give()
 
 
 @final
@@ -141,7 +159,7 @@ class Admission:
         with _status_lock:
             status, self.status = self.status, _ENDED
         self.run = None
-        if status in (_HOLDING, _DIRECT):
+        if status == _HOLDING:
             self.limiter.release(self.needed)
         elif status == _WAITING and self.ticket is not None:
             # Not withdrawn: it was granted meanwhile, and `_granted` gives the slots back.
@@ -182,15 +200,13 @@ def acquire_later(plan: Plan, run: Any, queued: Callable[[], None]) -> bool:
     """Take the plan's slots for `run` now (True) or queue (False): then `queued()` runs
     at once, and ``run.scope.dispatch_admitted(run)`` once they are held, unless the run
     ended first. `run.limits` says where the run stands."""
-    limiter = plan.limiter
-    if limiter.try_acquire(plan.needed):
+    if plan.take():
         run.limits = plan.holding
         return True
     admission = run.limits = Admission(plan, run)
-    ticket = limiter.acquire(plan.needed, admission._granted)
+    ticket = plan.limiter.acquire(plan.needed, admission._granted)
     if ticket is None:
-        admission.status = _DIRECT
-        admission.run = None
+        run.limits = plan.holding  # no grant is coming: it holds its slots already
         return True
     with _status_lock:
         # Under the lock that a grant needs to go on: `queued` comes before the dispatch.

@@ -257,8 +257,8 @@ class RunScope:
                 )
             plan = run.limits
             if plan is not None and plan.status == _NEW:
-                if plan.limiter.try_acquire(plan.needed):
-                    run.limits = _plan(plan).holding
+                if plan.take():  # type: ignore[union-attr]  # only a Plan is NEW
+                    run.limits = plan.holding  # type: ignore[union-attr]
                 elif not self._admit(run, _plan(plan)):
                     return
             runner.submit(run)
@@ -282,8 +282,8 @@ class RunScope:
             )
         plan = run.limits
         if plan is not None and plan.status == _NEW:
-            if plan.limiter.try_acquire(plan.needed):
-                run.limits = _plan(plan).holding
+            if plan.take():  # type: ignore[union-attr]  # only a Plan is NEW
+                run.limits = plan.holding  # type: ignore[union-attr]
             elif not self._admit(run, _plan(plan)):
                 return
         runner.submit(run)
@@ -342,9 +342,8 @@ class RunScope:
             if limits is not None:
                 if limits.status == _DIRECT:
                     # Took its slots at once (or needs none): nothing else changes that.
-                    needed = limits.needed
-                    if needed:
-                        limits.limiter.release(needed)
+                    if limits.needed:
+                        limits.give()  # type: ignore[union-attr]  # only a Plan is DIRECT
                 elif limits.status != _NEW:
                     limits.end()
         with self._lock:
