@@ -399,3 +399,25 @@ def test_a_block_that_gets_no_slot_in_time_raises_timeout_error() -> None:
 
     got = blocked()
     assert got == ["baton.concurrency('db') got no slot within 0.01 s."] * 2
+
+
+def test_a_subflow_without_limits_of_its_own_shares_its_parents(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("BATON_CONCURRENCY_LIMITS", '{"db": 1}')
+
+    @flow
+    def inner() -> Any:
+        return baton._limits.current_limiter()
+
+    @flow(concurrency_limits={"db": 3})
+    def own() -> Any:
+        return baton._limits.current_limiter()
+
+    @flow
+    def outer() -> Any:
+        return baton._limits.current_limiter(), inner(), own()
+
+    mine, inherited, separate = outer()
+    assert inherited is mine
+    assert separate is not mine and separate.concurrency_limits == {"db": 3}

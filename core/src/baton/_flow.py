@@ -351,25 +351,22 @@ def _upstream_failed(flow_run: FlowRun, wait_for: tuple[Any, ...]) -> State | No
 
 
 def _set_limits(scope: RunScope, options: FlowOptions, settings: Any) -> None:
-    """Give the flow run's scope its limiter: its own if the flow or the settings declare
-    limits, else (a subflow) the one of the flow run it runs in."""
-    if (
-        options.concurrency_limits
-        or options.rate_limits
-        or settings.concurrency_limits
-        or (settings.rate_limits)
-    ):
+    """Give the flow run's scope its limiter: its own if the flow declares limits; else
+    (a subflow) the one of the flow run it runs in; else one from the settings."""
+    own = options.concurrency_limits or options.rate_limits
+    if not own:
+        from baton._scope import _current_scope
+
+        parent = _current_scope.get()
+        if parent is not None and parent.limiter is not None:
+            scope.set_limiter(parent.limiter)
+            return
+    if own or settings.concurrency_limits or settings.rate_limits:
         from baton._limits import limits_of_flow
 
         limiter = limits_of_flow(options.concurrency_limits, options.rate_limits)
         scope.set_limiter(limiter)
         scope.owns_limiter = limiter is not None
-        return
-    from baton._scope import _current_scope
-
-    parent = _current_scope.get()
-    if parent is not None and parent.limiter is not None:
-        scope.set_limiter(parent.limiter)
 
 
 def _close_limits(scope: RunScope) -> None:
