@@ -72,6 +72,24 @@ class Limiter(Protocol):
 _held: contextvars.ContextVar[frozenset[str]] = contextvars.ContextVar(
     "baton_limits_held", default=frozenset()
 )
+_NOTHING: frozenset[str] = frozenset()
+
+
+def _no_run_held() -> frozenset[str]:
+    return _NOTHING
+
+
+# The limits held by the task run executing here, when it runs in the flow's process
+# (set by `baton._taskrun`, which knows that run): such a run does not set `_held`.
+run_held: Callable[[], frozenset[str]] = _no_run_held
+
+
+def current_held() -> frozenset[str]:
+    """The limits whose slot the code running here holds: an enclosing block's, or the
+    running task run's."""
+    return _held.get() or run_held()
+
+
 _status_lock = threading.Lock()
 
 # NEW: not asked yet; WAITING: queued for its slots; HOLDING: granted after waiting (a
@@ -79,8 +97,9 @@ _status_lock = threading.Lock()
 # its slots (or needs none) since admission, which only the run's end changes.
 _NEW, _WAITING, _HOLDING, _ENDED, _DIRECT = 0, 1, 2, 3, 4
 
-Plans = dict[tuple[frozenset[str], frozenset[str]], "Plan"]
-"""A limiter's cache of plans by (tags, limits held): runs of one task ask alike."""
+Plans = dict[Any, "Plan"]
+"""A limiter's cache of plans by tags, or (tags, limits held) where limits are held:
+runs of one task ask alike."""
 
 
 @final
@@ -168,9 +187,9 @@ class Admission:
 
 def admission_for(limiter: Limiter, tags: frozenset[str]) -> Plan | None:
     """The plan of a run with `tags` submitted here, or None if no limit concerns it."""
-    held = _held.get()
+    held = current_held()
     plans: Plans | None = getattr(limiter, "plans", None)
-    key = (tags, held)
+    key = (tags, held) if held else tags
     plan = plans.get(key) if plans is not None else None
     if plan is None:
         limits = limiter.concurrency_limits
@@ -229,4 +248,4 @@ def let_go(token: contextvars.Token[frozenset[str]]) -> None:
 
 def held_limits() -> frozenset[str]:
     """The limits whose slot the code running here holds."""
-    return _held.get()
+    return current_held()

@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, final
 
-from baton._admission import Limiter, Plans, _held
+from baton._admission import Limiter, Plans, _held, current_held
 from baton._limitspec import LimitError, parse_rate
 
 if TYPE_CHECKING:
@@ -345,7 +345,7 @@ class concurrency:
     def _prepare(self) -> tuple[Limiter, dict[str, int]]:
         limiter = _limiter_for(f"baton.concurrency({self.names[0]!r})", self.names)
         limits = limiter.concurrency_limits
-        held = _held.get()
+        held = current_held()
         slots: dict[str, int] = {}
         for name in self.names:
             limit = limits.get(name)
@@ -363,7 +363,7 @@ class concurrency:
 
     def _took(self, limiter: Limiter, slots: dict[str, int]) -> None:
         self._limiter, self._slots = limiter, slots
-        self._held_token = _held.set(_held.get() | frozenset(self.names))
+        self._held_token = _held.set(current_held() | frozenset(self.names))
 
     def __enter__(self) -> concurrency:
         limiter, slots = self._prepare()

@@ -17,6 +17,7 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from baton import _admission
 from baton._admission import (
     _DIRECT,
     _NEW,
@@ -126,7 +127,9 @@ class RunScope:
         limiter = self.limiter
         if limiter is not None:
             tags = run.task.options.tags
-            plan = self._plans.get((tags, _held.get())) if self._plans is not None else None
+            held = _held.get() or _admission.run_held()
+            plans = self._plans
+            plan = plans.get((tags, held) if held else tags) if plans is not None else None
             if plan is None:
                 plan = admission_for(limiter, tags)
             elif not plan.held:

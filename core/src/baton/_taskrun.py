@@ -7,7 +7,7 @@ import itertools
 import logging
 from typing import TYPE_CHECKING, Any, final
 
-from baton._admission import _held
+from baton import _admission
 from baton._engine import run_async, run_sync
 from baton._remote import RunCall
 from baton._states import State, StateType
@@ -28,6 +28,19 @@ _ids = itertools.count(1)
 _current_task_run: contextvars.ContextVar[TaskRun | None] = contextvars.ContextVar(
     "baton_task_run", default=None
 )
+
+
+def _held_by_current_run() -> frozenset[str]:
+    """The limits the task run executing here holds (see `_admission.current_held`)."""
+    run = _current_task_run.get()
+    if run is None:
+        return _NOTHING
+    limits = run.limits
+    return limits.held if limits is not None else _NOTHING
+
+
+_NOTHING: frozenset[str] = frozenset()
+_admission.run_held = _held_by_current_run
 
 
 def current_task_run() -> TaskRun | None:
@@ -189,8 +202,6 @@ class TaskRun:
             return self.future._state
         token = _current_task_run.set(self)
         scope_token = self.scope.enter()
-        limits = self.limits
-        held = _held.set(limits.held) if limits is not None and limits.held else None
         try:
             state = run_sync(self, self.args, self.kwargs, self._on_retry)
         except BaseException as exc:  # Ctrl-C in the main thread: record it, then let it go
@@ -203,8 +214,6 @@ class TaskRun:
             self.future._mark_observed()
             raise
         finally:
-            if held is not None:
-                _held.reset(held)
             self.scope.exit(scope_token)
             _current_task_run.reset(token)
         self.future._set_final(state)
@@ -216,13 +225,9 @@ class TaskRun:
             return self.future._state
         token = _current_task_run.set(self)
         scope_token = self.scope.enter()
-        limits = self.limits
-        held = _held.set(limits.held) if limits is not None and limits.held else None
         try:
             state = await self._async_engine()
         finally:
-            if held is not None:
-                _held.reset(held)
             self.scope.exit(scope_token)
             _current_task_run.reset(token)
         self.future._set_final(state)
