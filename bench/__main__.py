@@ -18,6 +18,9 @@ reported as µs per task and as the ratio Baton / raw. Scenarios:
   tracing   (only when asked for) `.map` of N no-op tasks on `thread` with
             BATON_TRACE_FILE, and BATON_REPORT_FILE, set against unset (µs per task,
             the file written at the flow run's end included)
+  limits    (only when asked for) N no-op tagged tasks through `.map` in a flow with a
+            concurrency limit on their tag that is never reached, beside the same flow
+            without limits (µs per task)
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ from bench.engines import (
 )
 
 SCENARIOS = ("overhead", "graphs", "startup", "memory", "locality")
-OPT_IN_SCENARIOS = ("tracing",)
+OPT_IN_SCENARIOS = ("tracing", "limits")
 MB = 2**20
 Row = dict[str, Any]
 
@@ -169,6 +172,50 @@ def graphs(engine: Engine, raw: RawEngine, n: int, repeats: int) -> list[Row]:
                 "baton_ms": round(baton_ms, 3),
                 "raw_ms": round(raw_ms, 3),
                 "ratio": round(baton_ms / raw_ms, 2),
+            }
+        )
+        print(_line(rows[-1]), flush=True)
+    return rows
+
+
+def limits(engine: Engine, raw: RawEngine, sizes: list[int], repeats: int) -> list[Row]:
+    """µs per tagged no-op task through `.map`, in a flow whose concurrency limit on the
+    tag is never reached, beside the same flow without limits (the cost of admission)."""
+    tagged = baton.task(noop).with_options(tags={"bench"})
+
+    def batch(**options: Any) -> Callable[[int], None]:
+        @baton.flow(task_runner=raw.task_runner, **options)
+        def run(n: int) -> None:
+            tagged.map(range(n)).result()
+
+        return run
+
+    plain = batch()
+    limited = batch(concurrency_limits={"bench": 2**31})
+    plain(min(*sizes, 1_000))  # warm up imports and pools
+    limited(min(*sizes, 1_000))
+    rows = []
+    for n in sizes:
+        if engine.max_n is not None and n > engine.max_n:
+            continue
+        # Each side goes first in every other pair: on a small machine the second run of
+        # a pair pays for the first one's pool still winding down.
+        plain_times, limited_times = [], []
+        for turn in range(max(repeats, 2)):
+            first, second = (plain, limited) if turn % 2 == 0 else (limited, plain)
+            a, b = _interleaved(partial(first, n), partial(second, n), 1)
+            plain_times += a if first is plain else b
+            limited_times += b if first is plain else a
+        plain_us = statistics.median(plain_times) / n * 1e6
+        limited_us = statistics.median(limited_times) / n * 1e6
+        rows.append(
+            {
+                "scenario": "limits-map",
+                "runner": engine.runner,
+                "n": n,
+                "limited_us_per_task": round(limited_us, 2),
+                "no_limits_us_per_task": round(plain_us, 2),
+                "ratio": round(limited_us / plain_us, 3),
             }
         )
         print(_line(rows[-1]), flush=True)
@@ -766,7 +813,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows: list[Row] = results["rows"]
     skipped: list[Row] = results["skipped"]
-    per_runner = [s for s in scenarios if s in ("overhead", "graphs", "locality")]
+    per_runner = [s for s in scenarios if s in ("overhead", "graphs", "locality", "limits")]
     for runner in runners if per_runner else []:
         engine = ENGINES[runner]
         if per_runner == ["locality"] and runner not in ("dask", "ray"):
@@ -776,6 +823,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows += overhead(engine, raw, sizes, repeats, args.budget, skipped)
             if "graphs" in scenarios:
                 rows += graphs(engine, raw, 100 if args.quick else 1_000, repeats)
+            if "limits" in scenarios:
+                rows += limits(engine, raw, sizes, repeats)
             if "locality" in scenarios and isinstance(raw, LocalityEngine):
                 # Above 32 MB glibc always maps a fresh block, so each repeat starts even.
                 rows += locality(engine, raw, 64 if args.quick else 200, 1 if args.quick else 3)

@@ -84,6 +84,13 @@ def test_scenarios_and_sizes_select_a_subset(tmp_path: Path) -> None:
     assert "skipped: overhead-map on sync at N=1,000,000,000: about" in done.stdout
 
 
+def test_the_limits_scenario_compares_a_limited_flow_with_a_plain_one(tmp_path: Path) -> None:
+    done = bench(tmp_path, "--quick", "--runners", "thread", "--scenarios", "limits")
+    [row] = results(tmp_path, done)["rows"]
+    assert (row["scenario"], row["runner"], row["n"]) == ("limits-map", "thread", 200)
+    assert row["limited_us_per_task"] > 0 and row["no_limits_us_per_task"] > 0
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [

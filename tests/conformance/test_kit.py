@@ -216,7 +216,7 @@ def test_skips_name_the_runner_and_the_capability() -> None:
     assert "| 1 | 3 | 0 | 0 | 0 |" in summary
     assert "- Skipped, capability not declared: crash-detection (1), processes (1)" in summary
     assert (report.runner, report.runner_class) == ("sync", "baton._runners.sync.SyncRunner")
-    assert report.capabilities == ("async", "nested", "priorities", "resources")
+    assert report.capabilities == ("async", "limits", "nested", "priorities", "resources")
 
 
 def test_a_runner_that_swallows_failures_fails_naming_the_rule() -> None:

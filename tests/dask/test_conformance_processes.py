@@ -18,7 +18,7 @@ pytestmark = pytest.mark.filterwarnings(
 
 
 class TestDaskOnSchedulerAndWorkerProcesses(RunnerConformance):
-    conformance_level = 2
+    conformance_level = 3
 
     @pytest.fixture
     def runner(self, runner_name: str) -> TaskRunner:

@@ -430,7 +430,7 @@ def test_reset_discovers_newly_installed_plugins(site: Site) -> None:
 
 def test_runner_info_capabilities_of_a_class_registered_directly(fresh_plugins: None) -> None:
     info = _plugins.RunnerInfo("x", ThreadRunner, "p", "d", "1")
-    assert info.capabilities == ["async", "nested", "priorities", "resources"]
+    assert info.capabilities == ["async", "limits", "nested", "priorities", "resources"]
     assert issubclass(info.load(), TaskRunner)
 
 

@@ -28,7 +28,7 @@ def connected(cluster: Cluster) -> Iterator[Cluster]:
 
 
 class TestRayOnACluster(RunnerConformance):
-    conformance_level = 2
+    conformance_level = 3
 
     @pytest.fixture
     def runner(self, connected: Cluster) -> RayTaskRunner:

@@ -28,6 +28,7 @@ from baton._errors import (
 )
 from baton._flow import Flow, FlowRun, flow
 from baton._futures import DoneAndNotDone, Future, FutureList, as_completed, wait
+from baton._limits import LimitError, concurrency, rate_limit, rate_limit_async
 from baton._map import LazyMap
 from baton._plugins import (
     BatonPluginWarning,
@@ -62,6 +63,7 @@ __all__ = [
     "FutureList",
     "InvalidOptionsError",
     "LazyMap",
+    "LimitError",
     "MappingError",
     "PluginInfo",
     "PluginLoadError",
@@ -79,6 +81,7 @@ __all__ = [
     "__version__",
     "allow_failure",
     "as_completed",
+    "concurrency",
     "current_task_run",
     "exponential_backoff",
     "flow",
@@ -87,6 +90,8 @@ __all__ = [
     "list_plugins",
     "list_runners",
     "quote",
+    "rate_limit",
+    "rate_limit_async",
     "tags",
     "task",
     "unmapped",

@@ -7,7 +7,7 @@ import inspect
 import itertools
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
 
 from typing_extensions import ParamSpec
@@ -142,6 +142,7 @@ class Flow(Generic[P, R]):
         pm = plugin_manager()
         scope = RunScope(runner, f"flow run {flow_run.name!r}", make_observer(pm))
         flow_run.scope = scope
+        _set_limits(scope, self.options, settings)
         flow_run.state = State.running()
         _call_hook(pm.hook.flow_run_started, flow_run=flow_run)
         if owned:
@@ -167,6 +168,8 @@ class Flow(Generic[P, R]):
             if owned:
                 scope.runner.shutdown(wait=not interrupted)
         finally:
+            if scope.owns_limiter:
+                _close_limits(scope)
             flow_run.state = state
             flow_run.end_time = time.time()
             hooks = self.options.on_completion if state.is_completed() else self.options.on_failure
@@ -361,6 +364,31 @@ def _upstream_failed(flow_run: FlowRun, wait_for: tuple[Any, ...]) -> State | No
     return State.failed(error, message, name="UpstreamFailed")
 
 
+def _set_limits(scope: RunScope, options: FlowOptions, settings: Any) -> None:
+    """Give the flow run's scope its limiter: its own if the flow declares limits; else
+    (a subflow) the one of the flow run it runs in; else one from the settings."""
+    own = options.concurrency_limits or options.rate_limits
+    if not own:
+        from baton._scope import _current_scope
+
+        parent = _current_scope.get()
+        if parent is not None and parent.limiter is not None:
+            scope.set_limiter(parent.limiter)
+            return
+    if own or settings.concurrency_limits or settings.rate_limits:
+        from baton._limits import limits_of_flow
+
+        limiter = limits_of_flow(options.concurrency_limits, options.rate_limits)
+        scope.set_limiter(limiter)
+        scope.owns_limiter = limiter is not None
+
+
+def _close_limits(scope: RunScope) -> None:
+    close = getattr(scope.limiter, "close", None)
+    if close is not None:
+        close()
+
+
 def _returned_result(future: Future[Any], allowed: bool) -> Any:
     return future.result(raise_on_failure=not allowed)
 
@@ -385,6 +413,8 @@ def flow(
     task_runner: str | TaskRunner | type[TaskRunner] | None = None,
     on_completion: Iterable[Callable[..., Any]] | Callable[..., Any] = (),
     on_failure: Iterable[Callable[..., Any]] | Callable[..., Any] = (),
+    concurrency_limits: Mapping[str, int] | None = None,
+    rate_limits: Mapping[str, str] | None = None,
 ) -> Callable[[Callable[P, R]], Flow[P, R]]: ...
 
 
@@ -396,6 +426,9 @@ def flow(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
     Unset, the ``BATON_TASK_RUNNER`` setting decides (default ``"thread"``).
     `on_completion` / `on_failure` hooks are called as `hook(flow, flow_run, state)`
     once the flow run is final (a hook that raises is logged).
+    `concurrency_limits` (``{"db": 2}``: at most 2 runs tagged ``db`` running at once)
+    and `rate_limits` (``{"api": "10/s"}``, for `baton.rate_limit`) bound what the
+    flow run's tasks do, on every runner (see the Limits page of the docs).
 
     >>> from baton import flow, task
     >>> @task

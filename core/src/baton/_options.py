@@ -200,10 +200,26 @@ class FlowOptions(BaseModel):
     task_runner: Any = None
     on_completion: tuple[Hook, ...] = ()
     on_failure: tuple[Hook, ...] = ()
+    concurrency_limits: dict[str, int] = Field(default_factory=dict)
+    rate_limits: dict[str, str] = Field(default_factory=dict)
 
     _hooks_as_tuple = field_validator("on_completion", "on_failure", mode="before")(
         TaskOptions._hooks_as_tuple.__func__  # type: ignore[attr-defined]
     )
+
+    @field_validator("concurrency_limits", mode="before")
+    @classmethod
+    def _valid_concurrency_limits(cls, value: Any) -> Any:
+        from baton._limitspec import check_concurrency_limits
+
+        return check_concurrency_limits(value)
+
+    @field_validator("rate_limits", mode="before")
+    @classmethod
+    def _valid_rate_limits(cls, value: Any) -> Any:
+        from baton._limitspec import check_rate_limits
+
+        return check_rate_limits(value)
 
 
 def validate_options(model: type[BaseModel], owner: str, values: dict[str, Any]) -> Any:

@@ -25,6 +25,7 @@ from baton._states import LazyResult, State, StateType
 from baton._travel import dumps, loads, portable_state
 
 if TYPE_CHECKING:
+    from baton._limits_service import RunLimits
     from baton._runner import TaskRunner
     from baton._scope import RunScope
     from baton._task import Task
@@ -82,6 +83,11 @@ class RunCall:
         """What the run asks for (the task's `resources`, as `TaskRun.resources`), for a
         worker that hands devices out (say, sets ``CUDA_VISIBLE_DEVICES``)."""
         return self.task.options.resources
+
+    limits: RunLimits | None = None
+    """How the run reaches its flow run's concurrency and rate limits from wherever it
+    runs, and which limits' slots it holds (None: the flow run declares none).
+    `run_call` applies it: a runner only has to send the call whole."""
 
     def fill(self, upstream: Sequence[Any]) -> tuple[tuple[Any, ...], dict[str, Any]] | State:
         """The arguments with each placeholder replaced by its upstream's value, or the
@@ -274,6 +280,15 @@ def run_call(
 
         trace = scope.trace = from_carrier(call.trace_context)
     token = scope.enter()
+    limits = call.limits
+    held = None
+    if limits is not None:
+        from baton._admission import holding
+
+        scope.set_limiter(limits.limiter())
+        scope.limits_block = True
+        if limits.held:
+            held = holding(limits.held)
     try:
         if on_state is not None:
             on_state(State.running())
@@ -306,6 +321,10 @@ def run_call(
             state = Attempts(call, attempt).finish(failure_state(exc, call))
         del args, kwargs
     finally:
+        if held is not None:
+            from baton._admission import let_go
+
+            let_go(held)
         scope.exit(token)
     retry = None
     if retries == "runner":
@@ -417,6 +436,7 @@ def _scope_for(call: RunCall, nested: TaskRunner | None) -> RunScope:
     if scope is not None and scope.runner is runner:
         _spare.scope = None
         scope.label = label
+        scope.set_limiter(None)
         return scope
     from baton._scope import RunScope
 

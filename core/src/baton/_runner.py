@@ -44,6 +44,12 @@ class Capability(str, enum.Enum):
     RESOURCES = "resources"
     """Honours a task's `resources`: runs whose requests together exceed a capacity
     never run at once, and a request no capacity can satisfy is an error at submit."""
+    LIMITS = "limits"
+    """Honours the flow run's concurrency and rate limits inside runs wherever they
+    execute (`baton.concurrency`, `baton.rate_limit`, tagged runs that tasks submit on
+    workers). Runners that execute runs in the flow's process have it for free; one
+    that ships runs sends `TaskRun.call` (or `native_call()`) whole, with its
+    `RunCall.limits`, to `run_call`."""
 
     def __str__(self) -> str:
         return self.value

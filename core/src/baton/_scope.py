@@ -17,6 +17,16 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from baton import _admission
+from baton._admission import (
+    _DIRECT,
+    _NEW,
+    AWAITING_SLOT,
+    _held,
+    acquire_blocking,
+    acquire_later,
+    admission_for,
+)
 from baton._attempts import FINAL_STATE_TYPES
 from baton._errors import RunnerClosedError
 from baton._futures import Future, wait
@@ -24,6 +34,7 @@ from baton._resolve import resolve
 from baton._states import LazyResult, State, StateType, upstream_failed
 
 if TYPE_CHECKING:
+    from baton._admission import Admission, Limiter, Plan, Plans
     from baton._map import LazyMap
     from baton._otel import Trace
     from baton._remote import NestedFailure
@@ -91,6 +102,18 @@ class RunScope:
         self.on_submit: Callable[[TaskRun], None] | None = None
         """Told of each run submitted (or called directly) here: the progress bar
         counts them."""
+        self.limiter: Limiter | None = None
+        """The flow run's concurrency and rate limits, if it declares any."""
+        self.owns_limiter = False
+        # True in the scope of a run on a worker: its runs take their slots as they are
+        # submitted, in the submitting task's thread (see `_limits.acquire_blocking`).
+        self.limits_block = False
+        self._plans: Plans | None = None
+
+    def set_limiter(self, limiter: Limiter | None) -> None:
+        """Give the runs submitted here the concurrency and rate limits of `limiter`."""
+        self.limiter = limiter
+        self._plans = getattr(limiter, "plans", None)
 
     # -- context ------------------------------------------------------------------
 
@@ -113,6 +136,28 @@ class RunScope:
             )
         future: Future[Any] = Future(run)
         run.future = future
+        limiter = self.limiter
+        if limiter is not None:
+            tags = run.task.options.tags
+            held = _held.get() or _admission.run_held()
+            plans = self._plans
+            plan = plans.get((tags, held) if held else tags) if plans is not None else None
+            if plan is None:
+                plan = admission_for(limiter, tags)
+            elif not plan.held:
+                plan = None
+            run.limits = plan
+            if plan is not None and plan.status == _NEW:
+                if self.limits_block:
+                    run.limits = acquire_blocking(plan)
+                elif upstreams:
+                    # It takes a slot only once it can run: the core waits for its upstreams.
+                    upstreams = [u for u in upstreams if u._state.type not in _FINAL]
+                    if upstreams:
+                        with self._lock:
+                            self._pending.add(future)
+                        self._defer(run, upstreams)
+                        return future
         with self._lock:
             self._pending.add(future)
         if self.on_submit is not None:
@@ -158,6 +203,44 @@ class RunScope:
             upstream.add_done_callback(upstream_done)
         upstream_done(waiting[0])  # the registration's own count
 
+    def _admit(self, run: TaskRun, plan: Plan) -> bool:
+        """Take the run's concurrency slots: True if it may go to the runner now; else it
+        waits PENDING (AwaitingConcurrencySlot) and goes once they free."""
+
+        def queued() -> None:
+            names = ", ".join(repr(name) for name in plan.needed)
+            message = f"Waiting for a slot of concurrency limit {names}."
+            run.set_state(State.pending(AWAITING_SLOT, message))
+
+        return acquire_later(plan, run, queued)
+
+    def dispatch_admitted(self, run: TaskRun) -> None:
+        """Hand a run that got its slots to the runner (from the thread that freed them)."""
+        queue: collections.deque[tuple[RunScope, TaskRun]] | None = getattr(
+            _dispatching, "admitted", None
+        )
+        if queue is not None:
+            queue.append((self, run))
+            return
+        queue = _dispatching.admitted = collections.deque([(self, run)])
+        try:
+            while queue:
+                scope, next_run = queue.popleft()
+                if next_run.future._state.type is not StateType.PENDING:
+                    continue  # cancelled meanwhile: its end gives the slots back
+                try:
+                    if scope.runner.closed:
+                        raise RunnerClosedError(
+                            f"Task run {next_run.name!r} could not start: task runner "
+                            f"{scope.runner.name!r} of {scope.label} was shut down while the "
+                            "run waited for a concurrency slot."
+                        )
+                    scope.runner.submit(next_run)
+                except Exception as exc:
+                    next_run.future._set_final(State.failed(exc))
+        finally:
+            _dispatching.admitted = None
+
     def _dispatch_later(self, run: TaskRun) -> None:
         # Dispatching one run can end it at once (UpstreamFailed, or a runner that runs
         # it inside `submit`), which dispatches its dependents from the same call stack.
@@ -190,6 +273,12 @@ class RunScope:
                     f"Task run {run.name!r} could not start: task runner {runner.name!r} of "
                     f"{self.label} was shut down while the run waited for its upstream runs."
                 )
+            plan = run.limits
+            if plan is not None and plan.status == _NEW:
+                if plan.take():  # type: ignore[union-attr]  # only a Plan is NEW
+                    run.limits = plan.holding  # type: ignore[union-attr]
+                elif not self._admit(run, _plan(plan)):
+                    return
             runner.submit(run)
             return
         try:
@@ -209,6 +298,12 @@ class RunScope:
                 f"Task run {run.name!r} could not start: task runner {runner.name!r} of "
                 f"{self.label} was shut down while the run waited for its upstream runs."
             )
+        plan = run.limits
+        if plan is not None and plan.status == _NEW:
+            if plan.take():  # type: ignore[union-attr]  # only a Plan is NEW
+                run.limits = plan.holding  # type: ignore[union-attr]
+            elif not self._admit(run, _plan(plan)):
+                return
         runner.submit(run)
 
     def run_inline(
@@ -231,6 +326,11 @@ class RunScope:
         except _UpstreamFailed as failed:
             future._set_final(_upstream_failed_state(run, failed.future))
             return future
+        limiter = self.limiter
+        if limiter is not None:
+            plan = run.limits = admission_for(limiter, run.task.options.tags)
+            if plan is not None and plan.status == _NEW:
+                run.limits = acquire_blocking(plan)
         if execute:
             run.execute()
         return future
@@ -258,6 +358,15 @@ class RunScope:
         observer = self.observe if observe else None
         if observer is not None:
             observer(future._run, state)
+        if self.limiter is not None:
+            limits = future._run.limits
+            if limits is not None:
+                if limits.status == _DIRECT:
+                    # Took its slots at once (or needs none): nothing else changes that.
+                    if limits.needed:
+                        limits.give()  # type: ignore[union-attr]  # only a Plan is DIRECT
+                elif limits.status != _NEW:
+                    limits.end()
         with self._lock:
             self._pending.discard(future)
             if state.type in _FAILED and not future._observed:
@@ -318,6 +427,13 @@ class RunScope:
 
 
 _FINAL = FINAL_STATE_TYPES
+
+
+def _plan(limits: Plan | Admission) -> Plan:
+    # Only a plan is NEW: an admission is made once its run asks for its slots.
+    return limits  # type: ignore[return-value]
+
+
 _reported_ids = itertools.count(1)
 
 

@@ -89,6 +89,31 @@ class Settings(BaseSettings):
         "Unset: no report, at no cost.",
     )
 
+    concurrency_limits: dict[str, int] = Field(
+        default_factory=dict,
+        description='Concurrency limits of every flow run, by tag, as JSON: `{"db": 2}`. '
+        "A flow's own `concurrency_limits` take precedence name by name.",
+    )
+    rate_limits: dict[str, str] = Field(
+        default_factory=dict,
+        description='Rate limits of every flow run, as JSON: `{"api": "10/s"}` (units s, m, '
+        "h, d). A flow's own `rate_limits` take precedence name by name.",
+    )
+
+    @field_validator("concurrency_limits", mode="before")
+    @classmethod
+    def _valid_concurrency_limits(cls, value: object) -> object:
+        from baton._limitspec import check_concurrency_limits
+
+        return check_concurrency_limits(value)
+
+    @field_validator("rate_limits", mode="before")
+    @classmethod
+    def _valid_rate_limits(cls, value: object) -> object:
+        from baton._limitspec import check_rate_limits
+
+        return check_rate_limits(value)
+
     @field_validator("task_run_log_limit", mode="before")
     @classmethod
     def _empty_is_no_limit(cls, value: object) -> object:

@@ -7,13 +7,16 @@ import logging
 import threading
 from typing import TYPE_CHECKING, Any, final
 
+from baton import _admission
 from baton._context import current_task_run_var
 from baton._engine import run_async, run_sync
 from baton._remote import RunCall
 from baton._states import State, StateType
 
 if TYPE_CHECKING:
+    from baton._admission import Admission, Plan
     from baton._futures import Future
+    from baton._limits_service import RunLimits
     from baton._otel import Trace
     from baton._remote import RemoteResult
     from baton._scope import RunScope
@@ -25,6 +28,19 @@ logger = logging.getLogger("baton")
 
 _ids = itertools.count(1)
 _current_task_run = current_task_run_var
+
+
+def _held_by_current_run() -> frozenset[str]:
+    """The limits the task run executing here holds (see `_admission.current_held`)."""
+    run = _current_task_run.get()
+    if run is None:
+        return _NOTHING
+    limits = run.limits
+    return limits.held if limits is not None else _NOTHING
+
+
+_NOTHING: frozenset[str] = frozenset()
+_admission.run_held = _held_by_current_run
 
 
 def current_task_run() -> TaskRun | None:
@@ -57,6 +73,7 @@ class TaskRun:
         "future",
         "id",
         "kwargs",
+        "limits",
         "map_id",
         "map_index",
         "parent_id",
@@ -109,6 +126,9 @@ class TaskRun:
         parent = _current_task_run.get()
         self.parent_id: int | None = None if parent is None else parent.id
         """The id of the run whose task submitted (or called) this one, if any."""
+        self.limits: Plan | Admission | None = None
+        """Where the run stands with its flow's concurrency limits (None: no limit
+        concerns it)."""
 
     @property
     def name(self) -> str:
@@ -145,7 +165,20 @@ class TaskRun:
             self.args,
             self.kwargs,
             trace_context=None if trace is None else trace.carrier(),
+            limits=None if self.scope.limiter is None else self.run_limits(),
         )
+
+    def run_limits(self) -> RunLimits | None:
+        """What a worker needs to honour the flow run's limits in this run (see
+        `RunCall.limits`), or None when the flow run declares none."""
+        limiter = self.scope.limiter
+        if limiter is None:
+            return None
+        limits = self.limits
+        held = limits.held if limits is not None else frozenset()
+        # The flow's own limiter, or a client of it (the run was submitted on a worker).
+        run_limits: Any = getattr(limiter, "run_limits", None)
+        return run_limits(held) if run_limits is not None else None
 
     def native_call(self) -> tuple[RunCall, list[Future[Any]]]:
         """For runners with native dependencies: the run packed with a placeholder for
@@ -163,7 +196,8 @@ class TaskRun:
         kwargs = to_portable(self.kwargs, upstreams)
         trace = self.trace
         carrier = None if trace is None else trace.carrier()
-        call = RunCall(self.task, self.id, self.name, args, kwargs, wait_for, carrier)
+        limits = self.run_limits() if self.scope.limiter is not None else None
+        call = RunCall(self.task, self.id, self.name, args, kwargs, wait_for, carrier, limits)
         self._native_upstreams = upstreams
         return call, upstreams
 

@@ -27,6 +27,12 @@ Priorities and resources
     that waits for resources reads PENDING, named `AWAITING_RESOURCES`; a request
     that can never be met should raise from `submit`. Declare
     `Capability.PRIORITIES` / `Capability.RESOURCES` for the conformance tests.
+Limits
+    A flow run's concurrency and rate limits are kept in its process (a `Limiter`).
+    The core admits tagged runs before the runner sees them; a `RunCall` carries
+    `RunLimits`, through which `run_call` reaches that limiter from any worker for
+    `baton.concurrency`, `baton.rate_limit` and the runs a task submits there. A
+    runner that sends the call whole needs to do nothing else.
 
 Attempts, crashes and hard timeouts
     `Attempts` is the one retry rule, for the engine and for every runner that
@@ -57,6 +63,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from baton._admission import Limiter
 from baton._attempts import (
     FINAL_STATE_TYPES,
     Attempts,
@@ -71,6 +78,7 @@ from baton._deadlines import Deadlines
 from baton._engine import RunInfo
 from baton._errors import RemoteTaskError, RemoteTraceback
 from baton._futures import blocking_section
+from baton._limits_service import RunLimits
 from baton._public import report_public_module as _report_public_module
 from baton._remote import (
     NestedFailure,
@@ -106,6 +114,7 @@ __all__ = [
     "Attempts",
     "Capability",
     "Deadlines",
+    "Limiter",
     "NestedFailure",
     "RemoteResult",
     "RemoteTaskError",
@@ -113,6 +122,7 @@ __all__ = [
     "Retry",
     "RunCall",
     "RunInfo",
+    "RunLimits",
     "RunQueue",
     "SlotLender",
     "TaskRun",

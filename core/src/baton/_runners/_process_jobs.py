@@ -197,10 +197,12 @@ def reap(worker: WorkerProcess, patient: bool) -> str:
 
 
 def pickle_arguments(run: TaskRun) -> tuple[bytes, BufferRef | None]:
-    """The run's arguments pickled, and where their large data is (see _process_shm):
-    removed when the run ends."""
+    """The run's arguments for the worker pickled, ``(args, kwargs)``, or ``(args,
+    kwargs, limits)`` in a flow run with limits (see `RunCall.limits`); and where their
+    large data is (see _process_shm): removed when the run ends."""
     args, kwargs = run.args, run.kwargs
-    if not kwargs:
+    limited = run.scope.limiter is not None
+    if not kwargs and not limited:
         for value in args:
             if type(value) not in _PLAIN or (type(value) is bytes and len(value) >= LARGE_BYTES):
                 break
@@ -208,7 +210,8 @@ def pickle_arguments(run: TaskRun) -> tuple[bytes, BufferRef | None]:
             return pickle.dumps((args, kwargs), pickle.HIGHEST_PROTOCOL), None
     buffers: list[Any] = []
     try:
-        payload = cloudpickle_dumps((args, kwargs), buffers)
+        sent = (args, kwargs, run.run_limits()) if limited else (args, kwargs)
+        payload = cloudpickle_dumps(sent, buffers)
     except Exception as exc:
         raise _argument_error(run, exc) from exc
     ref = share_buffers(buffers, file_prefix(os.getpid(), "d"))

@@ -10,7 +10,8 @@ parent -> worker
     ``(BATCH, new_tasks, forget, items, sys_path, context)``: tasks the worker has
     not seen yet as ``(key, cloudpickled Task)``, keys of tasks it may forget, runs as
     ``(run_id, name, task_key, attempt, timed, pickled (args, kwargs), buffers)``
-    (`buffers`: where the arguments' out-of-band data is, see `_process_shm`), the
+    (with the run's `RunCall.limits` third in the pickle in a flow run with limits;
+    `buffers`: where the arguments' out-of-band data is, see `_process_shm`), the
     parent's sys.path if it changed (None if not), and the environment variables,
     working directory and sys.argv of the runner the runs come from, if they changed
     (None if not: a warm worker serves runner after runner);
@@ -249,7 +250,7 @@ class _Worker:
             self._send_result(run_id, result, "?", name)
             return
         try:
-            args, kwargs = _load(payload, shared)
+            loaded = _load(payload, shared)
         except BaseException as exc:
             error = WorkerLoadError(
                 f"The arguments of task run {name!r} (task {task.name!r}) could not be "
@@ -258,8 +259,18 @@ class _Worker:
             result = RemoteResult(State.failed(error), attempt=attempt)
             self._send_result(run_id, result, task.name, name)
             return
-        call = RunCall(task, run_id, name, args, kwargs, trace_context=trace_context)
-        del args, kwargs
+        # (args, kwargs), or (args, kwargs, limits) in a flow run with limits
+        limits = loaded[2] if len(loaded) > 2 else None
+        call = RunCall(
+            task,
+            run_id,
+            name,
+            loaded[0],
+            loaded[1],
+            trace_context=trace_context,
+            limits=limits,
+        )
+        del loaded
         result = run_call(
             call, attempt=attempt, timeout="runner", on_state=self._state_reporter(run_id, timed)
         )

@@ -126,6 +126,7 @@ class ProcessRunner(TaskRunner):
             Capability.CRASH_DETECTION,
             Capability.PRIORITIES,
             Capability.RESOURCES,
+            Capability.LIMITS,
         }
     )
 

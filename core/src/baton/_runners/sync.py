@@ -26,7 +26,13 @@ class SyncRunner(TaskRunner):
 
     name = "sync"
     capabilities = frozenset(
-        {Capability.NESTED, Capability.ASYNC, Capability.PRIORITIES, Capability.RESOURCES}
+        {
+            Capability.NESTED,
+            Capability.ASYNC,
+            Capability.PRIORITIES,
+            Capability.RESOURCES,
+            Capability.LIMITS,
+        }
     )
 
     def __init__(self, resources: Mapping[str, float] | None = None) -> None:

@@ -172,7 +172,13 @@ class ThreadRunner(TaskRunner):
 
     name = "thread"
     capabilities = frozenset(
-        {Capability.NESTED, Capability.ASYNC, Capability.PRIORITIES, Capability.RESOURCES}
+        {
+            Capability.NESTED,
+            Capability.ASYNC,
+            Capability.PRIORITIES,
+            Capability.RESOURCES,
+            Capability.LIMITS,
+        }
     )
 
     def __init__(

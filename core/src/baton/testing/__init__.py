@@ -42,6 +42,7 @@ _ASSERTING = (
     "baton.testing._suite_failures",
     "baton.testing._suite_futures",
     "baton.testing._suite_limits",
+    "baton.testing._suite_resources",
     "baton.testing._suite_runner",
     "baton.testing._suite_workers",
 )

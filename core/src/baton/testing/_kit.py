@@ -21,6 +21,7 @@ from baton.testing._suite_api import SubmitAndMapTests
 from baton.testing._suite_failures import FailureTests
 from baton.testing._suite_futures import FutureTests
 from baton.testing._suite_limits import LimitTests
+from baton.testing._suite_resources import ResourceTests
 from baton.testing._suite_runner import RunnerTests
 from baton.testing._suite_workers import WorkerTests
 from baton.testing._tasks import where
@@ -50,21 +51,24 @@ class Kit:
         self.runner_name = runner_name
         """The name or URL that selects the runner in a new Python process, if known."""
 
-    def run(self, body: Callable[[], T]) -> T:
-        """Call `body` as a flow on the runner and return what it returns (or raise)."""
+    def run(self, body: Callable[[], T], **options: Any) -> T:
+        """Call `body` as a flow on the runner and return what it returns (or raise).
+        `options` are more options of the flow (``concurrency_limits={...}``)."""
 
         def wrapped() -> tuple[T]:
             # A flow that returns a State takes it as its own; boxed, it is just a value.
             return (body(),)
 
-        boxed: tuple[T] = flow(name=f"conformance-{self.test}", task_runner=self.runner)(wrapped)()
+        boxed: tuple[T] = flow(name=f"conformance-{self.test}", task_runner=self.runner, **options)(
+            wrapped
+        )()
         return boxed[0]
 
-    def run_state(self, body: Callable[[], Any]) -> State:
+    def run_state(self, body: Callable[[], Any], **options: Any) -> State:
         """Call `body` as a flow on the runner and return the flow run's final State."""
-        state: State = flow(name=f"conformance-{self.test}", task_runner=self.runner)(body)(
-            return_state=True
-        )
+        state: State = flow(name=f"conformance-{self.test}", task_runner=self.runner, **options)(
+            body
+        )(return_state=True)
         return state
 
     def run_async(self, body: Callable[[], Awaitable[T]]) -> T:
@@ -138,7 +142,13 @@ def _alive(pid: int, ident: int) -> bool:
 
 
 class RunnerConformance(
-    SubmitAndMapTests, FutureTests, FailureTests, RunnerTests, WorkerTests, LimitTests
+    SubmitAndMapTests,
+    FutureTests,
+    FailureTests,
+    RunnerTests,
+    WorkerTests,
+    LimitTests,
+    ResourceTests,
 ):
     """The conformance tests of a task runner: subclass it and supply a `runner` fixture.
 

@@ -24,7 +24,10 @@ level, so a plugin that pins ``conformance_level`` keeps passing until it opts i
   defined in a script's ``__main__`` run on the runner.
 - Level 3: priorities and resources: a run waits while the resource it needs is
   held to capacity, a higher-priority run gets a freed resource first, and a request
-  no worker can satisfy is an error at submit.
+  no worker can satisfy is an error at submit. Concurrency limits hold for tagged
+  runs (also runs submitted on workers) and for `baton.concurrency` blocks, untagged
+  runs are not held back, a tagged subtask of a slot holder finishes, rate limits
+  space calls, and an undeclared limit is an error.
 """
 
 F = TypeVar("F", bound=Callable[..., Any])

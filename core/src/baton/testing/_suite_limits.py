@@ -1,112 +1,177 @@
-"""Conformance tests (level 3): priorities and resources. A run never starts while the
-resource it asks for is held to capacity, a higher-priority run waiting for a resource
-gets it first, and a request the runner can never satisfy is an error at submit."""
+"""Conformance tests (level 3): concurrency limits and rate limits.
+
+Concurrency is counted from the start and end times that the runs record
+themselves; rate limits from the times the calls were let through. No test sleeps
+to prove anything: a run's work takes time only so that runs could overlap.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from baton import Capability, InvalidOptionsError
+from baton import Capability, LimitError, StateType, wait
 from baton.testing._spec import conformance
-from baton.testing._tasks import hold
+from baton.testing._tasks_limits import (
+    LIMIT_TAG,
+    busy_interval,
+    concurrency_block,
+    gated_interval,
+    held_interval,
+    limited_parent,
+    map_limited,
+    rate_limited_call,
+    signal_free,
+    unknown_limit,
+)
 
 if TYPE_CHECKING:
-    from baton import Task
     from baton.testing._kit import Kit
 
-__all__ = ["LimitTests"]
+__all__ = ["LimitTests", "most_at_once"]
 
 
-def _needing(kit: Kit, factor: float = 1.0) -> tuple[str, Task[..., tuple[int, int]]]:
-    """The kit's resource, and `hold` asking for its whole capacity (times `factor`)."""
-    assert kit.resource is not None  # the kit fixture skips the test otherwise
-    name, capacity = kit.resource
-    needy: Task[..., tuple[int, int]] = hold.with_options(resources={name: capacity * factor})
-    return name, needy
+def most_at_once(intervals: list[tuple[float, float]]) -> int:
+    """The most intervals that overlap at one instant (an end before a start at a tie)."""
+    events = sorted(
+        [(start, 1) for start, _ in intervals] + [(end, -1) for _, end in intervals],
+        key=lambda event: (event[0], event[1]),
+    )
+    running = most = 0
+    for _, step in events:
+        running += step
+        most = max(most, running)
+    return most
 
 
 class LimitTests:
-    @conformance(level=3, requires=(Capability.RESOURCES,), concurrent=True)
-    def test_a_run_waits_while_the_resource_it_needs_is_held(self, kit: Kit) -> None:
-        """Two runs that each need the whole capacity of a resource never overlap, while a
-        run that needs nothing runs meanwhile."""
-        rv = kit.rv
-        _, needy = _needing(kit)
+    """Concurrency limits by tag, `baton.concurrency` and `baton.rate_limit`."""
 
-        def body() -> tuple[bool, tuple[int, int], tuple[int, int]]:
-            first = needy.submit(rv, "first", "release-first")
-            rv.wait("started-first")
-            second = needy.submit(rv, "second")
-            hold.submit(rv, "free").result()  # submitted after `second`, needs nothing
-            second_started_early = rv.is_set("started-second")
-            rv.signal("release-first")
-            return second_started_early, first.result(), second.result()
+    @conformance(level=3)
+    def test_a_concurrency_limit_bounds_the_tagged_runs_running_at_once(self, kit: Kit) -> None:
+        def body() -> list[tuple[float, float]]:
+            return busy_interval.map(range(8)).result()
 
-        second_started_early, (_, first_end), (second_start, _) = kit.run(body)
-        assert not second_started_early, (
-            "rule: a run whose resource is held to capacity waits; but it started while "
-            "another run held the whole capacity"
-        )
-        assert second_start >= first_end, (
-            "rule: runs that each need the whole capacity of a resource never overlap"
+        intervals = kit.run(body, concurrency_limits={LIMIT_TAG: 2})
+        assert len(intervals) == 8
+        assert most_at_once(intervals) <= 2, (
+            f"rule: at most 2 runs tagged {LIMIT_TAG!r} run at once under "
+            f"concurrency_limits={{{LIMIT_TAG!r}: 2}}; the runs' own times overlap "
+            f"{most_at_once(intervals)} deep: {sorted(intervals)}"
         )
 
-    @conformance(level=3, requires=(Capability.RESOURCES, Capability.PRIORITIES), concurrent=True)
-    def test_the_higher_priority_run_gets_a_freed_resource_first(self, kit: Kit) -> None:
-        """With the resource held, a low- then a high-priority run wait for it; once it is
-        free, the high one runs first, and the low one only after it."""
-        rv = kit.rv
-        _, needy = _needing(kit)
-
-        def body() -> tuple[tuple[int, int], tuple[int, int]]:
-            needy.submit(rv, "first", "release-first")
-            rv.wait("started-first")
-            low = needy.submit(rv, "low", priority=1)
-            high = needy.submit(rv, "high", priority=10)
-            hold.submit(rv, "free").result()  # both wait by now
-            rv.signal("release-first")
-            return low.result(), high.result()
-
-        (low_start, _), (high_start, high_end) = kit.run(body)
-        assert high_start < low_start, (
-            "rule: among runs waiting for a resource, the higher priority starts first; "
-            "but the run of priority 1 started before the one of priority 10"
-        )
-        assert low_start >= high_end, (
-            "rule: runs that each need the whole capacity of a resource never overlap"
-        )
-
-    @conformance(level=3, requires=(Capability.RESOURCES,))
-    def test_a_request_no_worker_can_satisfy_is_an_error_at_submit(self, kit: Kit) -> None:
-        """More than the runner has in all, or a resource it does not have: an error raised
-        by `.submit`, naming the resource, rather than a run that waits forever."""
-        name, too_much = _needing(kit, factor=2)
-        unknown = hold.with_options(resources={"baton-kit-no-such-resource": 1})
+    @conformance(level=3, concurrent=True)
+    def test_runs_waiting_for_a_slot_are_pending_with_the_reason(self, kit: Kit) -> None:
         rv = kit.rv
 
-        def body() -> list[str | None]:
-            messages: list[str | None] = []
-            for needy in (too_much, unknown):
-                try:
-                    future = needy.submit(rv, "never")
-                except InvalidOptionsError as exc:
-                    messages.append(str(exc))
-                else:
-                    future.cancel()  # or the flow would wait for it forever
-                    messages.append(None)
-            return messages
+        def body() -> tuple[list[Any], list[tuple[float, float]]]:
+            runs = [gated_interval.submit(rv, index, "open") for index in range(5)]
+            # The first two hold the slots until the gate opens: the rest wait for them.
+            waiting = [(f.state.type, f.state.name) for f in runs[2:]]
+            rv.signal("open")
+            return waiting, [future.result() for future in runs]
 
-        over, missing = kit.run(body)
-        for message, what in (
-            (over, f"more {name!r} than the runner has"),
-            (missing, "a resource the runner does not have"),
-        ):
-            assert message is not None, (
-                f"rule: a run asking for {what} is an error (InvalidOptionsError) raised by "
-                ".submit; but .submit returned a future"
+        waiting, intervals = kit.run(body, concurrency_limits={LIMIT_TAG: 2})
+        assert waiting == [(StateType.PENDING, "AwaitingConcurrencySlot")] * 3, (
+            "rule: a run waiting for a concurrency slot is PENDING, named "
+            f"AwaitingConcurrencySlot; got {waiting}"
+        )
+        assert most_at_once(intervals) <= 2, (
+            f"rule: at most 2 runs of a limit of 2 run at once; {sorted(intervals)}"
+        )
+
+    @conformance(level=3, concurrent=True)
+    def test_untagged_runs_are_not_held_back_by_a_limit(self, kit: Kit) -> None:
+        rv = kit.rv
+
+        def body() -> list[str]:
+            # The only slot is held until an untagged run, submitted after a tagged run
+            # that waits for the slot, has run: it must not queue behind that one.
+            holder = held_interval.submit(rv, "untagged-ran")
+            queued = held_interval.submit(rv, "untagged-ran")
+            free = signal_free.submit(rv, "untagged-ran")
+            return [holder.result(), queued.result(), free.result()]
+
+        got = kit.run(body, concurrency_limits={LIMIT_TAG: 1})
+        assert got == ["held", "held", "untagged-ran"], (
+            f"rule: untagged runs are not held back by a concurrency limit; got {got}"
+        )
+
+    @conformance(level=3, requires=(Capability.NESTED,))
+    def test_a_tagged_subtask_of_a_slot_holder_finishes_under_a_limit_of_one(
+        self, kit: Kit
+    ) -> None:
+        def body() -> list[int]:
+            return limited_parent.map([1, 2, 3]).result()
+
+        got = kit.run(body, concurrency_limits={LIMIT_TAG: 1})
+        assert got == [20, 30, 40], (
+            "rule: a tagged task that waits for a tagged subtask finishes under a limit "
+            f"of 1 (the subtask shares its slot); got {got}"
+        )
+
+    @conformance(level=3, requires=(Capability.NESTED, Capability.LIMITS))
+    def test_tagged_runs_submitted_on_a_worker_share_the_limit(self, kit: Kit) -> None:
+        def body() -> list[tuple[float, float]]:
+            # Two untagged parents each map tagged runs from inside their task: on a
+            # runner with workers, these are submitted there, yet counted together.
+            parents = map_limited.map([3, 3], 0.2)
+            return [interval for runs in parents.result() for interval in runs]
+
+        # A limit of 1: a runner with two workers could not tell a limit of 2 from none.
+        intervals = kit.run(body, concurrency_limits={LIMIT_TAG: 1})
+        assert len(intervals) == 6
+        assert most_at_once(intervals) == 1, (
+            "rule: tagged runs submitted inside tasks, on any worker, count against the "
+            f"flow's limit (here 1); the runs' own times overlap: {sorted(intervals)}"
+        )
+
+    @conformance(level=3, requires=(Capability.LIMITS,))
+    def test_concurrency_blocks_hold_the_limit_wherever_the_tasks_run(self, kit: Kit) -> None:
+        def body() -> list[tuple[float, float, int]]:
+            return concurrency_block.map("kit-block", range(6), 0.2).result()
+
+        runs = kit.run(body, concurrency_limits={"kit-block": 1})
+        intervals = [(start, end) for start, end, _ in runs]
+        assert len(intervals) == 6
+        assert most_at_once(intervals) == 1, (
+            "rule: baton.concurrency blocks hold the flow's limit (here 1) wherever the "
+            f"tasks run; the blocks' own times overlap: {sorted(intervals)}"
+        )
+
+    @conformance(level=3, requires=(Capability.LIMITS,))
+    def test_a_rate_limit_spaces_the_calls(self, kit: Kit) -> None:
+        import time
+
+        def body() -> tuple[float, list[float]]:
+            before = time.monotonic()
+            return before, rate_limited_call.map("kit-rate", range(8)).result()
+
+        before, made = kit.run(body, rate_limits={"kit-rate": "4/0.5s"})
+        made.sort()
+        # At most 4 calls in any half second: the k-th call (from 0) is made no sooner
+        # than (k // 4) half seconds after the flow began to map them.
+        for k, at in enumerate(made):
+            assert at - before >= (k // 4) * 0.5 - 0.001, (
+                "rule: under rate '4/0.5s' at most 4 calls go through in any half second; "
+                f"call {k} went {at - before:.3f} s after the first could: "
+                f"{[round(m - before, 3) for m in made]}"
             )
-        assert name in str(over), f"rule: the error names the resource asked for; got {over!r}"
-        assert "baton-kit-no-such-resource" in str(missing), (
-            f"rule: the error names the resource asked for; got {missing!r}"
+
+    @conformance(level=3, requires=(Capability.LIMITS,))
+    def test_an_undeclared_limit_name_fails_the_run_saying_what_to_declare(self, kit: Kit) -> None:
+        def body() -> Any:
+            future = unknown_limit.submit("kit-undeclared")
+            wait([future])
+            return future.state
+
+        state = kit.run(body, concurrency_limits={"kit-other": 1})
+        assert state.type is StateType.FAILED, (
+            f"rule: a concurrency limit the flow does not declare fails the run; got {state!r}"
         )
-        assert not rv.is_set("started-never"), "rule: a run that can never start does not run"
+        error = state.error
+        assert isinstance(error, LimitError) or type(error).__name__ in (
+            "LimitError",
+            "RemoteTaskError",
+        ), repr(error)
+        assert "kit-undeclared" in str(error)
+        assert "concurrency_limits" in str(error)

@@ -82,6 +82,7 @@ class DaskTaskRunner(TaskRunner):
             Capability.NATIVE_DEPENDENCIES,
             Capability.PRIORITIES,
             Capability.RESOURCES,
+            Capability.LIMITS,
         }
     )
     url_schemes = ("dask", "dask+tls")

@@ -356,7 +356,16 @@ class Driver:
         call, upstreams = run.native_call()
         job = _Job(run, upstreams, kind, remote)
         job.call = call
-        head: tuple[Any, ...] = (key, blob, run.id, run.name, call.args, call.kwargs, call.wait_for)
+        head: tuple[Any, ...] = (
+            key,
+            blob,
+            run.id,
+            run.name,
+            call.args,
+            call.kwargs,
+            call.wait_for,
+            call.limits,
+        )
         if call.trace_context is not None:  # OpenTelemetry on
             head += (call.trace_context,)
         job.head = _pack(head)

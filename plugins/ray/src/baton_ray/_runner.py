@@ -72,6 +72,7 @@ class RayTaskRunner(TaskRunner):
             Capability.CONNECT,
             Capability.NATIVE_DEPENDENCIES,
             Capability.RESOURCES,
+            Capability.LIMITS,
         }
     )
     url_schemes = ("ray",)

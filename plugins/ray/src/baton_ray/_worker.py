@@ -68,8 +68,9 @@ __all__ = [
 INLINE, STORED, FINAL, RETRY = 0, 1, 2, 3
 STARTED: Final = "started"
 
-# (task key, pickled task or [its ObjectRef], run id, run name, args, kwargs, wait_for),
-# and the run's OpenTelemetry trace context (`RunCall.trace_context`) when it has one
+# (task key, pickled task or [its ObjectRef], run id, run name, args, kwargs, wait_for,
+# the call's RunLimits or None), and the run's OpenTelemetry trace context
+# (`RunCall.trace_context`) when it has one
 Head = tuple[Any, ...]
 
 # Results of these types and sizes travel inside the outcome instead of the store.
@@ -127,8 +128,8 @@ def _load(head: Head | bytes) -> RunCall | State:
                     f"Ray worker: {type(exc).__name__}: {exc}"
                 )
             )
-    key, blob, run_id, name, args, kwargs, wait_for = head[:7]
-    trace_context = head[7] if len(head) > 7 else None
+    key, blob, run_id, name, args, kwargs, wait_for, limits = head[:8]
+    trace_context = head[8] if len(head) > 8 else None
     task = _tasks.get(key)
     if task is None:
         try:
@@ -152,7 +153,7 @@ def _load(head: Head | bytes) -> RunCall | State:
             if len(_tasks) >= 512:
                 _tasks.clear()
             _tasks[key] = task
-    return RunCall(task, run_id, name, args, kwargs, wait_for, trace_context)
+    return RunCall(task, run_id, name, args, kwargs, wait_for, trace_context, limits)
 
 
 def _upstream_values(inputs: tuple[Any, ...]) -> tuple[State, ...]:

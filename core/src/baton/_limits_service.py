@@ -1,0 +1,364 @@
+"""How workers reach the flow's limiter: a small service in the flow's process.
+
+`serve(limiter)` starts a `multiprocessing.connection.Listener` on 127.0.0.1, on a
+port the system picks, with a random authentication key; it starts only when a run
+of a flow with limits is first packed to travel (`TaskRun.call`), so flows that run
+in one process never open it. A `LimiterHandle` (its address and key) travels in
+each `RunCall`; on a worker, `LimiterHandle.limiter()` gives a `LimiterClient`, one
+connection per worker process, which speaks the `Limiter` protocol over it.
+
+Messages are pickled tuples. Client to service: ``("acquire", id, slots)``,
+answered ``("acquired", id)`` or ``("queued", id)``, then ``("granted", id)`` once
+granted; ``("cancel", id)``, answered ``("cancelled", id, withdrawn)``;
+``("release", slots)``; ``("reserve", id, name, occupy)``, answered
+``("delay", id, seconds)``. When a worker's connection closes (it died), the
+service gives back the slots it held and withdraws its queued requests.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import threading
+from collections.abc import Callable, Mapping
+from multiprocessing.connection import Client, Connection, Listener
+from typing import TYPE_CHECKING, Any, final
+
+if TYPE_CHECKING:
+    from baton._admission import Limiter, Plans
+    from baton._limits import LocalLimiter
+
+__all__ = ["LimiterClient", "LimiterHandle", "RunLimits", "serve", "stop"]
+
+logger = logging.getLogger("baton")
+
+# The limiters served by this process, by address: a handle that comes back here (a
+# runner that runs calls in the flow's own process) uses the limiter itself.
+_served: dict[tuple[str, int], _Service] = {}
+_clients: dict[tuple[str, int], LimiterClient] = {}
+_lock = threading.Lock()
+
+
+@final
+class LimiterHandle:
+    """The address of a flow run's limiter: picklable, small, usable from any process
+    that can reach the flow's process at that address."""
+
+    __slots__ = ("address", "authkey", "concurrency_limits", "rate_limits")
+
+    def __init__(
+        self,
+        address: tuple[str, int],
+        authkey: bytes,
+        concurrency_limits: Mapping[str, int],
+        rate_limits: Mapping[str, str],
+    ) -> None:
+        self.address = address
+        self.authkey = authkey
+        self.concurrency_limits = dict(concurrency_limits)
+        self.rate_limits = dict(rate_limits)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (
+            LimiterHandle,
+            (self.address, self.authkey, self.concurrency_limits, self.rate_limits),
+        )
+
+    def __repr__(self) -> str:
+        return f"<LimiterHandle {self.address[0]}:{self.address[1]}>"
+
+    def limiter(self) -> Limiter:
+        service = _served.get(self.address)
+        if service is not None:
+            return service.limiter
+        client = _clients.get(self.address)
+        if client is None or client.closed:
+            with _lock:
+                client = _clients.get(self.address)
+                if client is None or client.closed:
+                    client = _clients[self.address] = LimiterClient(self)
+        return client
+
+
+@final
+class RunLimits:
+    """The limits part of a `RunCall`: how a worker reaches the flow's limiter, and the
+    limits whose slot the run holds (which the runs it submits share)."""
+
+    __slots__ = ("handle", "held")
+
+    def __init__(self, handle: LimiterHandle, held: frozenset[str]) -> None:
+        self.handle = handle
+        self.held = held
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (RunLimits, (self.handle, self.held))
+
+    def limiter(self) -> Limiter:
+        """The flow's limiter: itself in the flow's process, a client of it elsewhere."""
+        return self.handle.limiter()
+
+
+# -- admission of task runs -----------------------------------------------------------
+
+
+# -- the service (in the flow's process) ------------------------------------------------
+
+
+@final
+class _Service:
+    def __init__(self, limiter: LocalLimiter) -> None:
+        self.limiter = limiter
+        self.authkey = os.urandom(32)
+        self.listener = Listener(("127.0.0.1", 0), family="AF_INET", authkey=self.authkey)
+        address = self.listener.address
+        self.address: tuple[str, int] = (str(address[0]), int(address[1]))
+        self.connections: set[Connection] = set()
+        self.closed = False
+        threading.Thread(target=self._accept, name="baton-limits", daemon=True).start()
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                connection = self.listener.accept()
+            except Exception:
+                if self.listener_closed():
+                    return
+                logger.debug("A connection to the limits service failed", exc_info=True)
+                continue
+            self.connections.add(connection)
+            threading.Thread(
+                target=self._serve, args=(connection,), name="baton-limits-client", daemon=True
+            ).start()
+
+    def _serve(self, connection: Connection) -> None:
+        limiter = self.limiter
+        send_lock = threading.Lock()
+        held: dict[str, int] = {}
+        tickets: dict[int, object] = {}
+        state_lock = threading.Lock()
+
+        def send(message: tuple[Any, ...]) -> None:
+            with send_lock:
+                try:
+                    connection.send(message)
+                except (OSError, EOFError):
+                    pass
+
+        def take(slots: Mapping[str, int]) -> None:
+            with state_lock:
+                for name, count in slots.items():
+                    held[name] = held.get(name, 0) + count
+
+        def granted_later(request: int, slots: Mapping[str, int]) -> Callable[[], None]:
+            def granted() -> None:
+                with state_lock:
+                    tickets.pop(request, None)
+                take(slots)
+                send(("granted", request))
+
+            return granted
+
+        try:
+            while True:
+                message = connection.recv()
+                kind = message[0]
+                if kind == "acquire":
+                    _, request, slots = message
+                    with state_lock:
+                        ticket = limiter.acquire(slots, granted_later(request, slots))
+                        if ticket is not None:
+                            tickets[request] = ticket
+                    if ticket is None:
+                        take(slots)
+                        send(("acquired", request))
+                    else:
+                        send(("queued", request))
+                elif kind == "release":
+                    slots = message[1]
+                    with state_lock:
+                        for name, count in slots.items():
+                            held[name] = held.get(name, 0) - count
+                    limiter.release(slots)
+                elif kind == "reserve":
+                    _, request, name, occupy = message
+                    send(("delay", request, limiter.reserve(name, occupy)))
+                elif kind == "cancel":
+                    request = message[1]
+                    with state_lock:
+                        ticket = tickets.pop(request, None)
+                    withdrawn = ticket is not None and limiter.cancel(ticket)
+                    send(("cancelled", request, withdrawn))
+        except (EOFError, OSError):
+            pass  # the worker went away
+        except Exception:
+            # Closed under the reading thread as the flow run ended, or a message that
+            # makes no sense: either way this connection is done.
+            if not self.listener_closed():
+                logger.debug("The limits service dropped a connection", exc_info=True)
+        finally:
+            self.connections.discard(connection)
+            connection.close()
+            # The worker is gone: what it held or asked for goes back.
+            with state_lock:
+                waiting = list(tickets.values())
+                tickets.clear()
+            for ticket in waiting:
+                limiter.cancel(ticket)
+            with state_lock:
+                left = {name: count for name, count in held.items() if count > 0}
+                held.clear()
+            if left:
+                limiter.release(left)
+
+    def listener_closed(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+        try:
+            self.listener.close()
+        except OSError:
+            pass
+        for connection in list(self.connections):
+            try:
+                connection.close()
+            except OSError:
+                pass
+
+
+def serve(limiter: LocalLimiter) -> LimiterHandle:
+    """Start serving `limiter` to workers; its handle."""
+    service = _Service(limiter)
+    with _lock:
+        _served[service.address] = service
+    return LimiterHandle(
+        service.address, service.authkey, limiter.concurrency_limits, limiter.rate_limits
+    )
+
+
+def stop(handle: LimiterHandle) -> None:
+    """Stop the service of `handle` (the flow run ended)."""
+    with _lock:
+        service = _served.pop(handle.address, None)
+    if service is not None:
+        service.close()
+
+
+# -- the client (on a worker) -------------------------------------------------------------
+
+
+@final
+class LimiterClient:
+    """A flow's limiter as seen from a worker process: the `Limiter` protocol over one
+    connection to the flow's process."""
+
+    def __init__(self, handle: LimiterHandle) -> None:
+        self.handle = handle
+        self._run_limits: dict[frozenset[str], RunLimits] = {}
+        self.plans: Plans = {}
+        self.concurrency_limits = handle.concurrency_limits
+        self.rate_limits = handle.rate_limits
+        self._connection = Client(handle.address, family="AF_INET", authkey=handle.authkey)
+        self._send_lock = threading.Lock()
+        self._lock = threading.Lock()
+        self._ids = itertools.count(1)
+        self._replies: dict[int, tuple[threading.Event, list[Any]]] = {}
+        self._granted: dict[int, Callable[[], None]] = {}
+        self.closed = False
+        threading.Thread(target=self._read, name="baton-limits-reader", daemon=True).start()
+
+    def _send(self, message: tuple[Any, ...]) -> None:
+        with self._send_lock:
+            self._connection.send(message)
+
+    def _ask(self, message: tuple[Any, ...], request: int) -> Any:
+        event = threading.Event()
+        box: list[Any] = []
+        with self._lock:
+            self._replies[request] = (event, box)
+        self._send(message)
+        event.wait()
+        if not box:
+            raise ConnectionError(
+                "The connection to the flow's process, which keeps the flow run's limits, "
+                "was lost (the flow run ended, or its process is gone)."
+            )
+        return box[0]
+
+    def _read(self) -> None:
+        try:
+            while True:
+                message = self._connection.recv()
+                kind, request = message[0], message[1]
+                if kind == "granted":
+                    with self._lock:
+                        granted = self._granted.pop(request, None)
+                    if granted is not None:
+                        granted()
+                    continue
+                with self._lock:
+                    waiter = self._replies.pop(request, None)
+                if waiter is not None:
+                    waiter[1].append(message)
+                    waiter[0].set()
+        except Exception:
+            pass  # the flow run ended (its service closed), or the connection broke
+        finally:
+            self.closed = True
+            with self._lock:
+                waiters = list(self._replies.values())
+                self._replies.clear()
+            for event, _ in waiters:
+                event.set()
+
+    def acquire(self, slots: Mapping[str, int], granted: Callable[[], None]) -> object | None:
+        request = next(self._ids)
+        with self._lock:
+            self._granted[request] = granted
+        reply = self._ask(("acquire", request, dict(slots)), request)
+        if reply[0] == "acquired":
+            with self._lock:
+                self._granted.pop(request, None)
+            return None
+        return request
+
+    def try_acquire(self, slots: Mapping[str, int]) -> bool:
+        ticket = self.acquire(slots, _nothing)
+        # Queued: withdraw it, unless it was granted meanwhile.
+        return ticket is None or not self.cancel(ticket)
+
+    def cancel(self, ticket: object) -> bool:
+        if not isinstance(ticket, int):
+            return False
+        with self._lock:
+            if ticket not in self._granted:
+                return False  # granted already
+        # The reply is matched by the ticket's id: the service answers ("cancelled", id).
+        reply = self._ask(("cancel", ticket), ticket)
+        withdrawn = bool(reply[2])
+        if withdrawn:
+            with self._lock:
+                self._granted.pop(ticket, None)
+        return withdrawn
+
+    def release(self, slots: Mapping[str, int]) -> None:
+        self._send(("release", dict(slots)))
+
+    def run_limits(self, held: frozenset[str]) -> RunLimits:
+        """What travels with the call of a run submitted here that holds `held`."""
+        limits = self._run_limits.get(held)
+        if limits is None:
+            limits = self._run_limits[held] = RunLimits(self.handle, held)
+        return limits
+
+    def reserve(self, name: str, occupy: int = 1) -> float:
+        request = next(self._ids)
+        reply = self._ask(("reserve", request, name, occupy), request)
+        delay: float = reply[2]
+        return delay
+
+
+def _nothing() -> None:
+    pass
