@@ -163,6 +163,7 @@ def test_registered_by_name_with_its_capabilities() -> None:
         "crash-detection",
         "priorities",
         "resources",
+        "limits",
     }
 
 
