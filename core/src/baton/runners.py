@@ -18,6 +18,12 @@ On the worker
     byte stream, `RemoteResult.portable()` for engines that pickle it themselves.
     `lend_slot(pool)` lets a worker that waits on nested runs give its slot up.
 
+Batches of small runs
+    `BatchQueue` packs the runs that are ready together into batches, sized by
+    `BatchSizer` from how long the task's runs take; `run_batch` runs a batch on the
+    worker, each run through `run_call`; `batch_size_of` reads a task's
+    ``batch_size`` option. See the runner-author guide for a worked outline.
+
 Attempts, crashes and hard timeouts
     `Attempts` is the one retry rule, for the engine and for every runner that
     sees an attempt end outside it: the worker died (`worker_lost`) or it ran past
@@ -57,6 +63,7 @@ from baton._attempts import (
     timed_out,
     worker_lost,
 )
+from baton._batching import Batch, BatchQueue, BatchSizer, batch_size_of, run_batch
 from baton._deadlines import Deadlines
 from baton._engine import RunInfo
 from baton._errors import RemoteTaskError, RemoteTraceback
@@ -90,6 +97,9 @@ if TYPE_CHECKING:
 __all__ = [
     "FINAL_STATE_TYPES",
     "Attempts",
+    "Batch",
+    "BatchQueue",
+    "BatchSizer",
     "Capability",
     "Deadlines",
     "NestedFailure",
@@ -104,6 +114,7 @@ __all__ = [
     "TaskRunner",
     "Upstream",
     "WorkerLostError",
+    "batch_size_of",
     "blocking_section",
     "cloudpickle_dumps",
     "current_runner",
@@ -114,6 +125,7 @@ __all__ = [
     "failure_state",
     "lend_slot",
     "portable_state",
+    "run_batch",
     "run_call",
     "run_hooks",
     "timed_out",

@@ -43,13 +43,16 @@ class Item:
     __slots__ = (
         "allowed",
         "attempt",
+        "batch",
         "call",
         "future",
+        "index",
         "inputs",
         "key",
         "number",
         "placement",
         "run",
+        "started",
         "upstreams",
     )
 
@@ -64,7 +67,7 @@ class Item:
         attempt: int,
         key: str,
         number: int,
-        future: DaskFuture[Any],
+        future: DaskFuture[Any] | None,
     ) -> None:
         self.run = run
         self.call = call
@@ -76,7 +79,12 @@ class Item:
         self.attempt = Attempts(run, attempt)
         self.key = key
         self.number = number
-        self.future = future
+        # None for a run waiting in the session's batches; once sent, the Dask future of
+        # its own task, or of the batch it went in (at `index`).
+        self.future: Any = future
+        self.batch: Any = None
+        self.index = 0
+        self.started = False
 
     def blamable(self) -> list[Future[Any]]:
         """The upstreams whose failure ends this run: not those taken through allow_failure,

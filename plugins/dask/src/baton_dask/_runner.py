@@ -43,6 +43,11 @@ class DaskTaskRunner(TaskRunner):
       seconds (60 by default) while runs wait on it, those runs crash with a message
       that says so, rather than wait for ever; None waits for ever (an adaptive
       cluster that starts its workers from zero, slowly, may want that).
+    - `batch_size`: runs that are ready together (the runs of a ``.map``) go to Dask
+      in batches, one Dask task each, sized from how long the task's runs take (see
+      the dask runner page of the docs); None (the default) sizes them so, 1
+      sends each run as its own Dask task, n puts up to n runs in a batch. A task's
+      own ``batch_size`` option wins.
 
     A cluster the runner starts does not run a task again after its worker died
     (Dask's ``distributed.scheduler.allowed-failures`` is 0 there): the run is
@@ -88,10 +93,12 @@ class DaskTaskRunner(TaskRunner):
         client_kwargs: dict[str, Any] | None = None,
         performance_report_path: str | PathLike[str] | None = None,
         no_workers_timeout: float | None = 60.0,
+        batch_size: int | None = None,
     ) -> None:
         self._options = validate(
             {
                 "no_workers_timeout": no_workers_timeout,
+                "batch_size": batch_size,
                 "address": address,
                 "cluster_class": cluster_class,
                 "cluster_kwargs": cluster_kwargs,
@@ -209,7 +216,9 @@ class DaskTaskRunner(TaskRunner):
                 ) from exc
             self._report = report
         self._client, self._cluster = client, cluster
-        self._session = Session(client, self._label(), options.no_workers_timeout)
+        self._session = Session(
+            client, self._label(), options.no_workers_timeout, options.batch_size
+        )
 
     def _start_cluster(self) -> Any:
         import dask

@@ -45,6 +45,7 @@ from baton.runners import (
 from distributed import Future as DaskFuture
 from distributed import KilledWorker
 
+from baton_dask._batches import Batches, SentBatch
 from baton_dask._items import (
     Fetch,
     Item,
@@ -83,7 +84,11 @@ class Session:
     future of each of its runs, and the threads that move runs and outcomes."""
 
     def __init__(
-        self, client: Client | None, label: str, no_workers_timeout: float | None = None
+        self,
+        client: Client | None,
+        label: str,
+        no_workers_timeout: float | None = None,
+        batch_size: int | None = None,
     ) -> None:
         self._client = client
         self.label = label
@@ -95,7 +100,7 @@ class Session:
         self._items: dict[int, Item] = {}
         self._events: collections.deque[Any] = collections.deque()
         self._keys = itertools.count(1)
-        self.native: weakref.WeakKeyDictionary[Future[Any], DaskFuture[Any]] = (
+        self.native: weakref.WeakKeyDictionary[Future[Any], Any] = (
             weakref.WeakKeyDictionary()
         )
         self._lock = threading.Lock()
@@ -106,7 +111,7 @@ class Session:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._finished: collections.deque[Item] = collections.deque()
+        self._finished: collections.deque[Item | SentBatch] = collections.deque()
         self._finished_wake = threading.Event()
         self._collector: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
@@ -114,6 +119,7 @@ class Session:
         self._inflight: dict[int, TaskRun] = {}
         self._idle = threading.Condition(threading.Lock())
         self._unread: dict[str, dict[str, weakref.ref[Fetch]]] = {}
+        self._batching = Batches(self, batch_size)
 
     @property
     def client(self) -> Client:
@@ -236,9 +242,19 @@ class Session:
         key = f"{run.task.name}-{self.token}-{number}"
         client = self.client
         shut = False
+        batching = self._batching
         with self._lock:
             if self._closed:
                 shut = True
+            elif batching.wants(run, upstreams):
+                # Sent in a batch by the submitter thread: its future comes then.
+                item = Item(
+                    run, call, upstreams, allowed, inputs, placement, attempt, "", number, None
+                )
+                self._items[number] = item
+                batching.put(item)
+                if self._thread is None:
+                    self._start_threads(client)
             else:
                 future: DaskFuture[Any] = DaskFuture(key, client)
                 item = Item(
@@ -278,7 +294,13 @@ class Session:
             self._watchdog.start()
 
     def cancel(self, run: TaskRun) -> bool:
+        with self._lock:
+            if self._batching.cancel(run):
+                return True
         future = self.native.pop(run.future, None)
+        if type(future) is tuple:
+            # In a batch already sent: its task runs on; the run's result is dropped.
+            return True
         if future is None:
             return not self._closed
         with self._lock:
@@ -304,6 +326,11 @@ class Session:
                     self._send(items)
                 except BaseException:  # a done callback that raised: others still go out
                     logger.exception("Sending runs to the Dask cluster raised")
+            if len(self._batching):
+                try:
+                    self._batching.send(self.client)
+                except BaseException:
+                    logger.exception("Sending runs to the Dask cluster raised")
             if cancels:
                 try:
                     client: Any = self.client
@@ -313,21 +340,21 @@ class Session:
             del items, cancels
             if stopping:
                 with self._lock:
-                    if not self._queue and not self._cancels:
+                    if not self._queue and not self._cancels and not len(self._batching):
                         return
 
     def _linger(self) -> None:
         """While runs keep arriving (a loop of `.submit` calls), let them gather for up to a
         couple of milliseconds: each graph costs the scheduler far more than a run in it."""
-        wake, queue = self._wake, self._queue
+        wake, queue, batching = self._wake, self._queue, self._batching
         deadline = time.monotonic() + _LINGER_SECONDS
-        count = len(queue)
+        count = len(queue) + len(batching)
         while count and not self._stopping:
             wake.clear()
             left = deadline - time.monotonic()
             if left <= 0 or not wake.wait(min(left, _LINGER_GAP_SECONDS)):
                 break
-            grown = len(queue)
+            grown = len(queue) + len(batching)
             if grown == count:
                 break
             count = grown
@@ -342,6 +369,7 @@ class Session:
         for item in items:
             if item.run.state.type in _FINAL:
                 unsent.add(item.future)
+                self._batching.ended(item)
                 continue
             if unsent and any(type(i) is DaskFuture and i in unsent for i in item.inputs):
                 unsent.add(item.future)
@@ -385,6 +413,7 @@ class Session:
 
     def _unsendable(self, item: Item, exc: Exception) -> None:
         run = item.run
+        self._batching.ended(item)
         self._unsent.add(item.future)
         self.native.pop(run.future, None)
         self._items.pop(item.number, None)
@@ -453,6 +482,7 @@ class Session:
                 if type(entry) is int:
                     item = items.get(entry)
                     if item is not None:
+                        item.started = True
                         item.run.set_running()
                     continue
                 item = items.get(entry[0])
@@ -464,19 +494,26 @@ class Session:
             except BaseException:  # an observer that raised: the run goes on regardless
                 logger.exception("Reporting that a task run started on Dask raised")
 
-    def _report(self, item: Item) -> None:
+    def _report(self, item: Any) -> None:
+        if type(item) is SentBatch:
+            self._batching.report(item)
+            return
         self._items.pop(item.number, None)
+        self._batching.ended(item)
         try:
             self._done(item)
         except BaseException as exc:
-            # A done callback (or an observer) that raised, even SystemExit: the reports of
-            # other runs must go on. If the run did not end, it crashes, with that error.
+            self._report_failed(item, exc)
+
+    def _report_failed(self, item: Item, exc: BaseException) -> None:
+        # A done callback (or an observer) that raised, even SystemExit: the reports of
+        # other runs must go on. If the run did not end, it crashes, with that error.
+        logger.exception("Reporting the end of task run %r raised", item.run.name)
+        try:
+            if item.run.state.type not in _FINAL:
+                item.run.set_state(State.crashed(exc))
+        except BaseException:
             logger.exception("Reporting the end of task run %r raised", item.run.name)
-            try:
-                if item.run.state.type not in _FINAL:
-                    item.run.set_state(State.crashed(exc))
-            except BaseException:
-                logger.exception("Reporting the end of task run %r raised", item.run.name)
 
     def _done(self, item: Item) -> None:
         run = item.run
