@@ -73,6 +73,7 @@ logger = logging.getLogger("baton")
 WHOLE, ATTEMPT, TIMED = "whole", "attempt", "timed"
 _FINAL: Final = FINAL_STATE_TYPES
 _STORED_HEAD: Final = (STORED,)
+_INPUTS_READY: Final = object()  # reported when a run's upstreams in Ray have ended
 # A pickled task bigger than this goes to the object store once, instead of with each run.
 _BLOB_INLINE: Final = 32 * 1024
 _process_token = uuid.uuid4().hex[:12]
@@ -251,13 +252,16 @@ class _Job:
 
     __slots__ = (
         "attempt",
+        "batch",
         "call",
         "deadline",
+        "deps",
         "gen",
         "head",
         "items",
         "kind",
         "outcome_ref",
+        "ray_options",
         "remote",
         "run",
         "stop",
@@ -281,21 +285,52 @@ class _Job:
         self.items = 0
         self.deadline: float | None = None
         self.stop: str | None = None  # why the driver stopped it: timeout, cancel, shutdown
+        self.batch: Any = None  # the batch it went in, or whose slot it holds
+        # ObjectRefs of upstream runs still in Ray when it went, which Ray passes in.
+        self.deps: list[Any] = []
+        self.ray_options: Mapping[str, Any] = {}
 
     def cancel_in_ray(self) -> None:
+        if self.batch is not None and self.outcome_ref is None and self.gen is None:
+            return  # in a batch: its other runs go on, this one's outcome is dropped
         handle = self.gen if self.kind == TIMED else self.outcome_ref
-        if handle is not None:
-            try:
-                ray.cancel(handle, force=True)
-            except Exception:
-                logger.debug("ray.cancel of %r failed", self.run, exc_info=True)
+        if handle is None:
+            return
+        deps = self.deps
+        if deps:
+            # Never cancel a Ray task that waits for its arguments (Ray may take the driver
+            # down with it): once they are ready, it is an ordinary running task.
+            threading.Thread(
+                target=_cancel_when_ready, args=(deps, handle, self.run), daemon=True
+            ).start()
+            return
+        _cancel(handle, self.run)
+
+
+def _cancel(handle: Any, run: TaskRun) -> None:
+    try:
+        ray.cancel(handle, force=True)
+    except Exception:
+        logger.debug("ray.cancel of %r failed", run, exc_info=True)
+
+
+def _cancel_when_ready(deps: list[Any], handle: Any, run: TaskRun) -> None:
+    try:
+        ray.wait(deps, num_returns=len(deps), fetch_local=False)
+    except Exception:
+        logger.debug("waiting for the inputs of %r failed", run, exc_info=True)
+    _cancel(handle, run)
 
 
 @final
 class Driver:
     """Sends one runner's runs to Ray and reports their states."""
 
-    def __init__(self, max_pending: int, session_ended: Callable[[], bool]) -> None:
+    def __init__(
+        self, max_pending: int, session_ended: Callable[[], bool], batch_size: int | None = None
+    ) -> None:
+        from baton_ray._batches import Batches
+
         self.max_pending = max_pending
         self.session_ended = session_ended
         """Whether the Ray session this driver's results live in has been shut down."""
@@ -304,10 +339,19 @@ class Driver:
         self._queue: deque[_Job] = deque()
         self._active: dict[int, _Job] = {}  # holding a place in Ray, by run id
         self._parked: dict[int, _Job] = {}  # waiting for an upstream run or a retry delay
-        self._reports: SimpleQueue[tuple[_Job, Any, Any] | None] = SimpleQueue()
+        self._reports: SimpleQueue[tuple[Any, Any, Any] | None] = SimpleQueue()
         self._reporter: threading.Thread | None = None
         self._watcher: Watcher | None = None
         self._closing: str | None = None
+        self._batches = Batches(self, batch_size)
+        # The two ObjectRefs of each run in Ray whose refs are final (it makes every
+        # attempt there): a downstream run goes at once, and Ray passes them in.
+        self._in_flight: weakref.WeakKeyDictionary[Future[Any], tuple[Any, Any]] = (
+            weakref.WeakKeyDictionary()
+        )
+
+    def _busy(self) -> bool:
+        return bool(self._active or self._queue or self._parked or self._batches.jobs)
 
     # -- handing runs over ----------------------------------------------------------------
 
@@ -326,18 +370,27 @@ class Driver:
         key, blob = _task_payload(run)
         call, upstreams = run.native_call()
         job = _Job(run, upstreams, kind, remote)
+        job.ray_options = ray_options
         job.call = call
         job.head = _pack((key, blob, run.id, run.name, call.args, call.kwargs, call.wait_for))
+        batches = self._batches
         with self._lock:
             if self._closing is not None:
                 raise RunnerClosedError(
                     f"Cannot submit task run {run.name!r}: task runner 'ray' is shutting down."
                 )
-            if self._queue or len(self._active) >= self.max_pending:
+            batched = batches.wants(job)
+            if batched:
+                batches.put(job)
+            elif self._queue or len(self._active) >= self.max_pending:
                 self._queue.append(job)
                 return
-            self._active[run.id] = job
-        self._launch(job, raise_errors=True)
+            else:
+                self._active[run.id] = job
+        if batched:
+            batches.pump()
+        else:
+            self._launch(job, raise_errors=True)
 
     def _launch(self, job: _Job, raise_errors: bool = False) -> None:
         """Send `job` to Ray (it holds a place in `_active`), or park it on an upstream."""
@@ -364,10 +417,15 @@ class Driver:
                 raise error from exc
             self._end(job, Attempts(run, job.attempt).finish(State.failed(error)))
             return
+        if job.kind == WHOLE:
+            self._in_flight[run.future] = (job.outcome_ref, job.value_ref)
         if job.kind == TIMED:
             # A timed attempt reports when it starts, and its clock starts then.
             if run.state.type is StateType.CANCELLED:
                 job.stop = "cancel"
+        elif job.deps:
+            # It reads RUNNING once the upstream runs it waits for in Ray have ended.
+            self._when_inputs_ready(job)
         elif not run.set_running():
             # Ray does not say when a task starts without a stream per run, which
             # doubles its cost: a run reads RUNNING once Ray has it (see docs/runners/ray.md).
@@ -381,24 +439,52 @@ class Driver:
 
     def _inputs(self, job: _Job) -> list[Any] | Future[Any]:
         """Two arguments per upstream run (its final State, or a marker and the ObjectRef
-        of its value in the store), or the upstream run to wait for first.
+        of its value in the store, or for an upstream still in Ray, the ObjectRefs of its
+        outcome and value), or the upstream run to wait for first.
 
-        A run goes to Ray once its upstream runs are final: Ray then has nothing to wait
-        for, so cancelling the run never meets a Ray task that waits for its arguments
-        (``ray.cancel`` of such a task can bring the driver down), and an upstream that
-        failed or is retried is known before the run goes.
+        An upstream still in Ray is passed as its ObjectRefs when they are final (it
+        makes all its attempts there, `run_whole`) and its failure would end this run
+        UpstreamFailed; Ray then starts this run once the upstream ended, and the worker
+        reads its outcome. Other upstreams (retried by the driver, in a batch, taken
+        through `allow_failure`) are waited for here.
         """
         inputs: list[Any] = []
-        for upstream in job.upstreams:
+        deps: list[Any] = []
+        allowed = None
+        for index, upstream in enumerate(job.upstreams):
             state = upstream.task_run.state
             if state.type not in _FINAL:
-                return upstream
+                refs = self._in_flight.get(upstream)
+                if refs is not None and allowed is None:
+                    allowed = job.call.allowed_upstreams()
+                if refs is None or (allowed and index in allowed):
+                    return upstream
+                inputs += refs
+                deps.append(refs[0])
+                continue
             value_ref = _stored_ref(upstream) if state.type is StateType.COMPLETED else None
             if value_ref is not None:
                 inputs += (_STORED_HEAD, value_ref)
             else:
                 inputs += (state, None)
+        job.deps = deps
         return inputs
+
+    def _when_inputs_ready(self, job: _Job) -> None:
+        """Report the run RUNNING once every upstream it waits for in Ray has ended."""
+        count = [len(job.deps)]
+        lock = threading.Lock()
+        outcome_ref = job.outcome_ref
+
+        def one_ready(_: Any) -> None:
+            with lock:
+                count[0] -= 1
+                ready = count[0] == 0
+            if ready:
+                self._report(job, outcome_ref, _INPUTS_READY)
+
+        for ref in job.deps:
+            _when_done(ref, one_ready)
 
     def _park_on(self, job: _Job, upstream: Future[Any]) -> None:
         with self._lock:
@@ -415,6 +501,15 @@ class Driver:
             if run.future.done() or self._closing == "now":
                 self._idle.notify_all()
                 return
+            if self._batches.wants(job):
+                self._batches.put(job)
+                batched = True
+            else:
+                batched = False
+        if batched:
+            self._batches.pump()
+            return
+        with self._lock:
             if self._queue or len(self._active) >= self.max_pending:
                 self._queue.append(job)
                 return
@@ -439,7 +534,7 @@ class Driver:
 
     # -- hearing back -----------------------------------------------------------------------
 
-    def _report(self, job: _Job, ref: Any, outcome: Any) -> None:
+    def _report(self, job: Any, ref: Any, outcome: Any) -> None:
         # Called by Ray's own thread: hand over, so that what a run's end sets off
         # (downstream runs, user callbacks) never runs there.
         if self._closing == "now":
@@ -460,7 +555,13 @@ class Driver:
                 return
             job, ref, outcome = item
             try:
-                if job.outcome_ref is ref:  # else from an earlier launch of a job sent again
+                if type(job) is not _Job:
+                    self._batches.report(job, ref, outcome)
+                elif job.outcome_ref is not ref:
+                    pass  # from an earlier launch of a job sent again
+                elif outcome is _INPUTS_READY:
+                    self._inputs_ready(job)
+                else:
                     if isinstance(outcome, BaseException):
                         self._failed_in_ray(job, outcome)
                     else:
@@ -470,6 +571,12 @@ class Driver:
                 # run of the runner, and goes on.
                 logger.exception("Reporting the end of %r raised", job.run)
             del job, ref, outcome, item
+
+    def _inputs_ready(self, job: _Job) -> None:
+        run = job.run
+        if job.stop is None and not run.set_running():
+            job.stop = "cancel"  # cancelled while it waited for its inputs
+            job.cancel_in_ray()
 
     def outcome(self, job: _Job, outcome: Any) -> None:
         """What the remote function returned for `job` (see `_worker` for the forms)."""
@@ -517,6 +624,10 @@ class Driver:
         if job.stop in ("cancel", "shutdown"):
             self._end(job, state)
             return
+        if job.deps:
+            # Ray fails a task whose input failed: decide once the upstreams are final.
+            self._after_upstreams(job, exc)
+            return
         attempts = Attempts(run, job.attempt)
         # Retried like any attempt: a lost worker, a timeout. Not a failure outside the
         # task's own code (a result Ray cannot store, a task it cannot load): the engine
@@ -527,6 +638,32 @@ class Driver:
             self._end(job, attempts.finish(state))
         else:
             self._retry(job, retry.state, retry.attempt, retry.delay)
+
+    def _after_upstreams(self, job: _Job, exc: BaseException) -> None:
+        """`job`'s Ray task failed while upstreams were passed in as ObjectRefs: it ends
+        UpstreamFailed if one of them did not complete, else its own failure counts."""
+        waiting = [u for u in job.upstreams if u.task_run.state.type not in _FINAL]
+        if waiting:
+            count = [len(waiting)]
+            lock = threading.Lock()
+
+            def one_done(_: Any) -> None:
+                with lock:
+                    count[0] -= 1
+                    ready = count[0] == 0
+                if ready:
+                    self._report(job, job.outcome_ref, exc)
+
+            for upstream in waiting:
+                upstream.add_done_callback(one_done)
+            return
+        for upstream in job.upstreams:
+            state = upstream.task_run.state
+            if not state.is_completed():
+                self._end(job, upstream_failed(job.run.name, upstream.name, state))
+                return
+        job.deps = []
+        self._failed_in_ray(job, exc)
 
     def _retry(
         self,
@@ -541,11 +678,13 @@ class Driver:
             # Reported with the run's end: the flow fails naming them, whatever comes next.
             job.unhandled += result.unhandled
         run.set_state(retrying)
+        self._batches.ended(job)
         job.attempt = attempt
         job.outcome_ref = job.value_ref = job.gen = None
         job.items = 0
         job.deadline = None
         job.stop = None
+        job.deps = []
         with self._lock:
             self._active.pop(run.id, None)
             self._parked[run.id] = job
@@ -557,15 +696,19 @@ class Driver:
         with self._lock:
             self._active.pop(run.id, None)
             self._parked.pop(run.id, None)
+            self._batches.jobs.pop(run.id, None)
             queued = bool(self._queue)
+        self._in_flight.pop(run.future, None)
         try:
             if not run.future.done():
                 run.finish(RemoteResult(state, unhandled=job.unhandled + unhandled))
         finally:
+            if job.batch is not None:
+                self._batches.ended(job)
             if queued:
                 self._pump()
             with self._lock:
-                if not self._active and not self._queue and not self._parked:
+                if not self._busy():
                     self._idle.notify_all()
 
     # -- stopping ---------------------------------------------------------------------------
@@ -579,11 +722,13 @@ class Driver:
                         job = queued
                         self._queue.remove(queued)
                         break
+            if job is None and self._batches.cancel(run):
+                return True
             if job is not None:
-                if not self._active and not self._queue and not self._parked:
+                if not self._busy():
                     self._idle.notify_all()
                 return True
-            job = self._active.get(run.id)
+            job = self._active.get(run.id) or self._batches.jobs.get(run.id)
         if job is None:
             return False
         job.stop = "cancel"
@@ -602,23 +747,22 @@ class Driver:
                     found.append(gen.completed())
             elif job.outcome_ref is not None:
                 found.append(job.outcome_ref)
-        return found
+        return found + self._batches.waitables()
 
     def close(self, wait: bool) -> None:
         if wait:
             with self._idle:
                 self._closing = "wait"
-                self._idle.wait_for(
-                    lambda: not self._active and not self._queue and not self._parked
-                )
+                self._idle.wait_for(lambda: not self._busy())
         else:
             with self._lock:
                 self._closing = "now"
-                waiting = [*self._queue, *self._parked.values()]
-                running = list(self._active.values())
+                waiting = [*self._queue, *self._parked.values(), *self._batches.queued()]
+                running = list(self._active.values()) + self._batches.running()
                 self._queue.clear()
                 self._parked.clear()
                 self._active.clear()
+                self._batches.jobs.clear()
             for job in waiting:
                 job.run.set_state(
                     State.cancelled(

@@ -36,7 +36,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal, cast, final
 
 import ray
 from baton import State, StateType
-from baton.runners import NestedFailure, RemoteResult, RunCall, lend_slot, run_call
+from baton.runners import NestedFailure, RemoteResult, RunCall, lend_slot, run_batch, run_call
 
 if TYPE_CHECKING:
     from baton import Task
@@ -51,6 +51,7 @@ __all__ = [
     "STORED",
     "Head",
     "run_attempt",
+    "run_batch_remote",
     "run_timed_attempt",
     "run_whole",
 ]
@@ -96,6 +97,47 @@ def run_timed_attempt(head: Head | bytes, attempt: int, *inputs: Any) -> Iterato
     value, outcome = _split(_execute(call, inputs, attempt, "runner"))
     yield value
     yield outcome
+
+
+@ray.remote(max_retries=0)
+def run_batch_remote(
+    heads: list[Head | bytes],
+    attempts: list[int],
+    retries: Literal["here", "runner"],
+    counts: list[int],
+    *inputs: Any,
+) -> tuple[Any, ...]:
+    """A batch of runs, each run as it would be alone (`run_batch`). Returns one value per
+    run (kept in the store, as `_split` decides; else None), then ``(outcomes, seconds)``:
+    per run, its outcome and how long it took. `counts` says how many upstreams each run
+    has (its inputs come in that order, two per upstream)."""
+    calls = [_load(head) for head in heads]
+    upstreams: list[tuple[State, ...]] = []
+    start = 0
+    for count in counts:
+        end = start + 2 * count
+        upstreams.append(_upstream_values(inputs[start:end]) if count else ())
+        start = end
+    runnable = [i for i, call in enumerate(calls) if type(call) is not State]
+    waits = _nested()
+    with lend_slot(waits):
+        results = run_batch(
+            [cast(RunCall, calls[i]) for i in runnable],
+            [upstreams[i] for i in runnable],
+            attempts=[attempts[i] for i in runnable],
+            retries=retries,
+            nested=waits.runner,
+        )
+    values: list[Any] = [None] * len(calls)
+    outcomes: list[Any] = [None] * len(calls)
+    seconds: list[float] = []
+    for i, call in enumerate(calls):
+        if type(call) is State:
+            outcomes[i] = _outcome(RemoteResult(call, attempt=attempts[i]))
+    for i, (result, took) in zip(runnable, results, strict=True):
+        values[i], outcomes[i] = _split(result)
+        seconds.append(took)
+    return (*values, (outcomes, seconds))
 
 
 # -- loading a run --------------------------------------------------------------------------
@@ -144,12 +186,30 @@ def _load(head: Head | bytes) -> RunCall | State:
 
 
 def _upstream_values(inputs: tuple[Any, ...]) -> tuple[State, ...]:
-    """One final State per upstream, from its (State, None) or (STORED, value) pair."""
+    """One final State per upstream, from its pair: (State, None) or ((STORED,), value)
+    for an upstream that ended before this run went; (outcome, value) for one that was
+    in Ray still, whose two ObjectRefs Ray resolved here (see `_outcome_state`)."""
     states = []
     for index in range(0, len(inputs), 2):
         head = inputs[index]
-        states.append(head if type(head) is State else State.completed(inputs[index + 1]))
+        if type(head) is State:
+            states.append(head)
+        elif len(head) == 1:
+            states.append(State.completed(inputs[index + 1]))
+        else:
+            states.append(_outcome_state(head, inputs[index + 1]))
     return tuple(states)
+
+
+def _outcome_state(outcome: tuple[Any, ...], value: Any) -> State:
+    """The final State of an upstream run from its outcome and value, as it returned them."""
+    kind = outcome[0]
+    if kind == INLINE:
+        return State.completed(outcome[1])
+    if kind == STORED:
+        return State.completed(value)
+    result: RemoteResult = outcome[1]
+    return result.state
 
 
 def _execute(
