@@ -153,7 +153,7 @@ class Batches:
         for job in jobs:
             found = driver._inputs(job)
             assert isinstance(found, list)  # every upstream was final when it was put
-            counts.append(len(job.upstreams))
+            counts.append(len(found))
             inputs += found
         first = jobs[0]
         try:

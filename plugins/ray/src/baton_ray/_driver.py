@@ -73,7 +73,6 @@ logger = logging.getLogger("baton")
 WHOLE, ATTEMPT, TIMED = "whole", "attempt", "timed"
 _FINAL: Final = FINAL_STATE_TYPES
 _STORED_HEAD: Final = (STORED,)
-_INPUTS_READY: Final = object()  # reported when a run's upstreams in Ray have ended
 # A pickled task bigger than this goes to the object store once, instead of with each run.
 _BLOB_INLINE: Final = 32 * 1024
 _process_token = uuid.uuid4().hex[:12]
@@ -423,9 +422,6 @@ class Driver:
             # A timed attempt reports when it starts, and its clock starts then.
             if run.state.type is StateType.CANCELLED:
                 job.stop = "cancel"
-        elif job.deps:
-            # It reads RUNNING once the upstream runs it waits for in Ray have ended.
-            self._when_inputs_ready(job)
         elif not run.set_running():
             # Ray does not say when a task starts without a stream per run, which
             # doubles its cost: a run reads RUNNING once Ray has it (see docs/runners/ray.md).
@@ -438,9 +434,12 @@ class Driver:
             _when_done(job.outcome_ref, partial(self._report, job, job.outcome_ref))
 
     def _inputs(self, job: _Job) -> list[Any] | Future[Any]:
-        """Two arguments per upstream run (its final State, or a marker and the ObjectRef
-        of its value in the store, or for an upstream still in Ray, the ObjectRefs of its
-        outcome and value), or the upstream run to wait for first.
+        """The upstream runs as arguments (none without upstreams), or the upstream run
+        to wait for first. The first argument holds one entry per upstream: its final
+        State, or None for one passed as two ObjectRefs, which follow in order: a marker
+        and the ObjectRef of its value in the store, or for an upstream still in Ray,
+        the ObjectRefs of its outcome and value. (Ray resolves only ObjectRefs passed
+        as arguments themselves, and costs per argument: States travel together.)
 
         An upstream still in Ray is passed as its ObjectRefs when they are final (it
         makes all its attempts there, `run_whole`) and its failure would end this run
@@ -448,7 +447,10 @@ class Driver:
         reads its outcome. Other upstreams (retried by the driver, in a batch, taken
         through `allow_failure`) are waited for here.
         """
-        inputs: list[Any] = []
+        if not job.upstreams:
+            return []
+        finals: list[State | None] = []
+        inputs: list[Any] = [None]
         deps: list[Any] = []
         allowed = None
         for index, upstream in enumerate(job.upstreams):
@@ -459,32 +461,19 @@ class Driver:
                     allowed = job.call.allowed_upstreams()
                 if refs is None or (allowed and index in allowed):
                     return upstream
+                finals.append(None)
                 inputs += refs
                 deps.append(refs[0])
                 continue
             value_ref = _stored_ref(upstream) if state.type is StateType.COMPLETED else None
             if value_ref is not None:
+                finals.append(None)
                 inputs += (_STORED_HEAD, value_ref)
             else:
-                inputs += (state, None)
+                finals.append(state)
+        inputs[0] = tuple(finals)
         job.deps = deps
         return inputs
-
-    def _when_inputs_ready(self, job: _Job) -> None:
-        """Report the run RUNNING once every upstream it waits for in Ray has ended."""
-        count = [len(job.deps)]
-        lock = threading.Lock()
-        outcome_ref = job.outcome_ref
-
-        def one_ready(_: Any) -> None:
-            with lock:
-                count[0] -= 1
-                ready = count[0] == 0
-            if ready:
-                self._report(job, outcome_ref, _INPUTS_READY)
-
-        for ref in job.deps:
-            _when_done(ref, one_ready)
 
     def _park_on(self, job: _Job, upstream: Future[Any]) -> None:
         with self._lock:
@@ -559,8 +548,6 @@ class Driver:
                     self._batches.report(job, ref, outcome)
                 elif job.outcome_ref is not ref:
                     pass  # from an earlier launch of a job sent again
-                elif outcome is _INPUTS_READY:
-                    self._inputs_ready(job)
                 else:
                     if isinstance(outcome, BaseException):
                         self._failed_in_ray(job, outcome)
@@ -571,12 +558,6 @@ class Driver:
                 # run of the runner, and goes on.
                 logger.exception("Reporting the end of %r raised", job.run)
             del job, ref, outcome, item
-
-    def _inputs_ready(self, job: _Job) -> None:
-        run = job.run
-        if job.stop is None and not run.set_running():
-            job.stop = "cancel"  # cancelled while it waited for its inputs
-            job.cancel_in_ray()
 
     def outcome(self, job: _Job, outcome: Any) -> None:
         """What the remote function returned for `job` (see `_worker` for the forms)."""

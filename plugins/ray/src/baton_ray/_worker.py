@@ -2,9 +2,11 @@
 
 Each remote function takes the run's head (its task by key, and the task itself
 pickled, for a worker that has not loaded it yet; its id, name and arguments with
-placeholders from `TaskRun.native_call()`) and two positional arguments per upstream
-run: its final State and None, or ``(STORED,)`` and the ObjectRef of its value, which
-Ray resolves to the value on the worker (it resolves only top-level ObjectRefs). It
+placeholders from `TaskRun.native_call()`) and, for a run with upstream runs, their
+final States in one argument, then a pair of arguments for each upstream whose value is
+in the store (``(STORED,)`` and its ObjectRef) or that was still in Ray when the run
+went (the ObjectRefs of its outcome and value): Ray resolves them on the worker (it
+resolves only top-level ObjectRefs; see `_upstream_values`). It
 runs the call with `baton.runners.run_call` and returns two objects, the value first
 and then the outcome, so that a value that cannot be pickled fails both, and the
 driver, which fetches only the small outcome, sees the failure.
@@ -109,13 +111,13 @@ def run_batch_remote(
 ) -> tuple[Any, ...]:
     """A batch of runs, each run as it would be alone (`run_batch`). Returns one value per
     run (kept in the store, as `_split` decides; else None), then ``(outcomes, seconds)``:
-    per run, its outcome and how long it took. `counts` says how many upstreams each run
-    has (its inputs come in that order, two per upstream)."""
+    per run, its outcome and how long it took. `counts` says how many of `inputs` are
+    each run's (see `_upstream_values`)."""
     calls = [_load(head) for head in heads]
     upstreams: list[tuple[State, ...]] = []
     start = 0
     for count in counts:
-        end = start + 2 * count
+        end = start + count
         upstreams.append(_upstream_values(inputs[start:end]) if count else ())
         start = end
     runnable = [i for i, call in enumerate(calls) if type(call) is not State]
@@ -186,18 +188,19 @@ def _load(head: Head | bytes) -> RunCall | State:
 
 
 def _upstream_values(inputs: tuple[Any, ...]) -> tuple[State, ...]:
-    """One final State per upstream, from its pair: (State, None) or ((STORED,), value)
-    for an upstream that ended before this run went; (outcome, value) for one that was
-    in Ray still, whose two ObjectRefs Ray resolved here (see `_outcome_state`)."""
+    """One final State per upstream. `inputs` starts with one entry per upstream: its
+    final State, or None for one given as a pair of arguments that follow, in order:
+    ((STORED,), value) for an upstream whose value is in the store; (outcome, value)
+    for one that was in Ray still, whose two ObjectRefs Ray resolved here."""
     states = []
-    for index in range(0, len(inputs), 2):
-        head = inputs[index]
-        if type(head) is State:
-            states.append(head)
-        elif len(head) == 1:
-            states.append(State.completed(inputs[index + 1]))
-        else:
-            states.append(_outcome_state(head, inputs[index + 1]))
+    pairs = 1
+    for ended in inputs[0]:
+        if ended is not None:
+            states.append(ended)
+            continue
+        head, value = inputs[pairs], inputs[pairs + 1]
+        pairs += 2
+        states.append(State.completed(value) if len(head) == 1 else _outcome_state(head, value))
     return tuple(states)
 
 
