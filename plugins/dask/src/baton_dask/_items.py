@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import threading
 import time
 from typing import TYPE_CHECKING, Any, final
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Fetch",
     "Item",
+    "after",
     "cancel_reason",
     "cannot_load",
     "forget",
@@ -135,6 +137,29 @@ class Fetch:
             value, self.value = self.value, None
             return value
         return self.session.load(self)
+
+
+def after(futures: list[Future[Any]], run: TaskRun, then: Any) -> None:
+    """Call `then()` once every one of `futures` is final; if it raises, `run` crashes
+    (nobody else would hear of the error, and the run would never end)."""
+    count = [len(futures) + 1]
+    lock = threading.Lock()
+
+    def one_done(_: Future[Any]) -> None:
+        with lock:
+            count[0] -= 1
+            ready = count[0] == 0
+        if ready:
+            try:
+                then()
+            except Exception as exc:
+                run.set_state(
+                    State.crashed(exc, f"Task run {run.name!r} could not be sent to Dask: {exc}")
+                )
+
+    for future in futures:
+        future.add_done_callback(one_done)
+    one_done(futures[0])
 
 
 def forget(unread: dict[str, weakref.ref[Fetch]], key: str, _: object) -> None:

@@ -49,6 +49,7 @@ from baton_dask._batches import Batches, SentBatch
 from baton_dask._items import (
     Fetch,
     Item,
+    after,
     cancel_reason,
     cannot_load,
     forget,
@@ -100,9 +101,7 @@ class Session:
         self._items: dict[int, Item] = {}
         self._events: collections.deque[Any] = collections.deque()
         self._keys = itertools.count(1)
-        self.native: weakref.WeakKeyDictionary[Future[Any], Any] = (
-            weakref.WeakKeyDictionary()
-        )
+        self.native: weakref.WeakKeyDictionary[Future[Any], Any] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._queue: collections.deque[Item] = collections.deque()
         self._cancels: list[DaskFuture[Any]] = []
@@ -193,36 +192,9 @@ class Session:
             else:
                 waiting.append(upstream)
         if waiting:
-            self._after(
-                waiting, run, lambda: self.prepare(run, call, upstreams, placement, attempt)
-            )
+            after(waiting, run, lambda: self.prepare(run, call, upstreams, placement, attempt))
         else:
             self.enqueue(run, call, upstreams, allowed, inputs, placement, attempt)
-
-    @staticmethod
-    def _after(futures: list[Future[Any]], run: TaskRun, then: Any) -> None:
-        """Call `then()` once every one of `futures` is final; if it raises, `run` crashes
-        (nobody else would hear of the error, and the run would never end)."""
-        count = [len(futures) + 1]
-        lock = threading.Lock()
-
-        def one_done(_: Future[Any]) -> None:
-            with lock:
-                count[0] -= 1
-                ready = count[0] == 0
-            if ready:
-                try:
-                    then()
-                except Exception as exc:
-                    run.set_state(
-                        State.crashed(
-                            exc, f"Task run {run.name!r} could not be sent to Dask: {exc}"
-                        )
-                    )
-
-        for future in futures:
-            future.add_done_callback(one_done)
-        one_done(futures[0])
 
     def enqueue(
         self,
@@ -595,7 +567,7 @@ class Session:
                 return
         waiting = [u for u in blamable if u.task_run.state.type not in _FINAL]
         if waiting:
-            self._after(waiting, run, lambda: self._blamed(item, cause))
+            after(waiting, run, lambda: self._blamed(item, cause))
         elif item.upstreams and isinstance(cause, KilledWorker):
             # An upstream's worker died and the upstream ran again, under another key:
             # run this one again on the new result.

@@ -16,12 +16,9 @@ At most `max_pending` runs are in Ray at once; the rest wait in a queue, in orde
 
 from __future__ import annotations
 
-import io
-import itertools
 import logging
 import pickle
 import threading
-import uuid
 import weakref
 from collections import deque
 from collections.abc import Callable, Mapping
@@ -41,14 +38,14 @@ from baton.runners import (
     FINAL_STATE_TYPES,
     Attempts,
     RemoteResult,
-    Upstream,
-    dumps,
     upstream_failed,
 )
 from ray import exceptions as ray_errors
 
 from baton_ray._failures import argument_error, failure_state, first_line, read_error
 from baton_ray._options import current_options, merge, options_from_tags
+from baton_ray._payloads import pack as _pack
+from baton_ray._payloads import task_payload as _task_payload
 from baton_ray._watcher import Watcher
 from baton_ray._worker import (
     FINAL,
@@ -63,7 +60,7 @@ from baton_ray._worker import (
 if TYPE_CHECKING:
     import concurrent.futures as cf
 
-    from baton import Future, Task
+    from baton import Future
     from baton.runners import TaskRun
 
 __all__ = ["Driver"]
@@ -73,68 +70,6 @@ logger = logging.getLogger("baton")
 WHOLE, ATTEMPT, TIMED = "whole", "attempt", "timed"
 _FINAL: Final = FINAL_STATE_TYPES
 _STORED_HEAD: Final = (STORED,)
-# A pickled task bigger than this goes to the object store once, instead of with each run.
-_BLOB_INLINE: Final = 32 * 1024
-_process_token = uuid.uuid4().hex[:12]
-_task_counter = itertools.count()
-_task_lock = threading.Lock()
-_task_payloads: weakref.WeakKeyDictionary[Task[..., Any], tuple[str, Any]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _task_payload(run: TaskRun) -> tuple[str, Any]:
-    """(key, pickled task or [its ObjectRef]) of the run's task, made once per task: a
-    worker loads a task once, and finds it by key afterwards."""
-    task = run.task
-    with _task_lock:
-        found = _task_payloads.get(task)
-    if found is not None:
-        return found
-    try:
-        blob = dumps(task)
-    except Exception as exc:
-        raise pickle.PicklingError(
-            f"Task {task.name!r} cannot be pickled to send it to Ray workers "
-            f"({type(exc).__name__}: {exc}). Its function, its options' hooks, or a global "
-            "or closure variable they use hold something unpicklable (a lock, an open file "
-            "or connection, a client): create that object inside the task."
-        ) from exc
-    payload: Any = blob if len(blob) <= _BLOB_INLINE else [ray.put(blob)]
-    found = (f"{_process_token}-{next(_task_counter)}", payload)
-    with _task_lock:
-        _task_payloads[task] = found
-    return found
-
-
-class _NotPlain(Exception):
-    pass
-
-
-class _PlainPickler(pickle.Pickler):
-    """Pickles plain data only (the builtin scalars and containers, which never reach
-    this hook, and upstream placeholders). Anything else is left to Ray's serializer,
-    which pickles classes of ``__main__`` by value and passes ObjectRefs on with
-    their ownership."""
-
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is Upstream:
-            return NotImplemented
-        raise _NotPlain
-
-
-def _pack(head: tuple[Any, ...]) -> Any:
-    """The run's head as pickled bytes when it is plain data: Ray passes bytes on as
-    they are, where for a tuple it builds a cloudpickle pickler per call. Else the
-    tuple itself, for Ray to serialize."""
-    buffer = io.BytesIO()
-    try:
-        _PlainPickler(buffer, pickle.HIGHEST_PROTOCOL).dump(head)
-    except Exception:
-        return head
-    return buffer.getvalue()
-
-
 _remotes: dict[tuple[str, Any], Any] = {}
 _BASES: Final = {WHOLE: run_whole, ATTEMPT: run_attempt, TIMED: run_timed_attempt}
 
