@@ -179,7 +179,7 @@ class Batches:
             job.batch = sent
             job.value_ref = ref
             job.outcome_ref = None
-            if not job.run.set_running():
+            if not job.run.set_running() and job.run.future.done():
                 job.stop = "cancel"  # cancelled meanwhile: its outcome is dropped
         from baton_ray._driver import _when_done
 

@@ -357,7 +357,7 @@ class Driver:
             # A timed attempt reports when it starts, and its clock starts then.
             if run.state.type is StateType.CANCELLED:
                 job.stop = "cancel"
-        elif not run.set_running():
+        elif not run.set_running() and run.future.done():
             # Ray does not say when a task starts without a stream per run, which
             # doubles its cost: a run reads RUNNING once Ray has it (see docs/runners/ray.md).
             job.stop = "cancel"  # cancelled meanwhile
