@@ -95,6 +95,16 @@ class Batches:
             sent = list(self._sent)
         return [job for batch in sent for job in batch.batch.items]
 
+    def stop_all(self) -> None:
+        """Cancel the Ray task of every batch out (the runner shuts down without waiting)."""
+        with self._lock:
+            sent = list(self._sent)
+        for batch in sent:
+            try:
+                ray.cancel(batch.outcome_ref, force=True)
+            except Exception:  # already ended, or Ray is going down
+                pass
+
     def waitables(self) -> list[Any]:
         with self._lock:
             return [sent.outcome_ref for sent in self._sent]

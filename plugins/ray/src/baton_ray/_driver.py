@@ -686,6 +686,7 @@ class Driver:
                         "before it started."
                     )
                 )
+            self._batches.stop_all()
             for job in running:
                 job.stop = "shutdown"
                 job.cancel_in_ray()
