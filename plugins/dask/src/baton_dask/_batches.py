@@ -139,6 +139,7 @@ class Batches:
             return
         self._count_slots(client)
         session = self.session
+        singles: list[Item] = []
         for batch in self.queue.take(everything=session._stopping):
             items = []
             for item in batch.items:
@@ -151,9 +152,12 @@ class Batches:
             if not items:
                 self.queue.done(batch, ())
             elif len(items) == 1:
-                self._send_one(client, batch, items[0])
+                singles.append(self._single(client, batch, items[0]))
             else:
                 self._send_batch(client, batch)
+        if singles:
+            # In one graph, as runs sent alone go: Dask spreads them over its workers.
+            session._send(singles)
 
     def _count_slots(self, client: Client) -> None:
         now = time.monotonic()
@@ -167,7 +171,8 @@ class Batches:
             return
         self.queue.slots = max(_DEPTH, _DEPTH * threads)
 
-    def _send_one(self, client: Client, batch: Batch[Item], item: Item) -> None:
+    def _single(self, client: Client, batch: Batch[Item], item: Item) -> Item:
+        """`item` made ready to go as a run alone does."""
         from distributed import Future as DaskFuture
 
         session = self.session
@@ -176,7 +181,7 @@ class Batches:
         item.future = DaskFuture(item.key, client)
         item.batch = batch
         session.native[run.future] = item.future
-        session._send([item])
+        return item
 
     def _send_batch(self, client: Client, batch: Batch[Item]) -> None:
         session = self.session
@@ -203,8 +208,7 @@ class Batches:
             # One cannot be sent (an argument that cannot be pickled): alone, each run
             # that cannot is found and fails with an error that names it.
             self.queue.done(batch, ())
-            for item in items:
-                self._send_one(client, Batch(batch.key, [item]), item)
+            self.session._send([self._single(client, Batch(batch.key, [i]), i) for i in items])
             return
         outcomes = submit(batch_outcomes, future, key=f"{key}-outcomes", pure=False, **extra)
         sent = SentBatch(batch, future, outcomes)
