@@ -70,6 +70,7 @@ logger = logging.getLogger("baton")
 WHOLE, ATTEMPT, TIMED = "whole", "attempt", "timed"
 _FINAL: Final = FINAL_STATE_TYPES
 _STORED_HEAD: Final = (STORED,)
+_INPUTS_READY: Final = object()  # reported once a run's upstreams in Ray have ended
 _remotes: dict[tuple[str, Any], Any] = {}
 _BASES: Final = {WHOLE: run_whole, ATTEMPT: run_attempt, TIMED: run_timed_attempt}
 
@@ -202,6 +203,7 @@ class _Job:
         "unhandled",
         "upstreams",
         "value_ref",
+        "waiting",
     )
 
     def __init__(self, run: TaskRun, upstreams: list[Future[Any]], kind: str, remote: Any) -> None:
@@ -222,6 +224,7 @@ class _Job:
         self.batch: Any = None  # the batch it went in, or whose slot it holds
         # ObjectRefs of upstream runs still in Ray when it went, which Ray passes in.
         self.deps: list[Any] = []
+        self.waiting = False  # for those upstreams to end: Ray has not started it
         self.ray_options: Mapping[str, Any] = {}
 
     def cancel_in_ray(self) -> None:
@@ -230,30 +233,16 @@ class _Job:
         handle = self.gen if self.kind == TIMED else self.outcome_ref
         if handle is None:
             return
-        deps = self.deps
-        if deps:
-            # Never cancel a Ray task that waits for its arguments (Ray may take the driver
-            # down with it): once they are ready, it is an ordinary running task.
-            threading.Thread(
-                target=_cancel_when_ready, args=(deps, handle, self.run), daemon=True
-            ).start()
-            return
-        _cancel(handle, self.run)
+        # A task still waiting for its arguments is dropped by Ray, never started; killing
+        # its worker (force) is for one that runs.
+        _cancel(handle, self.run, force=not self.waiting)
 
 
-def _cancel(handle: Any, run: TaskRun) -> None:
+def _cancel(handle: Any, run: TaskRun, force: bool = True) -> None:
     try:
-        ray.cancel(handle, force=True)
+        ray.cancel(handle, force=force)
     except Exception:
         logger.debug("ray.cancel of %r failed", run, exc_info=True)
-
-
-def _cancel_when_ready(deps: list[Any], handle: Any, run: TaskRun) -> None:
-    try:
-        ray.wait(deps, num_returns=len(deps), fetch_local=False)
-    except Exception:
-        logger.debug("waiting for the inputs of %r failed", run, exc_info=True)
-    _cancel(handle, run)
 
 
 @final
@@ -357,6 +346,10 @@ class Driver:
             # A timed attempt reports when it starts, and its clock starts then.
             if run.state.type is StateType.CANCELLED:
                 job.stop = "cancel"
+        elif job.deps:
+            # It reads RUNNING once the upstream runs it waits for in Ray have ended.
+            job.waiting = True
+            self._when_inputs_ready(job)
         elif not run.set_running() and run.future.done():
             # Ray does not say when a task starts without a stream per run, which
             # doubles its cost: a run reads RUNNING once Ray has it (see docs/runners/ray.md).
@@ -409,6 +402,22 @@ class Driver:
         inputs[0] = tuple(finals)
         job.deps = deps
         return inputs
+
+    def _when_inputs_ready(self, job: _Job) -> None:
+        """Report the run RUNNING once every upstream it waits for in Ray has ended."""
+        count = [len(job.deps)]
+        lock = threading.Lock()
+        outcome_ref = job.outcome_ref
+
+        def one_ready(_: Any) -> None:
+            with lock:
+                count[0] -= 1
+                ready = count[0] == 0
+            if ready:
+                self._report(job, outcome_ref, _INPUTS_READY)
+
+        for ref in job.deps:
+            _when_done(ref, one_ready)
 
     def _park_on(self, job: _Job, upstream: Future[Any]) -> None:
         with self._lock:
@@ -483,6 +492,8 @@ class Driver:
                     self._batches.report(job, ref, outcome)
                 elif job.outcome_ref is not ref:
                     pass  # from an earlier launch of a job sent again
+                elif outcome is _INPUTS_READY:
+                    self._inputs_ready(job)
                 else:
                     if isinstance(outcome, BaseException):
                         self._failed_in_ray(job, outcome)
@@ -493,6 +504,13 @@ class Driver:
                 # run of the runner, and goes on.
                 logger.exception("Reporting the end of %r raised", job.run)
             del job, ref, outcome, item
+
+    def _inputs_ready(self, job: _Job) -> None:
+        job.waiting = False
+        run = job.run
+        if job.stop is None and not run.set_running() and run.future.done():
+            job.stop = "cancel"  # cancelled while it waited for its inputs
+            job.cancel_in_ray()
 
     def outcome(self, job: _Job, outcome: Any) -> None:
         """What the remote function returned for `job` (see `_worker` for the forms)."""
@@ -601,6 +619,7 @@ class Driver:
         job.deadline = None
         job.stop = None
         job.deps = []
+        job.waiting = False
         with self._lock:
             self._active.pop(run.id, None)
             self._parked[run.id] = job
