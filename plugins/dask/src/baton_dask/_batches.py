@@ -137,10 +137,17 @@ class Batches:
         """Send the batches there are slots for."""
         if not len(self.queue):
             return
-        self._count_slots(client)
         session = self.session
+        if session._stopping:
+            # Shutting down without waiting (with waiting, nothing is left): runs that
+            # wait here never go; the session ends them.
+            for batch in self.queue.take(everything=True):
+                for item in batch.items:
+                    self.waiting.pop(item.run.id, None)
+            return
+        self._count_slots(client)
         singles: list[Item] = []
-        for batch in self.queue.take(everything=session._stopping):
+        for batch in self.queue.take():
             items = []
             for item in batch.items:
                 self.waiting.pop(item.run.id, None)
