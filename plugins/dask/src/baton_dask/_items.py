@@ -228,7 +228,9 @@ def _no_workers(self: Session, limit: float) -> None:
             continue
     for item in items:
         run = item.run
-        if run.state.type in _FINAL or self.native.get(run.future) is not item.future:
+        native = self.native.get(run.future)
+        in_batch = type(native) is tuple and native[2] is item.future
+        if run.state.type in _FINAL or (native is not item.future and not in_batch):
             continue
         message = (
             f"Task run {run.name!r} crashed: the Dask cluster ({self.label}) has had no "
