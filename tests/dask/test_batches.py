@@ -77,7 +77,9 @@ def test_a_run_that_kills_its_worker_in_a_batch_is_the_only_one_to_crash(
     @flow(task_runner=runner)
     def mapped() -> list[tuple[StateType, Any]]:
         futures = exit_at.map(range(20), 7)
-        return [(f.wait() and f.state.type, f.state.result(raise_on_failure=False)) for f in futures]
+        return [
+            (f.wait() and f.state.type, f.state.result(raise_on_failure=False)) for f in futures
+        ]
 
     outcomes = mapped()
     assert [t for t, _ in outcomes] == [

@@ -15,7 +15,9 @@ def test_a_run_that_kills_its_worker_in_a_batch_is_the_only_one_to_crash() -> No
     @flow(task_runner=RayTaskRunner())
     def mapped() -> list[tuple[StateType, object]]:
         futures = rt.batched_exit_at.map(range(20), 7)
-        return [(f.wait() and f.state.type, f.state.result(raise_on_failure=False)) for f in futures]
+        return [
+            (f.wait() and f.state.type, f.state.result(raise_on_failure=False)) for f in futures
+        ]
 
     outcomes = mapped()
     assert [t for t, _ in outcomes] == [
