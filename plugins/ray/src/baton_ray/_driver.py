@@ -267,11 +267,10 @@ class Driver:
         self._watcher: Watcher | None = None
         self._closing: str | None = None
         self._batches = Batches(self, batch_size)
-        # The two ObjectRefs of each run in Ray whose refs are final (it makes every
-        # attempt there): a downstream run goes at once, and Ray passes them in.
-        self._in_flight: weakref.WeakKeyDictionary[Future[Any], tuple[Any, Any]] = (
-            weakref.WeakKeyDictionary()
-        )
+        # The value's ObjectRef of each run in Ray whose refs are final (it makes every
+        # attempt there; a run that does not complete leaves `Ended` in it): a
+        # downstream run goes at once, and Ray passes the value in.
+        self._in_flight: weakref.WeakKeyDictionary[Future[Any], Any] = weakref.WeakKeyDictionary()
 
     def _busy(self) -> bool:
         return bool(self._active or self._queue or self._parked or self._batches.jobs)
@@ -341,7 +340,7 @@ class Driver:
             self._end(job, Attempts(run, job.attempt).finish(State.failed(error)))
             return
         if job.kind == WHOLE:
-            self._in_flight[run.future] = (job.outcome_ref, job.value_ref)
+            self._in_flight[run.future] = job.value_ref
         if job.kind == TIMED:
             # A timed attempt reports when it starts, and its clock starts then.
             if run.state.type is StateType.CANCELLED:
@@ -364,15 +363,16 @@ class Driver:
     def _inputs(self, job: _Job) -> list[Any] | Future[Any]:
         """The upstream runs as arguments (none without upstreams), or the upstream run
         to wait for first. The first argument holds one entry per upstream: its final
-        State, or None for one passed as two ObjectRefs, which follow in order: a marker
-        and the ObjectRef of its value in the store, or for an upstream still in Ray,
-        the ObjectRefs of its outcome and value. (Ray resolves only ObjectRefs passed
-        as arguments themselves, and costs per argument: States travel together.)
+        State, or None for one passed as two arguments, which follow in order: a marker
+        and the ObjectRef of its value, in the store or still to come. (Ray resolves
+        only ObjectRefs passed as arguments themselves, and costs per argument: States
+        travel together.)
 
-        An upstream still in Ray is passed as its ObjectRefs when they are final (it
-        makes all its attempts there, `run_whole`) and its failure would end this run
-        UpstreamFailed; Ray then starts this run once the upstream ended, and the worker
-        reads its outcome. Other upstreams (retried by the driver, in a batch, taken
+        An upstream still in Ray is passed as its value's ObjectRef when that is final
+        (it makes all its attempts there, `run_whole`) and its failure would end this
+        run UpstreamFailed; Ray then starts this run once the upstream ended, and the
+        worker finds its value, or `Ended` with its state. Other upstreams (retried by
+        the driver, in a batch, taken
         through `allow_failure`) are waited for here.
         """
         if not job.upstreams:
@@ -390,8 +390,8 @@ class Driver:
                 if refs is None or (allowed and index in allowed):
                     return upstream
                 finals.append(None)
-                inputs += refs
-                deps.append(refs[0])
+                inputs += (_STORED_HEAD, refs)
+                deps.append(refs)
                 continue
             value_ref = _stored_ref(upstream) if state.type is StateType.COMPLETED else None
             if value_ref is not None:

@@ -3,9 +3,9 @@
 Each remote function takes the run's head (its task by key, and the task itself
 pickled, for a worker that has not loaded it yet; its id, name and arguments with
 placeholders from `TaskRun.native_call()`) and, for a run with upstream runs, their
-final States in one argument, then a pair of arguments for each upstream whose value is
-in the store (``(STORED,)`` and its ObjectRef) or that was still in Ray when the run
-went (the ObjectRefs of its outcome and value): Ray resolves them on the worker (it
+final States in one argument, then a pair of arguments, ``(STORED,)`` and the ObjectRef
+of its value, for each upstream whose value is in the store or that was still in Ray
+when the run went: Ray resolves them on the worker (it
 resolves only top-level ObjectRefs; see `_upstream_values`). It
 runs the call with `baton.runners.run_call` and returns two objects, the value first
 and then the outcome, so that a value that cannot be pickled fails both, and the
@@ -17,7 +17,9 @@ value stays in the object store, where downstream runs read it; ``(FINAL, result
 for a run that did not complete, and ``(RETRY, result)`` for an attempt to retry
 (`result` is the `RemoteResult`, made portable). `unhandled` holds the runs the task
 submitted that failed with nothing handling them, which `TaskRun.finish` reports to
-the flow.
+the flow. The value returned beside it is the run's value (also a small one, for
+downstream runs given its ObjectRef), or `Ended` with the final state of a run that
+did not complete.
 
 `run_whole` makes every attempt here, hooks included: the run cannot be retried by
 the driver (no retries, no timeout), so its two ObjectRefs are final and downstream
@@ -190,8 +192,8 @@ def _load(head: Head | bytes) -> RunCall | State:
 def _upstream_values(inputs: tuple[Any, ...]) -> tuple[State, ...]:
     """One final State per upstream. `inputs` starts with one entry per upstream: its
     final State, or None for one given as a pair of arguments that follow, in order:
-    ((STORED,), value) for an upstream whose value is in the store; (outcome, value)
-    for one that was in Ray still, whose two ObjectRefs Ray resolved here."""
+    ``(STORED,)`` and its value, from the ObjectRef that Ray resolved here (an upstream
+    that did not complete, still in Ray when this run went, left `Ended` there)."""
     states = []
     pairs = 1
     for ended in inputs[0]:
@@ -200,19 +202,9 @@ def _upstream_values(inputs: tuple[Any, ...]) -> tuple[State, ...]:
             continue
         head, value = inputs[pairs], inputs[pairs + 1]
         pairs += 2
-        states.append(State.completed(value) if len(head) == 1 else _outcome_state(head, value))
+        del head
+        states.append(value.state if type(value) is Ended else State.completed(value))
     return tuple(states)
-
-
-def _outcome_state(outcome: tuple[Any, ...], value: Any) -> State:
-    """The final State of an upstream run from its outcome and value, as it returned them."""
-    kind = outcome[0]
-    if kind == INLINE:
-        return State.completed(outcome[1])
-    if kind == STORED:
-        return State.completed(value)
-    result: RemoteResult = outcome[1]
-    return result.state
 
 
 def _execute(
@@ -241,9 +233,24 @@ def _split(result: RemoteResult) -> tuple[Any, tuple[Any, ...]]:
         value = state.result()
         kind = type(value)
         if kind in _INLINE_TYPES or ((kind is str or kind is bytes) and len(value) <= _INLINE_SIZE):
-            return None, (INLINE, value, unhandled)
+            return value, (INLINE, value, unhandled)
         return value, (STORED, unhandled)
-    return None, _outcome(result)
+    outcome = _outcome(result)
+    return Ended(outcome[1].state), outcome
+
+
+@final
+class Ended:
+    """In place of the value of a run that did not complete: a downstream run that Ray
+    handed the value's ObjectRef finds the run's final state in it."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Ended, (self.state,))
 
 
 def _portable(unhandled: tuple[NestedFailure, ...]) -> tuple[NestedFailure, ...]:
