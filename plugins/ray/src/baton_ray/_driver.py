@@ -70,7 +70,6 @@ logger = logging.getLogger("baton")
 WHOLE, ATTEMPT, TIMED = "whole", "attempt", "timed"
 _FINAL: Final = FINAL_STATE_TYPES
 _STORED_HEAD: Final = (STORED,)
-_INPUTS_READY: Final = object()  # reported once a run's upstreams in Ray have ended
 _remotes: dict[tuple[str, Any], Any] = {}
 _BASES: Final = {WHOLE: run_whole, ATTEMPT: run_attempt, TIMED: run_timed_attempt}
 
@@ -190,7 +189,6 @@ class _Job:
         "batch",
         "call",
         "deadline",
-        "deps",
         "gen",
         "head",
         "items",
@@ -203,7 +201,6 @@ class _Job:
         "unhandled",
         "upstreams",
         "value_ref",
-        "waiting",
     )
 
     def __init__(self, run: TaskRun, upstreams: list[Future[Any]], kind: str, remote: Any) -> None:
@@ -223,8 +220,6 @@ class _Job:
         self.stop: str | None = None  # why the driver stopped it: timeout, cancel, shutdown
         self.batch: Any = None  # the batch it went in, or whose slot it holds
         # ObjectRefs of upstream runs still in Ray when it went, which Ray passes in.
-        self.deps: list[Any] = []
-        self.waiting = False  # for those upstreams to end: Ray has not started it
         self.ray_options: Mapping[str, Any] = {}
 
     def cancel_in_ray(self) -> None:
@@ -233,14 +228,12 @@ class _Job:
         handle = self.gen if self.kind == TIMED else self.outcome_ref
         if handle is None:
             return
-        # A task still waiting for its arguments is dropped by Ray, never started; killing
-        # its worker (force) is for one that runs.
-        _cancel(handle, self.run, force=not self.waiting)
+        _cancel(handle, self.run)
 
 
-def _cancel(handle: Any, run: TaskRun, force: bool = True) -> None:
+def _cancel(handle: Any, run: TaskRun) -> None:
     try:
-        ray.cancel(handle, force=force)
+        ray.cancel(handle, force=True)
     except Exception:
         logger.debug("ray.cancel of %r failed", run, exc_info=True)
 
@@ -267,10 +260,6 @@ class Driver:
         self._watcher: Watcher | None = None
         self._closing: str | None = None
         self._batches = Batches(self, batch_size)
-        # The value's ObjectRef of each run in Ray whose refs are final (it makes every
-        # attempt there; a run that does not complete leaves `Ended` in it): a
-        # downstream run goes at once, and Ray passes the value in.
-        self._in_flight: weakref.WeakKeyDictionary[Future[Any], Any] = weakref.WeakKeyDictionary()
 
     def _busy(self) -> bool:
         return bool(self._active or self._queue or self._parked or self._batches.jobs)
@@ -339,16 +328,10 @@ class Driver:
                 raise error from exc
             self._end(job, Attempts(run, job.attempt).finish(State.failed(error)))
             return
-        if job.kind == WHOLE:
-            self._in_flight[run.future] = job.value_ref
         if job.kind == TIMED:
             # A timed attempt reports when it starts, and its clock starts then.
             if run.state.type is StateType.CANCELLED:
                 job.stop = "cancel"
-        elif job.deps:
-            # It reads RUNNING once the upstream runs it waits for in Ray have ended.
-            job.waiting = True
-            self._when_inputs_ready(job)
         elif not run.set_running() and run.future.done():
             # Ray does not say when a task starts without a stream per run, which
             # doubles its cost: a run reads RUNNING once Ray has it (see docs/runners/ray.md).
@@ -363,36 +346,25 @@ class Driver:
     def _inputs(self, job: _Job) -> list[Any] | Future[Any]:
         """The upstream runs as arguments (none without upstreams), or the upstream run
         to wait for first. The first argument holds one entry per upstream: its final
-        State, or None for one passed as two arguments, which follow in order: a marker
-        and the ObjectRef of its value, in the store or still to come. (Ray resolves
-        only ObjectRefs passed as arguments themselves, and costs per argument: States
+        State, or None for one whose value is in the store, passed as two arguments
+        that follow in order: a marker and the value's ObjectRef. (Ray resolves only
+        ObjectRefs passed as arguments themselves, and costs per argument: States
         travel together.)
 
-        An upstream still in Ray is passed as its value's ObjectRef when that is final
-        (it makes all its attempts there, `run_whole`) and its failure would end this
-        run UpstreamFailed; Ray then starts this run once the upstream ended, and the
-        worker finds its value, or `Ended` with its state. Other upstreams (retried by
-        the driver, in a batch, taken
-        through `allow_failure`) are waited for here.
+        A run goes to Ray once its upstream runs are final: Ray then has nothing to wait
+        for, so cancelling the run never meets a Ray task that waits for its arguments
+        (``ray.cancel`` of such a task fails a check in Ray's reference counting, which
+        takes the driver down), and an upstream that failed or is retried is known
+        before the run goes.
         """
         if not job.upstreams:
             return []
         finals: list[State | None] = []
         inputs: list[Any] = [None]
-        deps: list[Any] = []
-        allowed = None
-        for index, upstream in enumerate(job.upstreams):
+        for upstream in job.upstreams:
             state = upstream.task_run.state
             if state.type not in _FINAL:
-                refs = self._in_flight.get(upstream)
-                if refs is not None and allowed is None:
-                    allowed = job.call.allowed_upstreams()
-                if refs is None or (allowed and index in allowed):
-                    return upstream
-                finals.append(None)
-                inputs += (_STORED_HEAD, refs)
-                deps.append(refs)
-                continue
+                return upstream
             value_ref = _stored_ref(upstream) if state.type is StateType.COMPLETED else None
             if value_ref is not None:
                 finals.append(None)
@@ -400,24 +372,7 @@ class Driver:
             else:
                 finals.append(state)
         inputs[0] = tuple(finals)
-        job.deps = deps
         return inputs
-
-    def _when_inputs_ready(self, job: _Job) -> None:
-        """Report the run RUNNING once every upstream it waits for in Ray has ended."""
-        count = [len(job.deps)]
-        lock = threading.Lock()
-        outcome_ref = job.outcome_ref
-
-        def one_ready(_: Any) -> None:
-            with lock:
-                count[0] -= 1
-                ready = count[0] == 0
-            if ready:
-                self._report(job, outcome_ref, _INPUTS_READY)
-
-        for ref in job.deps:
-            _when_done(ref, one_ready)
 
     def _park_on(self, job: _Job, upstream: Future[Any]) -> None:
         with self._lock:
@@ -492,8 +447,6 @@ class Driver:
                     self._batches.report(job, ref, outcome)
                 elif job.outcome_ref is not ref:
                     pass  # from an earlier launch of a job sent again
-                elif outcome is _INPUTS_READY:
-                    self._inputs_ready(job)
                 else:
                     if isinstance(outcome, BaseException):
                         self._failed_in_ray(job, outcome)
@@ -504,13 +457,6 @@ class Driver:
                 # run of the runner, and goes on.
                 logger.exception("Reporting the end of %r raised", job.run)
             del job, ref, outcome, item
-
-    def _inputs_ready(self, job: _Job) -> None:
-        job.waiting = False
-        run = job.run
-        if job.stop is None and not run.set_running() and run.future.done():
-            job.stop = "cancel"  # cancelled while it waited for its inputs
-            job.cancel_in_ray()
 
     def outcome(self, job: _Job, outcome: Any) -> None:
         """What the remote function returned for `job` (see `_worker` for the forms)."""
@@ -558,10 +504,6 @@ class Driver:
         if job.stop in ("cancel", "shutdown"):
             self._end(job, state)
             return
-        if job.deps:
-            # Ray fails a task whose input failed: decide once the upstreams are final.
-            self._after_upstreams(job, exc)
-            return
         attempts = Attempts(run, job.attempt)
         # Retried like any attempt: a lost worker, a timeout. Not a failure outside the
         # task's own code (a result Ray cannot store, a task it cannot load): the engine
@@ -572,32 +514,6 @@ class Driver:
             self._end(job, attempts.finish(state))
         else:
             self._retry(job, retry.state, retry.attempt, retry.delay)
-
-    def _after_upstreams(self, job: _Job, exc: BaseException) -> None:
-        """`job`'s Ray task failed while upstreams were passed in as ObjectRefs: it ends
-        UpstreamFailed if one of them did not complete, else its own failure counts."""
-        waiting = [u for u in job.upstreams if u.task_run.state.type not in _FINAL]
-        if waiting:
-            count = [len(waiting)]
-            lock = threading.Lock()
-
-            def one_done(_: Any) -> None:
-                with lock:
-                    count[0] -= 1
-                    ready = count[0] == 0
-                if ready:
-                    self._report(job, job.outcome_ref, exc)
-
-            for upstream in waiting:
-                upstream.add_done_callback(one_done)
-            return
-        for upstream in job.upstreams:
-            state = upstream.task_run.state
-            if not state.is_completed():
-                self._end(job, upstream_failed(job.run.name, upstream.name, state))
-                return
-        job.deps = []
-        self._failed_in_ray(job, exc)
 
     def _retry(
         self,
@@ -618,8 +534,6 @@ class Driver:
         job.items = 0
         job.deadline = None
         job.stop = None
-        job.deps = []
-        job.waiting = False
         with self._lock:
             self._active.pop(run.id, None)
             self._parked[run.id] = job
@@ -633,7 +547,6 @@ class Driver:
             self._parked.pop(run.id, None)
             self._batches.jobs.pop(run.id, None)
             queued = bool(self._queue)
-        self._in_flight.pop(run.future, None)
         try:
             if not run.future.done():
                 run.finish(RemoteResult(state, unhandled=job.unhandled + unhandled))

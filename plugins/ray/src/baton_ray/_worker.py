@@ -4,8 +4,8 @@ Each remote function takes the run's head (its task by key, and the task itself
 pickled, for a worker that has not loaded it yet; its id, name and arguments with
 placeholders from `TaskRun.native_call()`) and, for a run with upstream runs, their
 final States in one argument, then a pair of arguments, ``(STORED,)`` and the ObjectRef
-of its value, for each upstream whose value is in the store or that was still in Ray
-when the run went: Ray resolves them on the worker (it
+of its value, for each upstream whose value is in the store: Ray resolves them on the
+worker (it
 resolves only top-level ObjectRefs; see `_upstream_values`). It
 runs the call with `baton.runners.run_call` and returns two objects, the value first
 and then the outcome, so that a value that cannot be pickled fails both, and the
@@ -192,8 +192,8 @@ def _load(head: Head | bytes) -> RunCall | State:
 def _upstream_values(inputs: tuple[Any, ...]) -> tuple[State, ...]:
     """One final State per upstream. `inputs` starts with one entry per upstream: its
     final State, or None for one given as a pair of arguments that follow, in order:
-    ``(STORED,)`` and its value, from the ObjectRef that Ray resolved here (an upstream
-    that did not complete, still in Ray when this run went, left `Ended` there)."""
+    ``(STORED,)`` and its value, from the ObjectRef that Ray resolved here (`Ended`
+    there holds the state of an upstream that did not complete)."""
     states = []
     pairs = 1
     for ended in inputs[0]:
