@@ -55,7 +55,7 @@ _SLOTS_EVERY = 2.0  # seconds between two looks at how many worker threads there
 class SentBatch:
     """A batch of more than one run, as sent: its Dask future and its outcomes' future."""
 
-    __slots__ = ("batch", "future", "outcomes")
+    __slots__ = ("batch", "future", "outcomes", "read")
 
     def __init__(
         self, batch: Batch[Item], future: DaskFuture[Any], outcomes: DaskFuture[Any]
@@ -63,6 +63,7 @@ class SentBatch:
         self.batch = batch
         self.future = future
         self.outcomes = outcomes
+        self.read: Any = None  # the outcomes, fetched on the client's event loop
 
 
 @final
@@ -130,6 +131,27 @@ class Batches:
 
     def __len__(self) -> int:
         return len(self.queue)
+
+    def claim(self, upstream: Future[Any]) -> Any:
+        """The Dask future of a run still waiting in the batches, which a downstream run
+        needs now: the run leaves the batches and goes alone, ahead of the downstream
+        run. None when it is not waiting here (any more)."""
+        from distributed import Future as DaskFuture
+
+        session = self.session
+        item = self.waiting.get(upstream.task_run_id)
+        if item is None or not self.queue.discard(item):
+            return None
+        self.waiting.pop(upstream.task_run_id, None)
+        run = item.run
+        client = session.client
+        item.key = f"{run.task.name}-{session.token}-{item.number}"
+        future = item.future = DaskFuture(item.key, client)
+        session.native[run.future] = future
+        with session._lock:
+            session._queue.append(item)
+        session._wake.set()
+        return future
 
     # -- the submitter thread -----------------------------------------------------------
 
@@ -232,6 +254,13 @@ class Batches:
         while state.status == "pending":
             await state.wait()
         session = self.session
+        if state.status == "finished":
+            # Fetched here, where fetches of several batches overlap.
+            try:
+                client: Any = session.client
+                sent.read = await client.gather(sent.outcomes, asynchronous=True)
+            except Exception:  # fetched again, and its error reported, by `report`
+                sent.read = None
         session._finished.append(sent)
         session._finished_wake.set()
 
@@ -254,7 +283,8 @@ class Batches:
             session._items.pop(item.number, None)
         if outcomes.status == "finished":
             try:
-                entries, seconds = outcomes.result()
+                entries, seconds = sent.read if sent.read is not None else outcomes.result()
+                sent.read = None
             except Exception as exc:
                 self.queue.done(sent.batch, ())
                 session._wake.set()

@@ -185,6 +185,10 @@ class Session:
             if final and state.type is not _COMPLETED:
                 run.set_state(upstream_failed(run.name, upstream.name, state))
                 return
+            if mine is None and not final:
+                # Waiting in the batches: it goes alone, now, so that this run can
+                # depend on its Dask future rather than wait for its end.
+                mine = self._batching.claim(upstream)
             if mine is not None:
                 inputs.append(mine)
             elif final:
