@@ -59,7 +59,7 @@ def test_an_unknown_runner_name_lists_the_installed_runners() -> None:
 # -- options -----------------------------------------------------------------------------
 
 TASK_OPTIONS = (
-    "description, name, on_completion, on_failure, retries, retry_condition_fn, "
+    "batch_size, description, name, on_completion, on_failure, retries, retry_condition_fn, "
     "retry_delay_seconds, retry_jitter_factor, tags, task_run_name, timeout_seconds"
 )
 
