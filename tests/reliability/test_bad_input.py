@@ -159,8 +159,8 @@ def test_an_option_the_runner_does_not_take_lists_the_ones_it_does(name: str) ->
         "sync": "none",
         "process": "max_workers, initializer, initargs",
         "dask": "address, cluster_class, cluster_kwargs, adapt_kwargs, client_kwargs, "
-        "performance_report_path, no_workers_timeout",
-        "ray": "address, init_kwargs, max_pending",
+        "performance_report_path, no_workers_timeout, batch_size",
+        "ray": "address, init_kwargs, max_pending, batch_size",
     }[name]
     cls = type(get_runner(name)).__name__
     assert str(info.value) == (
