@@ -239,6 +239,7 @@ class DaskTaskRunner(TaskRunner):
                 f"Task runner 'dask' could not start its cluster, {name}(**{kwargs!r}): "
                 f"{type(exc).__name__}: {exc}{_unguarded_main_hint()}"
             ) from exc
+        _no_gc_callback_here()
         if options.adapt_kwargs is not None:
             try:
                 cluster.adapt(**options.adapt_kwargs)
@@ -330,6 +331,21 @@ def _started_cluster_config() -> dict[str, Any]:
         "distributed.scheduler.allowed-failures": 0,
         "distributed.worker.preload": [*preload, "baton_dask._preload"],
     }
+
+
+def _no_gc_callback_here() -> None:
+    """A scheduler started in this process (a LocalCluster's) times every garbage
+    collection from a gc callback, which then runs in whatever thread collects, the main
+    one too: a Ctrl-C landing there is lost ("Exception ignored in ... _gc_callback"),
+    all the likelier as many small runs end at once. Its diagnosis (a log line on long
+    collections) is given up for the cluster the runner started."""
+    try:
+        from distributed import gc
+
+        disable: Any = gc.disable_gc_diagnosis
+        disable()
+    except Exception:  # another version of distributed: nothing to turn off
+        pass
 
 
 def _unguarded_main_hint() -> str:
