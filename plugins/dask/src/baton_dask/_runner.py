@@ -119,7 +119,9 @@ class DaskTaskRunner(TaskRunner):
         runner = cls.__new__(cls)
         runner._options = RunnerOptions()
         runner._client = runner._cluster = runner._report = None
-        runner._session = Session(None, "on a Dask worker")
+        # Runs submitted by a task mostly wait for one another (levels of nested maps):
+        # each goes as its own Dask task, as before batches.
+        runner._session = Session(None, "on a Dask worker", batch_size=1)
         runner._status = "started"
         return runner
 
