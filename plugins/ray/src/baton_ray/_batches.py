@@ -125,10 +125,15 @@ class Batches:
             batch.items = jobs
             if driver._closing == "now":
                 continue
+            room = driver.max_pending - len(driver._active) - self._in_ray()
             if not jobs:
                 self.queue.done(batch, ())
             elif len(jobs) == 1:
                 self._send_one(batch, jobs[0])
+            elif len(jobs) > room:
+                self.queue.done(batch, ())
+                for job in jobs:  # each waits its turn for a place in Ray
+                    self._send_one(Batch(batch.key, [job]), job)
             else:
                 self._send_batch(batch)
 
@@ -150,8 +155,15 @@ class Batches:
         job.batch = batch
         with driver._lock:
             self.jobs.pop(run.id, None)
+            if driver._queue or len(driver._active) + self._in_ray() >= driver.max_pending:
+                driver._queue.append(job)  # at most max_pending runs are in Ray
+                return
             driver._active[run.id] = job
         driver._launch(job)
+
+    def _in_ray(self) -> int:
+        with self._lock:
+            return sum(len(sent.batch.items) for sent in self._sent)
 
     def _send_batch(self, batch: Batch[_Job]) -> None:
         from baton_ray._driver import WHOLE
