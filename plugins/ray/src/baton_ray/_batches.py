@@ -130,10 +130,17 @@ class Batches:
                 self.queue.done(batch, ())
             elif len(jobs) == 1:
                 self._send_one(batch, jobs[0])
+            elif len(jobs) > room >= 2:
+                # Only `room` more runs may be in Ray (max_pending): the rest wait here.
+                batch.items = jobs[:room]
+                for job in jobs[room:]:
+                    self.put(job)
+                self._send_batch(batch)
             elif len(jobs) > room:
+                # Ray holds max_pending runs already: they wait here for room.
                 self.queue.done(batch, ())
-                for job in jobs:  # each waits its turn for a place in Ray
-                    self._send_one(Batch(batch.key, [job]), job)
+                for job in jobs:
+                    self.put(job)
             else:
                 self._send_batch(batch)
 
