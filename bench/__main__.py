@@ -6,8 +6,11 @@ Every figure of Baton is measured beside the raw engine underneath it in the sam
 process, in interleaved pairs so that drift of the machine hits both alike, and
 reported as µs per task and as the ratio Baton / raw. Scenarios:
 
-  overhead  N no-op tasks through `.map` and a `.submit` loop (µs per task)
+  overhead  N no-op tasks through `.map` and a `.submit` loop (µs per task); on Dask and
+            Ray, `.map` also beside the raw engine batched by hand (chunks of items,
+            one engine call per chunk)
   graphs    a dependency chain of tasks, and a fan-out feeding one fan-in task
+  long      on Dask and Ray: 16 tasks of 0.25 s each, on 2 workers (seconds in all)
   startup   `import baton`, an empty flow run, and a small flow run (3 tiny tasks) on
             `process` by name, on warm workers
   memory    peak RSS with 100,000 completed futures held, and while a generator of
@@ -49,11 +52,12 @@ from bench.engines import (
     RawEngine,
     available,
     make_bytes,
+    nap,
     noop,
     size,
 )
 
-SCENARIOS = ("overhead", "graphs", "startup", "memory", "locality")
+SCENARIOS = ("overhead", "graphs", "long", "startup", "memory", "locality")
 OPT_IN_SCENARIOS = ("tracing", "limits")
 MB = 2**20
 Row = dict[str, Any]
@@ -131,7 +135,53 @@ def overhead(
                 }
             )
             print(_line(rows[-1]), flush=True)
+            if mode == "map" and isinstance(raw, LocalityEngine):
+                rows.append(_chunked(engine, raw, run, n, repeats))
     return rows
+
+
+def _chunked(engine: Engine, raw: LocalityEngine, run: Any, n: int, repeats: int) -> Row:
+    """Baton's `.map` beside the raw engine batched by hand."""
+    raw_times, baton_times = _interleaved(partial(raw.chunked, n), partial(run, n), repeats)
+    raw_us = statistics.median(raw_times) / n * 1e6
+    baton_us = statistics.median(baton_times) / n * 1e6
+    row = {
+        "scenario": "map-vs-hand-batched",
+        "runner": engine.runner,
+        "raw": f"{engine.raw_name}, chunks of {raw.chunk_size} items",
+        "n": n,
+        "baton_us_per_task": round(baton_us, 2),
+        "raw_us_per_task": round(raw_us, 2),
+        "ratio": round(baton_us / raw_us, 2),
+    }
+    print(_line(row), flush=True)
+    return row
+
+
+def long_tasks(engine: Engine, raw: LocalityEngine, repeats: int) -> list[Row]:
+    """16 tasks of 0.25 s through `.map`, beside the raw engine (seconds in all): long
+    runs must still spread over every worker."""
+    count, seconds = 16, 0.25
+    task = baton.task(nap)
+
+    @baton.flow(task_runner=raw.task_runner)
+    def naps() -> None:
+        task.map([seconds] * count).result()
+
+    raw_times, baton_times = _interleaved(
+        partial(raw.naps, count, seconds), naps, max(1, min(repeats, 3))
+    )
+    row = {
+        "scenario": "long-tasks",
+        "runner": engine.runner,
+        "raw": engine.raw_name,
+        "n": count,
+        "baton_s": round(statistics.median(baton_times), 3),
+        "raw_s": round(statistics.median(raw_times), 3),
+        "ratio": round(statistics.median(baton_times) / statistics.median(raw_times), 2),
+    }
+    print(_line(row), flush=True)
+    return [row]
 
 
 def graphs(engine: Engine, raw: RawEngine, n: int, repeats: int) -> list[Row]:
@@ -813,7 +863,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     rows: list[Row] = results["rows"]
     skipped: list[Row] = results["skipped"]
-    per_runner = [s for s in scenarios if s in ("overhead", "graphs", "locality", "limits")]
+    per_runner = [s for s in scenarios if s in ("overhead", "graphs", "long", "locality", "limits")]
     for runner in runners if per_runner else []:
         engine = ENGINES[runner]
         if per_runner == ["locality"] and runner not in ("dask", "ray"):
@@ -825,6 +875,8 @@ def main(argv: list[str] | None = None) -> int:
                 rows += graphs(engine, raw, 100 if args.quick else 1_000, repeats)
             if "limits" in scenarios:
                 rows += limits(engine, raw, sizes, repeats)
+            if "long" in scenarios and isinstance(raw, LocalityEngine):
+                rows += long_tasks(engine, raw, repeats)
             if "locality" in scenarios and isinstance(raw, LocalityEngine):
                 # Above 32 MB glibc always maps a fresh block, so each repeat starts even.
                 rows += locality(engine, raw, 64 if args.quick else 200, 1 if args.quick else 3)

@@ -21,6 +21,7 @@ from baton import (
 
 RUNNERS = ["thread", "sync"]
 OPTION_NAMES = [
+    "batch_size",
     "description",
     "name",
     "on_completion",

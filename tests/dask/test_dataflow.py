@@ -131,7 +131,9 @@ def test_reading_small_results_one_by_one_takes_one_message(
 
     @flow(task_runner=runner)
     def read_each() -> list[int]:
-        futures = square.map(range(300))
+        # Runs sent alone, each its own Dask task (in batches, small results come back
+        # with the batch's outcomes, and reading them fetches nothing).
+        futures = square.with_options(batch_size=1).map(range(300))
         wait(futures)
         return [f.result() for f in futures]
 

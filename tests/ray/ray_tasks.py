@@ -224,3 +224,26 @@ def fails_with_junk_delay() -> None:
 
 
 _junk_delays.broken = True  # after the check at decoration, wherever this module loads
+
+
+@task(batch_size=5)
+def batched_exit_at(x: int, fatal: int) -> int:
+    """Return `x`, in batches of five; the run of `fatal` kills its worker process."""
+    if x == fatal:
+        os._exit(3)
+    return x
+
+
+@task(batch_size=5)
+def batched_inverse(x: int) -> float:
+    return 1 / x
+
+
+@task(batch_size=4)
+def batched_payload(kilobytes: int) -> bytes:
+    return b"\x01" * (kilobytes * 1024)
+
+
+@task
+def total_of(values: list[Any]) -> Any:
+    return sum(values)

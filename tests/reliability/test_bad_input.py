@@ -59,9 +59,9 @@ def test_an_unknown_runner_name_lists_the_installed_runners() -> None:
 # -- options -----------------------------------------------------------------------------
 
 TASK_OPTIONS = (
-    "description, name, on_completion, on_failure, priority, resources, retries, "
-    "retry_condition_fn, retry_delay_seconds, retry_jitter_factor, tags, task_run_name, "
-    "timeout_seconds"
+    "batch_size, description, name, on_completion, on_failure, priority, resources, "
+    "retries, retry_condition_fn, retry_delay_seconds, retry_jitter_factor, tags, "
+    "task_run_name, timeout_seconds"
 )
 
 
@@ -160,8 +160,8 @@ def test_an_option_the_runner_does_not_take_lists_the_ones_it_does(name: str) ->
         "sync": "resources",
         "process": "max_workers, initializer, initargs, idle_timeout, resources",
         "dask": "address, cluster_class, cluster_kwargs, adapt_kwargs, client_kwargs, "
-        "performance_report_path, no_workers_timeout",
-        "ray": "address, init_kwargs, max_pending",
+        "performance_report_path, no_workers_timeout, batch_size",
+        "ray": "address, init_kwargs, max_pending, batch_size",
     }[name]
     cls = type(get_runner(name)).__name__
     assert str(info.value) == (

@@ -38,6 +38,7 @@ class TaskOptions(BaseModel):
     retry_jitter_factor: float | None = Field(default=None, ge=0)
     retry_condition_fn: Callable[..., bool] | None = None
     timeout_seconds: float | None = None
+    batch_size: int | None = Field(default=None, ge=1)
     tags: frozenset[str] = frozenset()
     on_completion: tuple[Hook, ...] = ()
     on_failure: tuple[Hook, ...] = ()

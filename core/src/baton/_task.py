@@ -442,6 +442,7 @@ def task(
     retry_jitter_factor: float | None = None,
     retry_condition_fn: Callable[..., bool] | None = None,
     timeout_seconds: float | None = None,
+    batch_size: int | None = None,
     tags: Iterable[str] = (),
     on_completion: Iterable[Callable[..., Any]] | Callable[..., Any] = (),
     on_failure: Iterable[Callable[..., Any]] | Callable[..., Any] = (),
@@ -457,7 +458,9 @@ def task(fn: Callable[P, R] | None = None, /, **options: Any) -> Any:
     ``"train on {dataset.name}"``, or a callable), `retries`, `retry_delay_seconds`
     (seconds, a list, or a callable such as `exponential_backoff(2)`),
     `retry_jitter_factor`, `retry_condition_fn(task, task_run, state) -> bool`,
-    `timeout_seconds`, `tags`, `on_completion` and `on_failure` hooks
+    `timeout_seconds`, `batch_size` (how many runs a runner that batches small runs
+    may send together: None lets it decide from their durations, 1 sends each run
+    alone), `tags`, `on_completion` and `on_failure` hooks
     (`hook(task, task_run, state)`), `priority` (a whole number >= 0: among runs
     waiting to start, higher first; `.submit(..., priority=)` and `.map(...,
     priority=)` set it per call) and `resources` (amounts each run holds while it

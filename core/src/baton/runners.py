@@ -33,6 +33,11 @@ Limits
     `RunLimits`, through which `run_call` reaches that limiter from any worker for
     `baton.concurrency`, `baton.rate_limit` and the runs a task submits there. A
     runner that sends the call whole needs to do nothing else.
+Batches of small runs
+    `BatchQueue` packs the runs that are ready together into batches, sized by
+    `BatchSizer` from how long the task's runs take; `run_batch` runs a batch on the
+    worker, each run through `run_call`; `batch_size_of` reads a task's
+    ``batch_size`` option. See the runner-author guide for a worked outline.
 
 Attempts, crashes and hard timeouts
     `Attempts` is the one retry rule, for the engine and for every runner that
@@ -74,6 +79,7 @@ from baton._attempts import (
     timed_out,
     worker_lost,
 )
+from baton._batching import Batch, BatchQueue, BatchSizer, batch_size_of, run_batch
 from baton._deadlines import Deadlines
 from baton._engine import RunInfo
 from baton._errors import RemoteTaskError, RemoteTraceback
@@ -112,6 +118,9 @@ __all__ = [
     "AWAITING_RESOURCES",
     "FINAL_STATE_TYPES",
     "Attempts",
+    "Batch",
+    "BatchQueue",
+    "BatchSizer",
     "Capability",
     "Deadlines",
     "Limiter",
@@ -129,6 +138,7 @@ __all__ = [
     "TaskRunner",
     "Upstream",
     "WorkerLostError",
+    "batch_size_of",
     "blocking_section",
     "cloudpickle_dumps",
     "current_runner",
@@ -140,6 +150,7 @@ __all__ = [
     "lend_slot",
     "portable_state",
     "rebuild_problem",
+    "run_batch",
     "run_call",
     "run_hooks",
     "timed_out",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import pickle
+import threading
 import time
 from typing import TYPE_CHECKING, Any, final
 
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
 __all__ = [
     "Fetch",
     "Item",
+    "after",
     "cancel_reason",
     "cannot_load",
     "forget",
@@ -43,13 +45,16 @@ class Item:
     __slots__ = (
         "allowed",
         "attempt",
+        "batch",
         "call",
         "future",
+        "index",
         "inputs",
         "key",
         "number",
         "placement",
         "run",
+        "started",
         "upstreams",
     )
 
@@ -64,7 +69,7 @@ class Item:
         attempt: int,
         key: str,
         number: int,
-        future: DaskFuture[Any],
+        future: DaskFuture[Any] | None,
     ) -> None:
         self.run = run
         self.call = call
@@ -76,7 +81,12 @@ class Item:
         self.attempt = Attempts(run, attempt)
         self.key = key
         self.number = number
-        self.future = future
+        # None for a run waiting in the session's batches; once sent, the Dask future of
+        # its own task, or of the batch it went in (at `index`).
+        self.future: Any = future
+        self.batch: Any = None
+        self.index = 0
+        self.started = False
 
     def blamable(self) -> list[Future[Any]]:
         """The upstreams whose failure ends this run: not those taken through allow_failure,
@@ -127,6 +137,29 @@ class Fetch:
             value, self.value = self.value, None
             return value
         return self.session.load(self)
+
+
+def after(futures: list[Future[Any]], run: TaskRun, then: Any) -> None:
+    """Call `then()` once every one of `futures` is final; if it raises, `run` crashes
+    (nobody else would hear of the error, and the run would never end)."""
+    count = [len(futures) + 1]
+    lock = threading.Lock()
+
+    def one_done(_: Future[Any]) -> None:
+        with lock:
+            count[0] -= 1
+            ready = count[0] == 0
+        if ready:
+            try:
+                then()
+            except Exception as exc:
+                run.set_state(
+                    State.crashed(exc, f"Task run {run.name!r} could not be sent to Dask: {exc}")
+                )
+
+    for future in futures:
+        future.add_done_callback(one_done)
+    one_done(futures[0])
 
 
 def forget(unread: dict[str, weakref.ref[Fetch]], key: str, _: object) -> None:
@@ -195,7 +228,9 @@ def _no_workers(self: Session, limit: float) -> None:
             continue
     for item in items:
         run = item.run
-        if run.state.type in _FINAL or self.native.get(run.future) is not item.future:
+        native = self.native.get(run.future)
+        in_batch = type(native) is tuple and native[2] is item.future
+        if run.state.type in _FINAL or (native is not item.future and not in_batch):
             continue
         message = (
             f"Task run {run.name!r} crashed: the Dask cluster ({self.label}) has had no "

@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, NamedTuple
 
 from baton import InvalidOptionsError
-from pydantic import BaseModel, ConfigDict, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 from pydantic_core import PydanticCustomError
 
 if TYPE_CHECKING:
@@ -50,6 +50,7 @@ class RunnerOptions(BaseModel):
     client_kwargs: dict[str, Any] | None = None
     performance_report_path: str | None = None
     no_workers_timeout: float | None = 60.0
+    batch_size: int | None = Field(default=None, ge=1)
 
     @field_validator("address", mode="before")
     @classmethod

@@ -49,6 +49,11 @@ class DaskTaskRunner(TaskRunner):
       seconds (60 by default) while runs wait on it, those runs crash with a message
       that says so, rather than wait for ever; None waits for ever (an adaptive
       cluster that starts its workers from zero, slowly, may want that).
+    - `batch_size`: runs that are ready together (the runs of a ``.map``) go to Dask
+      in batches, one Dask task each, sized from how long the task's runs take (see
+      the dask runner page of the docs); None (the default) sizes them so, 1
+      sends each run as its own Dask task, n puts up to n runs in a batch. A task's
+      own ``batch_size`` option wins.
 
     A cluster the runner starts does not run a task again after its worker died
     (Dask's ``distributed.scheduler.allowed-failures`` is 0 there): the run is
@@ -97,10 +102,12 @@ class DaskTaskRunner(TaskRunner):
         client_kwargs: dict[str, Any] | None = None,
         performance_report_path: str | PathLike[str] | None = None,
         no_workers_timeout: float | None = 60.0,
+        batch_size: int | None = None,
     ) -> None:
         self._options = validate(
             {
                 "no_workers_timeout": no_workers_timeout,
+                "batch_size": batch_size,
                 "address": address,
                 "cluster_class": cluster_class,
                 "cluster_kwargs": cluster_kwargs,
@@ -122,7 +129,9 @@ class DaskTaskRunner(TaskRunner):
         runner = cls.__new__(cls)
         runner._options = RunnerOptions()
         runner._client = runner._cluster = runner._report = None
-        runner._session = Session(None, "on a Dask worker")
+        # Runs submitted by a task mostly wait for one another (levels of nested maps):
+        # each goes as its own Dask task, as before batches.
+        runner._session = Session(None, "on a Dask worker", batch_size=1)
         runner._status = "started"
         return runner
 
@@ -219,7 +228,9 @@ class DaskTaskRunner(TaskRunner):
                 ) from exc
             self._report = report
         self._client, self._cluster = client, cluster
-        self._session = Session(client, self._label(), options.no_workers_timeout)
+        self._session = Session(
+            client, self._label(), options.no_workers_timeout, options.batch_size
+        )
 
     def _start_cluster(self) -> Any:
         import dask
@@ -240,6 +251,7 @@ class DaskTaskRunner(TaskRunner):
                 f"Task runner 'dask' could not start its cluster, {name}(**{kwargs!r}): "
                 f"{type(exc).__name__}: {exc}{_unguarded_main_hint()}"
             ) from exc
+        _no_gc_callback_here()
         if options.adapt_kwargs is not None:
             try:
                 cluster.adapt(**options.adapt_kwargs)
@@ -338,6 +350,21 @@ def _started_cluster_config() -> dict[str, Any]:
         "distributed.scheduler.allowed-failures": 0,
         "distributed.worker.preload": [*preload, "baton_dask._preload"],
     }
+
+
+def _no_gc_callback_here() -> None:
+    """A scheduler started in this process (a LocalCluster's) times every garbage
+    collection from a gc callback, which then runs in whatever thread collects, the main
+    one too: a Ctrl-C landing there is lost ("Exception ignored in ... _gc_callback"),
+    all the likelier as many small runs end at once. Its diagnosis (a log line on long
+    collections) is given up for the cluster the runner started."""
+    try:
+        from distributed import gc
+
+        disable: Any = gc.disable_gc_diagnosis
+        disable()
+    except Exception:  # another version of distributed: nothing to turn off
+        pass
 
 
 def _unguarded_main_hint() -> str:

@@ -45,9 +45,11 @@ from baton.runners import (
 from distributed import Future as DaskFuture
 from distributed import KilledWorker
 
+from baton_dask._batches import Batches, SentBatch
 from baton_dask._items import (
     Fetch,
     Item,
+    after,
     cancel_reason,
     cannot_load,
     forget,
@@ -83,7 +85,11 @@ class Session:
     future of each of its runs, and the threads that move runs and outcomes."""
 
     def __init__(
-        self, client: Client | None, label: str, no_workers_timeout: float | None = None
+        self,
+        client: Client | None,
+        label: str,
+        no_workers_timeout: float | None = None,
+        batch_size: int | None = None,
     ) -> None:
         self._client = client
         self.label = label
@@ -95,9 +101,7 @@ class Session:
         self._items: dict[int, Item] = {}
         self._events: collections.deque[Any] = collections.deque()
         self._keys = itertools.count(1)
-        self.native: weakref.WeakKeyDictionary[Future[Any], DaskFuture[Any]] = (
-            weakref.WeakKeyDictionary()
-        )
+        self.native: weakref.WeakKeyDictionary[Future[Any], Any] = weakref.WeakKeyDictionary()
         self._lock = threading.Lock()
         self._queue: collections.deque[Item] = collections.deque()
         self._cancels: list[DaskFuture[Any]] = []
@@ -106,7 +110,7 @@ class Session:
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._finished: collections.deque[Item] = collections.deque()
+        self._finished: collections.deque[Item | SentBatch] = collections.deque()
         self._finished_wake = threading.Event()
         self._collector: threading.Thread | None = None
         self._watchdog: threading.Thread | None = None
@@ -114,6 +118,7 @@ class Session:
         self._inflight: dict[int, TaskRun] = {}
         self._idle = threading.Condition(threading.Lock())
         self._unread: dict[str, dict[str, weakref.ref[Fetch]]] = {}
+        self._batching = Batches(self, batch_size)
 
     @property
     def client(self) -> Client:
@@ -180,6 +185,10 @@ class Session:
             if final and state.type is not _COMPLETED:
                 run.set_state(upstream_failed(run.name, upstream.name, state))
                 return
+            if mine is None and not final:
+                # Waiting in the batches: it goes alone, now, so that this run can
+                # depend on its Dask future rather than wait for its end.
+                mine = self._batching.claim(upstream)
             if mine is not None:
                 inputs.append(mine)
             elif final:
@@ -187,36 +196,9 @@ class Session:
             else:
                 waiting.append(upstream)
         if waiting:
-            self._after(
-                waiting, run, lambda: self.prepare(run, call, upstreams, placement, attempt)
-            )
+            after(waiting, run, lambda: self.prepare(run, call, upstreams, placement, attempt))
         else:
             self.enqueue(run, call, upstreams, allowed, inputs, placement, attempt)
-
-    @staticmethod
-    def _after(futures: list[Future[Any]], run: TaskRun, then: Any) -> None:
-        """Call `then()` once every one of `futures` is final; if it raises, `run` crashes
-        (nobody else would hear of the error, and the run would never end)."""
-        count = [len(futures) + 1]
-        lock = threading.Lock()
-
-        def one_done(_: Future[Any]) -> None:
-            with lock:
-                count[0] -= 1
-                ready = count[0] == 0
-            if ready:
-                try:
-                    then()
-                except Exception as exc:
-                    run.set_state(
-                        State.crashed(
-                            exc, f"Task run {run.name!r} could not be sent to Dask: {exc}"
-                        )
-                    )
-
-        for future in futures:
-            future.add_done_callback(one_done)
-        one_done(futures[0])
 
     def enqueue(
         self,
@@ -236,9 +218,19 @@ class Session:
         key = f"{run.task.name}-{self.token}-{number}"
         client = self.client
         shut = False
+        batching = self._batching
         with self._lock:
             if self._closed:
                 shut = True
+            elif batching.wants(run, upstreams):
+                # Sent in a batch by the submitter thread: its future comes then.
+                item = Item(
+                    run, call, upstreams, allowed, inputs, placement, attempt, "", number, None
+                )
+                self._items[number] = item
+                batching.put(item)
+                if self._thread is None:
+                    self._start_threads(client)
             else:
                 future: DaskFuture[Any] = DaskFuture(key, client)
                 item = Item(
@@ -278,7 +270,13 @@ class Session:
             self._watchdog.start()
 
     def cancel(self, run: TaskRun) -> bool:
+        with self._lock:
+            if self._batching.cancel(run):
+                return True
         future = self.native.pop(run.future, None)
+        if type(future) is tuple:
+            # In a batch already sent: its task runs on; the run's result is dropped.
+            return True
         if future is None:
             return not self._closed
         with self._lock:
@@ -304,6 +302,11 @@ class Session:
                     self._send(items)
                 except BaseException:  # a done callback that raised: others still go out
                     logger.exception("Sending runs to the Dask cluster raised")
+            if len(self._batching):
+                try:
+                    self._batching.send(self.client)
+                except BaseException:
+                    logger.exception("Sending runs to the Dask cluster raised")
             if cancels:
                 try:
                     client: Any = self.client
@@ -313,21 +316,21 @@ class Session:
             del items, cancels
             if stopping:
                 with self._lock:
-                    if not self._queue and not self._cancels:
+                    if not self._queue and not self._cancels and not len(self._batching):
                         return
 
     def _linger(self) -> None:
         """While runs keep arriving (a loop of `.submit` calls), let them gather for up to a
         couple of milliseconds: each graph costs the scheduler far more than a run in it."""
-        wake, queue = self._wake, self._queue
+        wake, queue, batching = self._wake, self._queue, self._batching
         deadline = time.monotonic() + _LINGER_SECONDS
-        count = len(queue)
+        count = len(queue) + len(batching)
         while count and not self._stopping:
             wake.clear()
             left = deadline - time.monotonic()
             if left <= 0 or not wake.wait(min(left, _LINGER_GAP_SECONDS)):
                 break
-            grown = len(queue)
+            grown = len(queue) + len(batching)
             if grown == count:
                 break
             count = grown
@@ -342,6 +345,7 @@ class Session:
         for item in items:
             if item.run.state.type in _FINAL:
                 unsent.add(item.future)
+                self._batching.ended(item)
                 continue
             if unsent and any(type(i) is DaskFuture and i in unsent for i in item.inputs):
                 unsent.add(item.future)
@@ -385,6 +389,7 @@ class Session:
 
     def _unsendable(self, item: Item, exc: Exception) -> None:
         run = item.run
+        self._batching.ended(item)
         self._unsent.add(item.future)
         self.native.pop(run.future, None)
         self._items.pop(item.number, None)
@@ -457,6 +462,7 @@ class Session:
                 if kind is int:
                     item = items.get(entry)
                     if item is not None:
+                        item.started = True
                         item.run.set_running(where, at)
                     continue
                 if kind is float:
@@ -474,19 +480,26 @@ class Session:
             except BaseException:  # an observer that raised: the run goes on regardless
                 logger.exception("Reporting that a task run started on Dask raised")
 
-    def _report(self, item: Item) -> None:
+    def _report(self, item: Any) -> None:
+        if type(item) is SentBatch:
+            self._batching.report(item)
+            return
         self._items.pop(item.number, None)
+        self._batching.ended(item)
         try:
             self._done(item)
         except BaseException as exc:
-            # A done callback (or an observer) that raised, even SystemExit: the reports of
-            # other runs must go on. If the run did not end, it crashes, with that error.
+            self._report_failed(item, exc)
+
+    def _report_failed(self, item: Item, exc: BaseException) -> None:
+        # A done callback (or an observer) that raised, even SystemExit: the reports of
+        # other runs must go on. If the run did not end, it crashes, with that error.
+        logger.exception("Reporting the end of task run %r raised", item.run.name)
+        try:
+            if item.run.state.type not in _FINAL:
+                item.run.set_state(State.crashed(exc))
+        except BaseException:
             logger.exception("Reporting the end of task run %r raised", item.run.name)
-            try:
-                if item.run.state.type not in _FINAL:
-                    item.run.set_state(State.crashed(exc))
-            except BaseException:
-                logger.exception("Reporting the end of task run %r raised", item.run.name)
 
     def _done(self, item: Item) -> None:
         run = item.run
@@ -568,7 +581,7 @@ class Session:
                 return
         waiting = [u for u in blamable if u.task_run.state.type not in _FINAL]
         if waiting:
-            self._after(waiting, run, lambda: self._blamed(item, cause))
+            after(waiting, run, lambda: self._blamed(item, cause))
         elif item.upstreams and isinstance(cause, KilledWorker):
             # An upstream's worker died and the upstream ran again, under another key:
             # run this one again on the new result.

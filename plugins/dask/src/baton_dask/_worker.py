@@ -32,6 +32,7 @@ from baton.runners import (
     encode_result,
     lend_slot,
     rebuild_problem,
+    run_batch,
     run_call,
     unrebuildable_result,
 )
@@ -42,7 +43,18 @@ if TYPE_CHECKING:
 
     from baton_dask._runner import DaskTaskRunner
 
-__all__ = ["LARGE_RESULT_BYTES", "Finished", "Large", "RunEnded", "run_task"]
+__all__ = [
+    "LARGE_RESULT_BYTES",
+    "PICK",
+    "BatchValues",
+    "Finished",
+    "Large",
+    "RunEnded",
+    "batch_outcomes",
+    "pick_value",
+    "run_batch_task",
+    "run_task",
+]
 
 LARGE_RESULT_BYTES = 16 * 1024
 """Results that pickle to more than this stay on the cluster, wrapped in `Large`, until
@@ -95,11 +107,125 @@ def as_input(value: Any) -> Any:
     """An upstream's value as the engine takes it: a plain State stands for the outcome of
     an upstream the driver waited for; a State that a task returned is its result."""
     kind = type(value)
+    if kind is tuple and len(value) == 3 and type(value[2]) is BatchValues and value[0] == PICK:
+        return value[2].input(value[1])
     if kind is Large or kind is Finished:
         value = value.value
         if isinstance(value, State):
             return State.completed(value)
     return value
+
+
+PICK = "baton-pick-from-batch"
+"""Marks an input taken from a batch: ``(PICK, index, batch)``, where Dask puts the
+`BatchValues` of the batch's Dask task in place of its future."""
+
+# What the outcome of a run of a batch is: see `BatchValues`.
+_INLINE, _HELD, _FINISHED, _ENDED = 0, 1, 2, 3
+
+
+@final
+class BatchValues:
+    """The result of a batch's Dask task: stays on the cluster. `values` holds each run's
+    result (None for a run that did not complete); `outcomes`, which the driver fetches
+    (through `batch_outcomes`), says per run how it ended: ``(0, value)`` completed with a
+    small value, which travels in it; ``(1,)`` completed with a value that stays here;
+    ``(2, value, unhandled)`` completed while runs it submitted failed with nothing
+    handling them; ``(3, RunEnded)`` did not complete. `seconds` is how long each took."""
+
+    __slots__ = ("outcomes", "seconds", "values")
+
+    def __init__(self, values: list[Any], outcomes: list[Any], seconds: list[float]) -> None:
+        self.values = values
+        self.outcomes = outcomes
+        self.seconds = seconds
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (BatchValues, (self.values, self.outcomes, self.seconds))
+
+    def input(self, index: int) -> Any:
+        """Run `index`'s value as a downstream run's input (as `as_input` gives it)."""
+        outcome = self.outcomes[index]
+        if outcome[0] == _ENDED:
+            result: RemoteResult = pickle.loads(outcome[1].blob)
+            return result.state
+        value = self.values[index]
+        return State.completed(value) if isinstance(value, State) else value
+
+
+def batch_outcomes(batch: BatchValues) -> tuple[list[Any], list[float]]:
+    """The small part of a batch's result, for the driver."""
+    return batch.outcomes, batch.seconds
+
+
+def pick_value(batch: BatchValues, index: int) -> Any:
+    """One held value of a batch, for the driver that reads it."""
+    return batch.values[index]
+
+
+def run_batch_task(
+    calls: list[RunCall],
+    inputs: list[list[Any]],
+    attempts: list[int],
+    topic: str = "",
+    numbers: list[int] | None = None,
+) -> BatchValues:
+    """The Dask task of a batch of runs: each runs as it would alone (`run_batch`)."""
+    values_in = [[as_input(v) for v in each] if each else () for each in inputs]
+    reporters = [_reporter(topic, n) for n in numbers] if topic and numbers else None
+
+    def on_state(index: int, state: State) -> None:
+        assert reporters is not None
+        report = reporters[index]
+        if report is not None:
+            report(state)
+
+    with lend_slot(_SECESSION):
+        results = run_batch(
+            calls,
+            values_in,
+            attempts=attempts,
+            on_state=on_state if reporters is not None else None,
+            nested=_worker_runner(),
+        )
+    del values_in
+    values: list[Any] = []
+    outcomes: list[Any] = []
+    seconds: list[float] = []
+    for call, (result, took) in zip(calls, results, strict=True):
+        value, outcome = _batch_outcome(call, result)
+        values.append(value)
+        outcomes.append(outcome)
+        seconds.append(took)
+    return BatchValues(values, outcomes, seconds)
+
+
+def _batch_outcome(call: RunCall, result: RemoteResult) -> tuple[Any, Any]:
+    """(the value to keep, the outcome) of one run of a batch, as `run_task` decides."""
+    state = result.state
+    if state.type is StateType.COMPLETED:
+        value = state.result()
+        size = _pickled_size(value)
+        if isinstance(size, int):
+            if type(value) not in _REBUILT:
+                # As in `run_task`: a run whose result cannot be rebuilt fails.
+                problem = rebuild_problem(value)
+                if problem:
+                    failed = unrebuildable_result(call.task.name, call.name, problem)
+                    ended_result = RemoteResult(failed, None, result.unhandled, result.attempt)
+                    return None, (_ENDED, ended(call, ended_result))
+            if result.unhandled:
+                return value, (_FINISHED, value, result.portable().unhandled)
+            if size > LARGE_RESULT_BYTES or isinstance(value, State):
+                return value, (_HELD,)
+            return value, (_INLINE, value)
+        error = pickle.PicklingError(
+            f"Task run {call.name!r} (task {call.task.name!r}) returned a value that "
+            f"cannot be pickled ({size}), so it cannot travel from its Dask worker. Return "
+            "something picklable (plain data, or a path to where the value was written)."
+        )
+        result = RemoteResult(State.failed(error), None, result.unhandled, result.attempt)
+    return None, (_ENDED, ended(call, result))
 
 
 class RunEnded(Exception):

@@ -18,12 +18,9 @@ in Ray, Ray decides when it starts.
 
 from __future__ import annotations
 
-import io
-import itertools
 import logging
 import pickle
 import threading
-import uuid
 import weakref
 from collections.abc import Callable, Mapping
 from functools import partial
@@ -43,8 +40,6 @@ from baton.runners import (
     Attempts,
     RemoteResult,
     RunQueue,
-    Upstream,
-    dumps,
     upstream_failed,
 )
 from ray import exceptions as ray_errors
@@ -57,6 +52,8 @@ from baton_ray._options import (
     options_from_resources,
     options_from_tags,
 )
+from baton_ray._payloads import pack as _pack
+from baton_ray._payloads import task_payload as _task_payload
 from baton_ray._watcher import Watcher
 from baton_ray._worker import (
     FINAL,
@@ -71,7 +68,7 @@ from baton_ray._worker import (
 if TYPE_CHECKING:
     import concurrent.futures as cf
 
-    from baton import Future, Task
+    from baton import Future
     from baton.runners import TaskRun
 
 __all__ = ["Driver"]
@@ -81,68 +78,6 @@ logger = logging.getLogger("baton")
 WHOLE, ATTEMPT, TIMED = "whole", "attempt", "timed"
 _FINAL: Final = FINAL_STATE_TYPES
 _STORED_HEAD: Final = (STORED,)
-# A pickled task bigger than this goes to the object store once, instead of with each run.
-_BLOB_INLINE: Final = 32 * 1024
-_process_token = uuid.uuid4().hex[:12]
-_task_counter = itertools.count()
-_task_lock = threading.Lock()
-_task_payloads: weakref.WeakKeyDictionary[Task[..., Any], tuple[str, Any]] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def _task_payload(run: TaskRun) -> tuple[str, Any]:
-    """(key, pickled task or [its ObjectRef]) of the run's task, made once per task: a
-    worker loads a task once, and finds it by key afterwards."""
-    task = run.task
-    with _task_lock:
-        found = _task_payloads.get(task)
-    if found is not None:
-        return found
-    try:
-        blob = dumps(task)
-    except Exception as exc:
-        raise pickle.PicklingError(
-            f"Task {task.name!r} cannot be pickled to send it to Ray workers "
-            f"({type(exc).__name__}: {exc}). Its function, its options' hooks, or a global "
-            "or closure variable they use hold something unpicklable (a lock, an open file "
-            "or connection, a client): create that object inside the task."
-        ) from exc
-    payload: Any = blob if len(blob) <= _BLOB_INLINE else [ray.put(blob)]
-    found = (f"{_process_token}-{next(_task_counter)}", payload)
-    with _task_lock:
-        _task_payloads[task] = found
-    return found
-
-
-class _NotPlain(Exception):
-    pass
-
-
-class _PlainPickler(pickle.Pickler):
-    """Pickles plain data only (the builtin scalars and containers, which never reach
-    this hook, and upstream placeholders). Anything else is left to Ray's serializer,
-    which pickles classes of ``__main__`` by value and passes ObjectRefs on with
-    their ownership."""
-
-    def reducer_override(self, obj: Any) -> Any:
-        if type(obj) is Upstream:
-            return NotImplemented
-        raise _NotPlain
-
-
-def _pack(head: tuple[Any, ...]) -> Any:
-    """The run's head as pickled bytes when it is plain data: Ray passes bytes on as
-    they are, where for a tuple it builds a cloudpickle pickler per call. Else the
-    tuple itself, for Ray to serialize."""
-    buffer = io.BytesIO()
-    try:
-        _PlainPickler(buffer, pickle.HIGHEST_PROTOCOL).dump(head)
-    except Exception:
-        return head
-    return buffer.getvalue()
-
-
 _remotes: dict[tuple[str, Any], Any] = {}
 _BASES: Final = {WHOLE: run_whole, ATTEMPT: run_attempt, TIMED: run_timed_attempt}
 
@@ -259,6 +194,7 @@ class _Job:
 
     __slots__ = (
         "attempt",
+        "batch",
         "call",
         "deadline",
         "gen",
@@ -266,6 +202,7 @@ class _Job:
         "items",
         "kind",
         "outcome_ref",
+        "ray_options",
         "remote",
         "run",
         "stop",
@@ -289,21 +226,35 @@ class _Job:
         self.items = 0
         self.deadline: float | None = None
         self.stop: str | None = None  # why the driver stopped it: timeout, cancel, shutdown
+        self.batch: Any = None  # the batch it went in, or whose slot it holds
+        # ObjectRefs of upstream runs still in Ray when it went, which Ray passes in.
+        self.ray_options: Mapping[str, Any] = {}
 
     def cancel_in_ray(self) -> None:
+        if self.batch is not None and self.outcome_ref is None and self.gen is None:
+            return  # in a batch: its other runs go on, this one's outcome is dropped
         handle = self.gen if self.kind == TIMED else self.outcome_ref
-        if handle is not None:
-            try:
-                ray.cancel(handle, force=True)
-            except Exception:
-                logger.debug("ray.cancel of %r failed", self.run, exc_info=True)
+        if handle is None:
+            return
+        _cancel(handle, self.run)
+
+
+def _cancel(handle: Any, run: TaskRun) -> None:
+    try:
+        ray.cancel(handle, force=True)
+    except Exception:
+        logger.debug("ray.cancel of %r failed", run, exc_info=True)
 
 
 @final
 class Driver:
     """Sends one runner's runs to Ray and reports their states."""
 
-    def __init__(self, max_pending: int, session_ended: Callable[[], bool]) -> None:
+    def __init__(
+        self, max_pending: int, session_ended: Callable[[], bool], batch_size: int | None = None
+    ) -> None:
+        from baton_ray._batches import Batches
+
         self.max_pending = max_pending
         self.session_ended = session_ended
         """Whether the Ray session this driver's results live in has been shut down."""
@@ -312,11 +263,15 @@ class Driver:
         self._queue: RunQueue[_Job] = RunQueue()  # by priority, FIFO within one
         self._active: dict[int, _Job] = {}  # holding a place in Ray, by run id
         self._parked: dict[int, _Job] = {}  # waiting for an upstream run or a retry delay
-        self._reports: SimpleQueue[tuple[_Job, Any, Any] | None] = SimpleQueue()
+        self._reports: SimpleQueue[tuple[Any, Any, Any] | None] = SimpleQueue()
         self._reporter: threading.Thread | None = None
         self._watcher: Watcher | None = None
         self._closing: str | None = None
         self._fitting: set[Any] = set()  # Ray options known to fit the cluster
+        self._batches = Batches(self, batch_size)
+
+    def _busy(self) -> bool:
+        return bool(self._active or self._queue or self._parked or self._batches.jobs)
 
     # -- handing runs over ----------------------------------------------------------------
 
@@ -355,6 +310,7 @@ class Driver:
         key, blob = _task_payload(run)
         call, upstreams = run.native_call()
         job = _Job(run, upstreams, kind, remote)
+        job.ray_options = ray_options
         job.call = call
         head: tuple[Any, ...] = (
             key,
@@ -369,16 +325,24 @@ class Driver:
         if call.trace_context is not None:  # OpenTelemetry on
             head += (call.trace_context,)
         job.head = _pack(head)
+        batches = self._batches
         with self._lock:
             if self._closing is not None:
                 raise RunnerClosedError(
                     f"Cannot submit task run {run.name!r}: task runner 'ray' is shutting down."
                 )
-            if self._queue or len(self._active) >= self.max_pending:
+            batched = batches.wants(job)
+            if batched:
+                batches.put(job)
+            elif self._queue or len(self._active) >= self.max_pending:
                 self._queue.append(job, job.run.priority)
                 return
-            self._active[run.id] = job
-        self._launch(job, raise_errors=True)
+            else:
+                self._active[run.id] = job
+        if batched:
+            batches.pump()
+        else:
+            self._launch(job, raise_errors=True)
 
     def _launch(self, job: _Job, raise_errors: bool = False) -> None:
         """Send `job` to Ray (it holds a place in `_active`), or park it on an upstream."""
@@ -409,7 +373,7 @@ class Driver:
             # A timed attempt reports when it starts, and its clock starts then.
             if run.state.type is StateType.CANCELLED:
                 job.stop = "cancel"
-        elif not run.set_running():
+        elif not run.set_running() and run.future.done():
             # Ray does not say when a task starts without a stream per run, which
             # doubles its cost: a run reads RUNNING once Ray has it (see docs/runners/ray.md).
             job.stop = "cancel"  # cancelled meanwhile
@@ -421,24 +385,34 @@ class Driver:
             _when_done(job.outcome_ref, partial(self._report, job, job.outcome_ref))
 
     def _inputs(self, job: _Job) -> list[Any] | Future[Any]:
-        """Two arguments per upstream run (its final State, or a marker and the ObjectRef
-        of its value in the store), or the upstream run to wait for first.
+        """The upstream runs as arguments (none without upstreams), or the upstream run
+        to wait for first. The first argument holds one entry per upstream: its final
+        State, or None for one whose value is in the store, passed as two arguments
+        that follow in order: a marker and the value's ObjectRef. (Ray resolves only
+        ObjectRefs passed as arguments themselves, and costs per argument: States
+        travel together.)
 
         A run goes to Ray once its upstream runs are final: Ray then has nothing to wait
         for, so cancelling the run never meets a Ray task that waits for its arguments
-        (``ray.cancel`` of such a task can bring the driver down), and an upstream that
-        failed or is retried is known before the run goes.
+        (``ray.cancel`` of such a task fails a check in Ray's reference counting, which
+        takes the driver down), and an upstream that failed or is retried is known
+        before the run goes.
         """
-        inputs: list[Any] = []
+        if not job.upstreams:
+            return []
+        finals: list[State | None] = []
+        inputs: list[Any] = [None]
         for upstream in job.upstreams:
             state = upstream.task_run.state
             if state.type not in _FINAL:
                 return upstream
             value_ref = _stored_ref(upstream) if state.type is StateType.COMPLETED else None
             if value_ref is not None:
+                finals.append(None)
                 inputs += (_STORED_HEAD, value_ref)
             else:
-                inputs += (state, None)
+                finals.append(state)
+        inputs[0] = tuple(finals)
         return inputs
 
     def _park_on(self, job: _Job, upstream: Future[Any]) -> None:
@@ -456,6 +430,15 @@ class Driver:
             if run.future.done() or self._closing == "now":
                 self._idle.notify_all()
                 return
+            if self._batches.wants(job):
+                self._batches.put(job)
+                batched = True
+            else:
+                batched = False
+        if batched:
+            self._batches.pump()
+            return
+        with self._lock:
             if self._queue or len(self._active) >= self.max_pending:
                 self._queue.append(job, job.run.priority)
                 return
@@ -480,7 +463,7 @@ class Driver:
 
     # -- hearing back -----------------------------------------------------------------------
 
-    def _report(self, job: _Job, ref: Any, outcome: Any) -> None:
+    def _report(self, job: Any, ref: Any, outcome: Any) -> None:
         # Called by Ray's own thread: hand over, so that what a run's end sets off
         # (downstream runs, user callbacks) never runs there.
         if self._closing == "now":
@@ -501,7 +484,11 @@ class Driver:
                 return
             job, ref, outcome = item
             try:
-                if job.outcome_ref is ref:  # else from an earlier launch of a job sent again
+                if type(job) is not _Job:
+                    self._batches.report(job, ref, outcome)
+                elif job.outcome_ref is not ref:
+                    pass  # from an earlier launch of a job sent again
+                else:
                     if isinstance(outcome, BaseException):
                         self._failed_in_ray(job, outcome)
                     else:
@@ -586,6 +573,7 @@ class Driver:
             # Reported with the run's end: the flow fails naming them, whatever comes next.
             job.unhandled += result.unhandled
         run.set_state(retrying)
+        self._batches.ended(job)
         job.attempt = attempt
         job.outcome_ref = job.value_ref = job.gen = None
         job.items = 0
@@ -602,15 +590,18 @@ class Driver:
         with self._lock:
             self._active.pop(run.id, None)
             self._parked.pop(run.id, None)
+            self._batches.jobs.pop(run.id, None)
             queued = bool(self._queue)
         try:
             if not run.future.done():
                 run.finish(RemoteResult(state, unhandled=job.unhandled + unhandled))
         finally:
+            if job.batch is not None:
+                self._batches.ended(job)
             if queued:
                 self._pump()
             with self._lock:
-                if not self._active and not self._queue and not self._parked:
+                if not self._busy():
                     self._idle.notify_all()
 
     # -- stopping ---------------------------------------------------------------------------
@@ -624,11 +615,13 @@ class Driver:
                         job = queued
                         self._queue.remove(queued, run.priority)
                         break
+            if job is None and self._batches.cancel(run):
+                return True
             if job is not None:
-                if not self._active and not self._queue and not self._parked:
+                if not self._busy():
                     self._idle.notify_all()
                 return True
-            job = self._active.get(run.id)
+            job = self._active.get(run.id) or self._batches.jobs.get(run.id)
         if job is None:
             return False
         job.stop = "cancel"
@@ -647,23 +640,22 @@ class Driver:
                     found.append(gen.completed())
             elif job.outcome_ref is not None:
                 found.append(job.outcome_ref)
-        return found
+        return found + self._batches.waitables()
 
     def close(self, wait: bool) -> None:
         if wait:
             with self._idle:
                 self._closing = "wait"
-                self._idle.wait_for(
-                    lambda: not self._active and not self._queue and not self._parked
-                )
+                self._idle.wait_for(lambda: not self._busy())
         else:
             with self._lock:
                 self._closing = "now"
-                waiting = [*self._queue, *self._parked.values()]
-                running = list(self._active.values())
+                waiting = [*self._queue, *self._parked.values(), *self._batches.queued()]
+                running = list(self._active.values()) + self._batches.running()
                 self._queue.clear()
                 self._parked.clear()
                 self._active.clear()
+                self._batches.jobs.clear()
             for job in waiting:
                 job.run.set_state(
                     State.cancelled(
@@ -671,6 +663,7 @@ class Driver:
                         "before it started."
                     )
                 )
+            self._batches.stop_all()
             for job in running:
                 job.stop = "shutdown"
                 job.cancel_in_ray()

@@ -48,6 +48,11 @@ class RayTaskRunner(TaskRunner):
     others wait in the runner, so that mapping a huge input keeps the cluster's
     queues and object store, and this process, small.
 
+    `batch_size`: runs that are ready together (the runs of a ``.map``) and have no
+    `timeout_seconds` go to Ray in batches, one Ray task each, sized from how long
+    the task's runs take; None (the default) sizes them so, 1 sends each run as its
+    own Ray task, n puts up to n runs in a batch. A task's own ``batch_size`` wins.
+
     >>> from baton import flow, task
     >>> @task
     ... def square(x):
@@ -83,6 +88,7 @@ class RayTaskRunner(TaskRunner):
         init_kwargs: Mapping[str, Any] | None = None,
         *,
         max_pending: int = DEFAULT_MAX_PENDING,
+        batch_size: int | None = None,
     ) -> None:
         problems: list[str] = []
         if address is not None and (
@@ -106,6 +112,13 @@ class RayTaskRunner(TaskRunner):
                         problems.append(f"  init_kwargs: pass {key!r} as {instead}")
         if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
             problems.append(f"  max_pending: must be a whole number >= 1 (got {max_pending!r})")
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            problems.append(
+                f"  batch_size: must be None (sized from the runs' durations) or a whole "
+                f"number >= 1 (1 sends each run alone) (got {batch_size!r})"
+            )
         if problems:
             raise InvalidOptionsError(
                 "Invalid options for task runner 'ray':\n" + "\n".join(problems)
@@ -113,6 +126,7 @@ class RayTaskRunner(TaskRunner):
         self.address = address
         self.init_kwargs: dict[str, Any] = dict(init_kwargs or {})
         self.max_pending = max_pending
+        self.batch_size = batch_size
         self._driver: Driver | None = None
         self._session = False
 
@@ -153,7 +167,7 @@ class RayTaskRunner(TaskRunner):
         from baton_ray._driver import Driver
 
         self._session = _join_session(self.address, self.init_kwargs)
-        self._driver = Driver(self.max_pending, _session_watch())
+        self._driver = Driver(self.max_pending, _session_watch(), self.batch_size)
 
     def on_shutdown(self, wait: bool) -> None:
         driver, self._driver = self._driver, None

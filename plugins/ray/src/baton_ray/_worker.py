@@ -2,9 +2,11 @@
 
 Each remote function takes the run's head (its task by key, and the task itself
 pickled, for a worker that has not loaded it yet; its id, name and arguments with
-placeholders from `TaskRun.native_call()`) and two positional arguments per upstream
-run: its final State and None, or ``(STORED,)`` and the ObjectRef of its value, which
-Ray resolves to the value on the worker (it resolves only top-level ObjectRefs). It
+placeholders from `TaskRun.native_call()`) and, for a run with upstream runs, their
+final States in one argument, then a pair of arguments, ``(STORED,)`` and the ObjectRef
+of its value, for each upstream whose value is in the store: Ray resolves them on the
+worker (it
+resolves only top-level ObjectRefs; see `_upstream_values`). It
 runs the call with `baton.runners.run_call` and returns two objects, the value first
 and then the outcome, so that a value that cannot be pickled fails both, and the
 driver, which fetches only the small outcome, sees the failure.
@@ -16,7 +18,9 @@ run whose value stays in the object store, where downstream runs read it;
 ``(RETRY, result, worker)`` for an attempt to retry (`result` is the `RemoteResult`,
 made portable; `worker` names the worker that ran it, for `TaskRun.worker`).
 `unhandled` holds the runs the task submitted that failed with nothing handling them,
-which `TaskRun.finish` reports to the flow.
+which `TaskRun.finish` reports to the flow. The value returned beside it is the run's
+value (also a small one, for downstream runs given its ObjectRef), or `Ended` with the
+final state of a run that did not complete.
 
 `run_whole` makes every attempt here, hooks included: the run cannot be retried by
 the driver (no retries, no timeout), so its two ObjectRefs are final and downstream
@@ -44,6 +48,7 @@ from baton.runners import (
     RunCall,
     lend_slot,
     rebuild_problem,
+    run_batch,
     run_call,
     unrebuildable_result,
 )
@@ -61,6 +66,7 @@ __all__ = [
     "STORED",
     "Head",
     "run_attempt",
+    "run_batch_remote",
     "run_timed_attempt",
     "run_whole",
 ]
@@ -110,6 +116,47 @@ def run_timed_attempt(head: Head | bytes, attempt: int, *inputs: Any) -> Iterato
     yield outcome
 
 
+@ray.remote(max_retries=0)
+def run_batch_remote(
+    heads: list[Head | bytes],
+    attempts: list[int],
+    retries: Literal["here", "runner"],
+    counts: list[int],
+    *inputs: Any,
+) -> tuple[Any, ...]:
+    """A batch of runs, each run as it would be alone (`run_batch`). Returns one value per
+    run (kept in the store, as `_split` decides; else None), then ``(outcomes, seconds)``:
+    per run, its outcome and how long it took. `counts` says how many of `inputs` are
+    each run's (see `_upstream_values`)."""
+    calls = [_load(head) for head in heads]
+    upstreams: list[tuple[State, ...]] = []
+    start = 0
+    for count in counts:
+        end = start + count
+        upstreams.append(_upstream_values(inputs[start:end]) if count else ())
+        start = end
+    runnable = [i for i, call in enumerate(calls) if type(call) is not State]
+    waits = _nested()
+    with lend_slot(waits):
+        results = run_batch(
+            [cast(RunCall, calls[i]) for i in runnable],
+            [upstreams[i] for i in runnable],
+            attempts=[attempts[i] for i in runnable],
+            retries=retries,
+            nested=waits.runner,
+        )
+    values: list[Any] = [None] * len(calls)
+    outcomes: list[Any] = [None] * len(calls)
+    seconds: list[float] = []
+    for i, call in enumerate(calls):
+        if type(call) is State:
+            outcomes[i] = _outcome(RemoteResult(call, attempt=attempts[i]))
+    for i, (result, took) in zip(runnable, results, strict=True):
+        values[i], outcomes[i] = _split(cast(RunCall, calls[i]), result)
+        seconds.append(took)
+    return (*values, (outcomes, seconds))
+
+
 # -- loading a run --------------------------------------------------------------------------
 
 _tasks: dict[str, Task[..., Any]] = {}
@@ -157,11 +204,20 @@ def _load(head: Head | bytes) -> RunCall | State:
 
 
 def _upstream_values(inputs: tuple[Any, ...]) -> tuple[State, ...]:
-    """One final State per upstream, from its (State, None) or (STORED, value) pair."""
+    """One final State per upstream. `inputs` starts with one entry per upstream: its
+    final State, or None for one given as a pair of arguments that follow, in order:
+    ``(STORED,)`` and its value, from the ObjectRef that Ray resolved here (`Ended`
+    there holds the state of an upstream that did not complete)."""
     states = []
-    for index in range(0, len(inputs), 2):
-        head = inputs[index]
-        states.append(head if type(head) is State else State.completed(inputs[index + 1]))
+    pairs = 1
+    for ended in inputs[0]:
+        if ended is not None:
+            states.append(ended)
+            continue
+        head, value = inputs[pairs], inputs[pairs + 1]
+        pairs += 2
+        del head
+        states.append(value.state if type(value) is Ended else State.completed(value))
     return tuple(states)
 
 
@@ -191,15 +247,31 @@ def _split(call: RunCall, result: RemoteResult) -> tuple[Any, tuple[Any, ...]]:
         value = state.result()
         kind = type(value)
         if kind in _INLINE_TYPES or ((kind is str or kind is bytes) and len(value) <= _INLINE_SIZE):
-            return None, (INLINE, value, unhandled, _where())
+            return value, (INLINE, value, unhandled, _where())
         # Found here, so that the run fails rather than completing with a result that
         # nobody can read: the driver reads a stored value only when asked to.
         problem = rebuild_problem(value)
         if problem:
             failed = unrebuildable_result(call.task.name, call.name, problem)
-            return None, _outcome(RemoteResult(failed, None, result.unhandled, result.attempt))
+            result = RemoteResult(failed, None, result.unhandled, result.attempt)
+            return Ended(failed), _outcome(result)
         return value, (STORED, unhandled, _where())
-    return None, _outcome(result)
+    outcome = _outcome(result)
+    return Ended(outcome[1].state), outcome
+
+
+@final
+class Ended:
+    """In place of the value of a run that did not complete: a downstream run that Ray
+    handed the value's ObjectRef finds the run's final state in it."""
+
+    __slots__ = ("state",)
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Ended, (self.state,))
 
 
 _worker_name: str | None = None

@@ -1,0 +1,135 @@
+"""Runs that are ready together go to Dask in batches: each run of a batch keeps what it
+would have alone (its state, its result on the cluster, its failure, its crash)."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from baton import InvalidOptionsError, StateType, flow, task
+from baton_dask import DaskTaskRunner
+from dask_clusters import local_cluster
+from distributed import LocalCluster
+
+
+@pytest.fixture(scope="module")
+def batch_cluster() -> Iterator[LocalCluster]:
+    # Its own cluster: a worker is killed here (its nanny starts another).
+    with local_cluster() as cluster:
+        yield cluster
+
+
+@pytest.fixture
+def runner(batch_cluster: LocalCluster) -> Iterator[DaskTaskRunner]:
+    with DaskTaskRunner(batch_cluster.scheduler_address) as started:
+        yield started
+
+
+@task(batch_size=5)
+def exit_at(x: int, fatal: int) -> int:
+    if x == fatal:
+        # A worker tells the flow which runs started a few milliseconds after they do:
+        # this run dies later than that, as a run that dies under load does.
+        time.sleep(0.2)
+        os._exit(3)
+    return x
+
+
+@task(batch_size=5)
+def inverse(x: int) -> float:
+    return 1 / x
+
+
+@task(batch_size=4)
+def payload(kilobytes: int) -> bytes:
+    return b"\x01" * (kilobytes * 1024)
+
+
+@task
+def size(data: bytes) -> int:
+    return len(data)
+
+
+@task
+def identity(value: Any) -> Any:
+    return value
+
+
+@task
+def total_of(values: list[float]) -> float:
+    return sum(values)
+
+
+def _batch_keys(runner: DaskTaskRunner) -> list[str]:
+    def keys(dask_scheduler: Any) -> list[str]:
+        return [str(k) for k in dask_scheduler.tasks if str(k).startswith("baton-batch-")]
+
+    found: list[str] = runner.client.run_on_scheduler(keys)
+    return found
+
+
+def test_a_run_that_kills_its_worker_in_a_batch_is_the_only_one_to_crash(
+    runner: DaskTaskRunner,
+) -> None:
+    @flow(task_runner=runner)
+    def mapped() -> list[tuple[StateType, Any]]:
+        futures = exit_at.map(range(20), 7)
+        return [
+            (f.wait() and f.state.type, f.state.result(raise_on_failure=False)) for f in futures
+        ]
+
+    outcomes = mapped()
+    assert [t for t, _ in outcomes] == [
+        StateType.CRASHED if i == 7 else StateType.COMPLETED for i in range(20)
+    ]
+    assert [v for i, (_, v) in enumerate(outcomes) if i != 7] == [i for i in range(20) if i != 7]
+
+
+def test_a_failing_run_in_a_batch_fails_alone_and_downstream_runs_see_each_result(
+    runner: DaskTaskRunner,
+) -> None:
+    @flow(task_runner=runner)
+    def mapped() -> tuple[list[str], float, list[str], list[str]]:
+        futures = inverse.map([1, 2, 0, 4, 5, 8, 10, 20])
+        names = [(f.wait() and f.state.name) or "" for f in futures]
+        batches = _batch_keys(runner)
+        ok = [f for f in futures if f.state.is_completed()]
+        total = total_of.submit(ok).result()
+        after = identity.map(futures)
+        return names, total, [(f.wait() and f.state.name) or "" for f in after], batches
+
+    names, total, after, batches = mapped()
+    assert batches, "the runs went one by one, not in batches"
+    assert names == ["Completed", "Completed", "Failed"] + ["Completed"] * 5
+    assert total == pytest.approx(1 + 1 / 2 + 1 / 4 + 1 / 5 + 1 / 8 + 1 / 10 + 1 / 20)
+    assert after == ["Completed", "Completed", "UpstreamFailed"] + ["Completed"] * 5
+
+
+def test_large_results_of_a_batch_stay_on_the_cluster_and_feed_downstream_runs(
+    runner: DaskTaskRunner,
+) -> None:
+    @flow(task_runner=runner)
+    def mapped() -> tuple[list[int], list[int]]:
+        futures = payload.map([100, 200, 300, 400, 500, 600, 700, 800])
+        sizes = size.map(futures).result()
+        return sizes, [len(v) for v in futures.result()]
+
+    sizes, read = mapped()
+    assert sizes == read == [k * 1024 for k in range(100, 900, 100)]
+
+
+def test_batching_can_be_turned_off_for_the_runner(batch_cluster: LocalCluster) -> None:
+    with DaskTaskRunner(batch_cluster.scheduler_address, batch_size=1) as alone:
+
+        @flow(task_runner=alone)
+        def mapped() -> tuple[list[int], list[str]]:
+            return identity.map(range(10)).result(), _batch_keys(alone)
+
+        values, batches = mapped()
+    assert values == list(range(10))
+    assert batches == []
+    with pytest.raises(InvalidOptionsError, match="batch_size"):
+        DaskTaskRunner(batch_size=0)

@@ -1,0 +1,65 @@
+"""Runs that are ready together go to Ray in batches: each run of a batch keeps what it
+would have alone (its state, its result in the store, its failure, its crash)."""
+
+from __future__ import annotations
+
+import pytest
+import ray_tasks as rt
+from baton import InvalidOptionsError, StateType, flow
+from baton_ray import RayTaskRunner
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+
+
+def test_a_run_that_kills_its_worker_in_a_batch_is_the_only_one_to_crash() -> None:
+    @flow(task_runner=RayTaskRunner())
+    def mapped() -> list[tuple[StateType, object]]:
+        futures = rt.batched_exit_at.map(range(20), 7)
+        return [
+            (f.wait() and f.state.type, f.state.result(raise_on_failure=False)) for f in futures
+        ]
+
+    outcomes = mapped()
+    assert [t for t, _ in outcomes] == [
+        StateType.CRASHED if i == 7 else StateType.COMPLETED for i in range(20)
+    ]
+    assert [v for i, (_, v) in enumerate(outcomes) if i != 7] == [i for i in range(20) if i != 7]
+
+
+def test_a_failing_run_in_a_batch_fails_alone_and_downstream_runs_see_each_result() -> None:
+    @flow(task_runner=RayTaskRunner())
+    def mapped() -> tuple[list[str], float, list[str]]:
+        futures = rt.batched_inverse.map([1, 2, 0, 4, 5, 8, 10, 20])
+        names = [(f.wait() and f.state.name) or "" for f in futures]
+        ok = [f for f in futures if f.state.is_completed()]
+        total = rt.total_of.submit(ok).result()
+        after = rt.identity.map(futures)
+        return names, total, [(f.wait() and f.state.name) or "" for f in after]
+
+    names, total, after = mapped()
+    assert names == ["Completed", "Completed", "Failed"] + ["Completed"] * 5
+    assert total == pytest.approx(1 + 1 / 2 + 1 / 4 + 1 / 5 + 1 / 8 + 1 / 10 + 1 / 20)
+    assert after == ["Completed", "Completed", "UpstreamFailed"] + ["Completed"] * 5
+
+
+def test_large_results_of_a_batch_stay_in_the_store_and_feed_downstream_runs() -> None:
+    @flow(task_runner=RayTaskRunner())
+    def mapped() -> tuple[list[int], list[int]]:
+        futures = rt.batched_payload.map([100, 200, 300, 400, 500, 600, 700, 800])
+        sizes = rt.size.map(futures).result()
+        return sizes, [len(v) for v in futures.result()]
+
+    sizes, read = mapped()
+    assert sizes == read == [k * 1024 for k in range(100, 900, 100)]
+
+
+def test_batching_can_be_turned_off_or_fixed_for_the_runner() -> None:
+    for size in (1, 3):
+
+        @flow(task_runner=RayTaskRunner(batch_size=size))
+        def mapped() -> list[int]:
+            return rt.noop.map(range(10)).result()
+
+        assert mapped() == list(range(10))
+    with pytest.raises(InvalidOptionsError, match="batch_size"):
+        RayTaskRunner(batch_size=0)
