@@ -167,7 +167,9 @@ class BatchQueue(Generic[T]):
         self.slots = max(1, slots)
         self.sizer = sizer if sizer is not None else BatchSizer()
         self._lock = threading.Lock()
-        self._queues: OrderedDict[Hashable, deque[tuple[T, int | None]]] = OrderedDict()
+        # Per (priority, key): the runs waiting, in the order they were put.
+        self._queues: OrderedDict[tuple[int, Hashable], deque[tuple[T, int | None]]] = OrderedDict()
+        self._prioritised = False
         self._alone: deque[tuple[Hashable, T]] = deque()
         self._out = 0
         self._queued = 0
@@ -181,18 +183,29 @@ class BatchQueue(Generic[T]):
         """How many batches were taken and are not done yet."""
         return self._out
 
-    def put(self, item: T, key: Hashable, fixed: int | None = None, *, alone: bool = False) -> None:
+    def put(
+        self,
+        item: T,
+        key: Hashable,
+        fixed: int | None = None,
+        *,
+        alone: bool = False,
+        priority: int = 0,
+    ) -> None:
         """Queue `item` (a run of kind `key`); `fixed` sets its batch size (1: never
         batched); `alone` sends it in a batch of its own, ahead of the others (a run
-        sent again after its batch's worker died)."""
+        sent again after its batch's worker died). Runs of a higher `priority` are
+        taken first."""
         with self._lock:
             self._queued += 1
             if alone or fixed == 1:
                 self._alone.append((key, item))
                 return
-            queue = self._queues.get(key)
+            queue = self._queues.get((priority, key))
             if queue is None:
-                queue = self._queues[key] = deque()
+                queue = self._queues[(priority, key)] = deque()
+                if priority:
+                    self._prioritised = True
             queue.append((item, fixed))
 
     def discard(self, item: T) -> bool:
@@ -222,13 +235,19 @@ class BatchQueue(Generic[T]):
                     key, item = self._alone.popleft()
                     batch = Batch(key, [item])
                 else:
-                    key, queue = next((k, q) for k, q in self._queues.items() if q)
+                    waiting = [(k, q) for k, q in self._queues.items() if q]
+                    if self._prioritised:
+                        top = max(k[0] for k, _ in waiting)
+                        slot, queue = next((k, q) for k, q in waiting if k[0] == top)
+                    else:
+                        slot, queue = waiting[0]
+                    key = slot[1]
                     count = self.sizer.size(key, len(queue), free, queue[0][1])
                     batch = Batch(key, [queue.popleft()[0] for _ in range(count)])
                     if not queue:
-                        del self._queues[key]
+                        del self._queues[slot]
                     else:
-                        self._queues.move_to_end(key)  # other kinds get their turn
+                        self._queues.move_to_end(slot)  # other kinds get their turn
                 self._queued -= len(batch)
                 self._out += 1
                 batches.append(batch)

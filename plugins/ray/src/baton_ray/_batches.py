@@ -76,7 +76,13 @@ class Batches:
         alone = run.id in self.alone
         if alone:
             self.alone.discard(run.id)
-        self.queue.put(job, _key(job), batch_size_of(run.task, self.default), alone=alone)
+        self.queue.put(
+            job,
+            _key(job),
+            batch_size_of(run.task, self.default),
+            alone=alone,
+            priority=run.priority,
+        )
 
     def cancel(self, run: TaskRun) -> bool:
         job = self.jobs.get(run.id)
