@@ -106,7 +106,13 @@ def test_runners_json(fresh_plugins: None) -> None:
     assert result.exit_code == 0
     runners = {r["name"]: r for r in json.loads(result.stdout)}
     assert runners["sync"]["distribution"] == "baton-core"
-    assert runners["sync"]["capabilities"] == ["async", "limits", "nested", "priorities", "resources"]
+    assert runners["sync"]["capabilities"] == [
+        "async",
+        "limits",
+        "nested",
+        "priorities",
+        "resources",
+    ]
     assert runners["sync"]["error"] is None
 
 
