@@ -433,6 +433,7 @@ def test_the_limits_service_closes_each_connection_once() -> None:
     from baton._limits_service import _Service
 
     errors: list[BaseException | None] = []
+    before = threading.active_count()
     previous = threading.excepthook
     threading.excepthook = lambda args: errors.append(args.exc_value)
     try:
@@ -444,7 +445,11 @@ def test_the_limits_service_closes_each_connection_once() -> None:
                 time.sleep(0.0005)
             service.close()
             client.close()
-        time.sleep(0.2)  # the serving threads end on their own
+        # The service's threads end on their own: none is left behind.
+        deadline = time.monotonic() + 10
+        while threading.active_count() > before and time.monotonic() < deadline:
+            time.sleep(0.01)
     finally:
         threading.excepthook = previous
     assert errors == []
+    assert threading.active_count() <= before

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from multiprocessing.connection import Client, Connection, Listener
@@ -231,6 +232,12 @@ class _Service:
 
     def close(self) -> None:
         self.closed = True
+        # Closing the listener does not wake a thread blocked in accept(): a connection
+        # that says nothing does, and the accepting thread then sees `closed` and ends.
+        try:
+            socket.create_connection(self.address, timeout=1).close()
+        except OSError:
+            pass
         try:
             self.listener.close()
         except OSError:
