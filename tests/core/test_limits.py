@@ -4,6 +4,7 @@ declare limits, and limits that hold across worker processes."""
 from __future__ import annotations
 
 import threading
+import time
 from typing import Any
 
 import baton
@@ -421,3 +422,34 @@ def test_a_subflow_without_limits_of_its_own_shares_its_parents(
     mine, inherited, separate = outer()
     assert inherited is mine
     assert separate is not mine and separate.concurrency_limits == {"db": 3}
+
+
+def test_the_limits_service_closes_each_connection_once() -> None:
+    # The thread serving a worker's connection and the flow run's end both close it;
+    # closing it twice raised EBADF in that thread (and could close a reused descriptor).
+    # The race is narrow: many rounds of connect, then stop the service under it.
+    from multiprocessing.connection import Client
+
+    from baton._limits_service import _Service
+
+    errors: list[BaseException | None] = []
+    before = threading.active_count()
+    previous = threading.excepthook
+    threading.excepthook = lambda args: errors.append(args.exc_value)
+    try:
+        for _ in range(400):
+            service = _Service(LocalLimiter({"db": 1}, {}))
+            client = Client(service.address, family="AF_INET", authkey=service.authkey)
+            deadline = time.monotonic() + 5
+            while not service.connections and time.monotonic() < deadline:
+                time.sleep(0.0005)
+            service.close()
+            client.close()
+        # The service's threads end on their own: none is left behind.
+        deadline = time.monotonic() + 10
+        while threading.active_count() > before and time.monotonic() < deadline:
+            time.sleep(0.01)
+    finally:
+        threading.excepthook = previous
+    assert errors == []
+    assert threading.active_count() <= before

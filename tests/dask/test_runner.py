@@ -68,6 +68,7 @@ print(json.dumps([*listed, light, type(runner).__name__, sorted(info.capabilitie
         "async",
         "connect",
         "crash-detection",
+        "limits",
         "native-dependencies",
         "nested",
         "priorities",

@@ -20,6 +20,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import socket
 import threading
 from collections.abc import Callable, Mapping
 from multiprocessing.connection import Client, Connection, Listener
@@ -115,6 +116,7 @@ class _Service:
         address = self.listener.address
         self.address: tuple[str, int] = (str(address[0]), int(address[1]))
         self.connections: set[Connection] = set()
+        self._connections_lock = threading.Lock()
         self.closed = False
         threading.Thread(target=self._accept, name="baton-limits", daemon=True).start()
 
@@ -127,7 +129,8 @@ class _Service:
                     return
                 logger.debug("A connection to the limits service failed", exc_info=True)
                 continue
-            self.connections.add(connection)
+            with self._connections_lock:
+                self.connections.add(connection)
             threading.Thread(
                 target=self._serve, args=(connection,), name="baton-limits-client", daemon=True
             ).start()
@@ -198,8 +201,7 @@ class _Service:
             if not self.listener_closed():
                 logger.debug("The limits service dropped a connection", exc_info=True)
         finally:
-            self.connections.discard(connection)
-            connection.close()
+            self._close_once(connection)
             # The worker is gone: what it held or asked for goes back.
             with state_lock:
                 waiting = list(tickets.values())
@@ -215,17 +217,35 @@ class _Service:
     def listener_closed(self) -> bool:
         return self.closed
 
+    def _close_once(self, connection: Connection) -> None:
+        """Close `connection` unless it was closed already: by the thread serving it as
+        it ends, or by `close` as the flow run ends, whichever comes first (closing a
+        file descriptor twice could close another one that reused its number)."""
+        with self._connections_lock:
+            if connection not in self.connections:
+                return
+            self.connections.discard(connection)
+        try:
+            connection.close()
+        except OSError:
+            pass
+
     def close(self) -> None:
         self.closed = True
+        # Closing the listener does not wake a thread blocked in accept(): a connection
+        # that says nothing does, and the accepting thread then sees `closed` and ends.
+        try:
+            socket.create_connection(self.address, timeout=1).close()
+        except OSError:
+            pass
         try:
             self.listener.close()
         except OSError:
             pass
-        for connection in list(self.connections):
-            try:
-                connection.close()
-            except OSError:
-                pass
+        with self._connections_lock:
+            connections = list(self.connections)
+        for connection in connections:
+            self._close_once(connection)
 
 
 def serve(limiter: LocalLimiter) -> LimiterHandle:

@@ -58,6 +58,29 @@ Observer = Callable[["TaskRun", State], None]
 _dispatching = threading.local()
 
 
+def _one_at_a_time(
+    kind: str, scope: RunScope, run: TaskRun, step: Callable[[RunScope, TaskRun], None]
+) -> None:
+    """`step(scope, run)`, and the steps of this `kind` it leads to in this thread, one
+    after another from a queue rather than nested in one another's call stack; a step
+    that raises fails its run."""
+    queue: collections.deque[tuple[RunScope, TaskRun]] | None = getattr(_dispatching, kind, None)
+    if queue is not None:
+        queue.append((scope, run))
+        return
+    queue = collections.deque([(scope, run)])
+    setattr(_dispatching, kind, queue)
+    try:
+        while queue:
+            next_scope, next_run = queue.popleft()
+            try:
+                step(next_scope, next_run)
+            except Exception as exc:
+                next_run.future._set_final(State.failed(exc))
+    finally:
+        setattr(_dispatching, kind, None)
+
+
 class _UpstreamFailed(Exception):
     def __init__(self, future: Future[Any]) -> None:
         self.future = future
@@ -216,51 +239,24 @@ class RunScope:
 
     def dispatch_admitted(self, run: TaskRun) -> None:
         """Hand a run that got its slots to the runner (from the thread that freed them)."""
-        queue: collections.deque[tuple[RunScope, TaskRun]] | None = getattr(
-            _dispatching, "admitted", None
-        )
-        if queue is not None:
-            queue.append((self, run))
-            return
-        queue = _dispatching.admitted = collections.deque([(self, run)])
-        try:
-            while queue:
-                scope, next_run = queue.popleft()
-                if next_run.future._state.type is not StateType.PENDING:
-                    continue  # cancelled meanwhile: its end gives the slots back
-                try:
-                    if scope.runner.closed:
-                        raise RunnerClosedError(
-                            f"Task run {next_run.name!r} could not start: task runner "
-                            f"{scope.runner.name!r} of {scope.label} was shut down while the "
-                            "run waited for a concurrency slot."
-                        )
-                    scope.runner.submit(next_run)
-                except Exception as exc:
-                    next_run.future._set_final(State.failed(exc))
-        finally:
-            _dispatching.admitted = None
+        _one_at_a_time("admitted", self, run, RunScope._submit_admitted)
+
+    def _submit_admitted(self, run: TaskRun) -> None:
+        if run.future._state.type is not StateType.PENDING:
+            return  # cancelled meanwhile: its end gives the slots back
+        if self.runner.closed:
+            raise RunnerClosedError(
+                f"Task run {run.name!r} could not start: task runner "
+                f"{self.runner.name!r} of {self.label} was shut down while the "
+                "run waited for a concurrency slot."
+            )
+        self.runner.submit(run)
 
     def _dispatch_later(self, run: TaskRun) -> None:
         # Dispatching one run can end it at once (UpstreamFailed, or a runner that runs
         # it inside `submit`), which dispatches its dependents from the same call stack.
         # Queue those instead of recursing, so a long chain never exhausts the stack.
-        queue: collections.deque[tuple[RunScope, TaskRun]] | None = getattr(
-            _dispatching, "queue", None
-        )
-        if queue is not None:
-            queue.append((self, run))
-            return
-        queue = _dispatching.queue = collections.deque([(self, run)])
-        try:
-            while queue:
-                scope, next_run = queue.popleft()
-                try:
-                    scope._dispatch(next_run)
-                except Exception as exc:
-                    next_run.future._set_final(State.failed(exc))
-        finally:
-            _dispatching.queue = None
+        _one_at_a_time("queue", self, run, RunScope._dispatch)
 
     def _dispatch(self, run: TaskRun) -> None:
         """Resolve the run's inputs and hand it to the runner (or end it UpstreamFailed)."""

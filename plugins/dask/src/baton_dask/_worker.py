@@ -64,7 +64,6 @@ REPORT_SECONDS = 0.005
 """How long a worker gathers the starts of runs before it reports them in one event."""
 
 _PLAIN = frozenset({int, float, bool, type(None), complex})
-_REBUILT = _PLAIN | {str, bytes}
 
 
 @final
@@ -269,13 +268,12 @@ def run_task(
         del state
         size = _pickled_size(value)
         if isinstance(size, int):
-            if type(value) not in _REBUILT:
-                # Found here, so that the run fails rather than completing with a result
-                # nobody can read (a large one is read only later, one by one).
-                problem = rebuild_problem(value)
-                if problem:
-                    failed = unrebuildable_result(call.task.name, call.name, problem)
-                    raise ended(call, RemoteResult(failed, None, result.unhandled, result.attempt))
+            # Found here, so that the run fails rather than completing with a result
+            # nobody can read (a large one is read only later, one by one).
+            problem = rebuild_problem(value)
+            if problem:
+                failed = unrebuildable_result(call.task.name, call.name, problem)
+                raise ended(call, RemoteResult(failed, None, result.unhandled, result.attempt))
             if result.unhandled:
                 return Finished(value, result.portable().unhandled)
             # A State as a result is wrapped too, so that it cannot pass for an outcome.
