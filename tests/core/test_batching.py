@@ -136,6 +136,26 @@ def test_everything_is_taken_when_the_runner_stops() -> None:
     assert sorted(i for b in taken for i in b.items) == [0, 1, 2, 3, 4]
 
 
+def test_runs_given_back_go_first_in_their_order_and_keep_their_priority() -> None:
+    queue: BatchQueue[str] = BatchQueue(slots=3)
+    queue.sizer.observe("t", [0.00001])
+    for name in ("low1", "low2", "low3"):
+        queue.put(name, "t")
+    queue.put("high", "t", priority=9)
+    queue.put("again", "t", alone=True)
+    taken = queue.take()
+    assert [b.items for b in taken] == [["again"], ["high"], ["low1", "low2", "low3"]]
+    # Room for one more run only: the low batch keeps its first, the rest goes back.
+    queue.give_back(taken[2], keep=1)
+    assert taken[2].items == ["low1"]
+    for batch in reversed(taken[:2]):
+        queue.give_back(batch)
+    assert queue.out == 1 and len(queue) == 4
+    queue.done(taken[2], [0.00001])
+    again = queue.take()
+    assert [b.items for b in again] == [["again"], ["high"], ["low2", "low3"]]
+
+
 def test_kinds_take_turns() -> None:
     queue: BatchQueue[str] = BatchQueue(slots=3)
     for key in ("a", "b"):

@@ -122,11 +122,22 @@ class BatchSizer:
 class Batch(Generic[T]):
     """Runs that go to a worker together (`items`, of one `key`), from `BatchQueue.take`."""
 
-    __slots__ = ("items", "key", "sent")
+    __slots__ = ("alone", "fixed", "items", "key", "priority", "sent")
 
-    def __init__(self, key: Hashable, items: list[T]) -> None:
+    def __init__(
+        self,
+        key: Hashable,
+        items: list[T],
+        priority: int = 0,
+        *,
+        alone: bool = False,
+        fixed: int | None = None,
+    ) -> None:
         self.key = key
         self.items = items
+        self.priority = priority
+        self.alone = alone
+        self.fixed = fixed
         self.sent = time.monotonic()
 
     def __len__(self) -> int:
@@ -233,7 +244,7 @@ class BatchQueue(Generic[T]):
                 free = max(1, self.slots - self._out)
                 if self._alone:
                     key, item = self._alone.popleft()
-                    batch = Batch(key, [item])
+                    batch = Batch(key, [item], alone=True)
                 else:
                     waiting = [(k, q) for k, q in self._queues.items() if q]
                     if self._prioritised:
@@ -242,8 +253,10 @@ class BatchQueue(Generic[T]):
                     else:
                         slot, queue = waiting[0]
                     key = slot[1]
-                    count = self.sizer.size(key, len(queue), free, queue[0][1])
-                    batch = Batch(key, [queue.popleft()[0] for _ in range(count)])
+                    fixed = queue[0][1]
+                    count = self.sizer.size(key, len(queue), free, fixed)
+                    items = [queue.popleft()[0] for _ in range(count)]
+                    batch = Batch(key, items, slot[0], fixed=fixed)
                     if not queue:
                         del self._queues[slot]
                     else:
@@ -252,6 +265,27 @@ class BatchQueue(Generic[T]):
                 self._out += 1
                 batches.append(batch)
         return batches
+
+    def give_back(self, batch: Batch[T], keep: int = 0) -> None:
+        """Put the runs of `batch` after its first `keep`, taken but not sent (the
+        runner has no room for them now), back at the head of the queue in their
+        order. With `keep` 0 nothing of the batch goes and its slot is free again.
+        Give batches back in the reverse of the order `take()` handed them."""
+        with self._lock:
+            items, batch.items = batch.items[keep:], batch.items[:keep]
+            if not keep:
+                self._out = max(0, self._out - 1)
+            self._queued += len(items)
+            if batch.alone:
+                self._alone.extendleft((batch.key, item) for item in reversed(items))
+                return
+            slot = (batch.priority, batch.key)
+            queue = self._queues.get(slot)
+            if queue is None:
+                queue = self._queues[slot] = deque()
+                if batch.priority:
+                    self._prioritised = True
+            queue.extendleft((item, batch.fixed) for item in reversed(items))
 
     def done(self, batch: Batch[T], seconds: Sequence[float] | None = None) -> None:
         """`batch` ended: free its slot and learn from its runs' durations (seconds per

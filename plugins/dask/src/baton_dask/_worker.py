@@ -206,13 +206,12 @@ def _batch_outcome(call: RunCall, result: RemoteResult) -> tuple[Any, Any]:
         value = state.result()
         size = _pickled_size(value)
         if isinstance(size, int):
-            if type(value) not in _REBUILT:
-                # As in `run_task`: a run whose result cannot be rebuilt fails.
-                problem = rebuild_problem(value)
-                if problem:
-                    failed = unrebuildable_result(call.task.name, call.name, problem)
-                    ended_result = RemoteResult(failed, None, result.unhandled, result.attempt)
-                    return None, (_ENDED, ended(call, ended_result))
+            # As in `run_task`: a run whose result cannot be rebuilt fails.
+            problem = rebuild_problem(value)
+            if problem:
+                failed = unrebuildable_result(call.task.name, call.name, problem)
+                ended_result = RemoteResult(failed, None, result.unhandled, result.attempt)
+                return None, (_ENDED, ended(call, ended_result))
             if result.unhandled:
                 return value, (_FINISHED, value, result.portable().unhandled)
             if size > LARGE_RESULT_BYTES or isinstance(value, State):

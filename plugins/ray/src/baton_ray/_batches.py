@@ -123,32 +123,31 @@ class Batches:
             return
         self._count_slots()
         driver = self.driver
+        if driver._closing == "now":
+            return
+        back: list[Batch[_Job]] = []
         for batch in self.queue.take():
             jobs = [job for job in batch.items if not job.run.future.done()]
             for job in batch.items:
                 if job.run.future.done():
                     self.jobs.pop(job.run.id, None)
             batch.items = jobs
-            if driver._closing == "now":
-                continue
+            # At most max_pending runs are in Ray: what has no room waits here, by
+            # priority, and goes as runs end.
             room = driver.max_pending - len(driver._active) - self._in_ray()
             if not jobs:
                 self.queue.done(batch, ())
-            elif len(jobs) == 1:
-                self._send_one(batch, jobs[0])
-            elif len(jobs) > room >= 2:
-                # Only `room` more runs may be in Ray (max_pending): the rest wait here.
-                batch.items = jobs[:room]
-                for job in jobs[room:]:
-                    self.put(job)
-                self._send_batch(batch)
-            elif len(jobs) > room:
-                # Ray holds max_pending runs already: they wait here for room.
-                self.queue.done(batch, ())
-                for job in jobs:
-                    self.put(job)
+            elif room <= 0:
+                back.append(batch)
             else:
-                self._send_batch(batch)
+                if len(jobs) > room:
+                    self.queue.give_back(batch, keep=room)
+                if len(batch.items) == 1:
+                    self._send_one(batch, batch.items[0])
+                else:
+                    self._send_batch(batch)
+        for batch in reversed(back):
+            self.queue.give_back(batch)
 
     def _count_slots(self) -> None:
         now = time.monotonic()

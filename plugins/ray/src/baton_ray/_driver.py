@@ -573,7 +573,10 @@ class Driver:
             # Reported with the run's end: the flow fails naming them, whatever comes next.
             job.unhandled += result.unhandled
         run.set_state(retrying)
-        self._batches.ended(job)
+        if job.batch is not None:
+            self._batches.ended(job)
+        else:
+            self._batches.pump()  # a place in Ray is free
         job.attempt = attempt
         job.outcome_ref = job.value_ref = job.gen = None
         job.items = 0
@@ -598,6 +601,8 @@ class Driver:
         finally:
             if job.batch is not None:
                 self._batches.ended(job)
+            else:
+                self._batches.pump()  # a place in Ray is free
             if queued:
                 self._pump()
             with self._lock:
