@@ -247,3 +247,11 @@ def batched_payload(kilobytes: int) -> bytes:
 @task
 def total_of(values: list[Any]) -> Any:
     return sum(values)
+
+
+@task
+def step(value: int, fail_at: int = -1) -> int:
+    """One link of a chain: the next number, or a failure at `fail_at`."""
+    if value == fail_at:
+        raise ValueError(f"failed at {value}")
+    return value + 1

@@ -3,9 +3,11 @@ would have alone (its state, its result in the store, its failure, its crash).""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 import ray_tasks as rt
-from baton import InvalidOptionsError, StateType, flow
+from baton import InvalidOptionsError, StateType, allow_failure, flow, wait
 from baton_ray import RayTaskRunner
 
 pytestmark = pytest.mark.usefixtures("ray_local")
@@ -63,3 +65,42 @@ def test_batching_can_be_turned_off_or_fixed_for_the_runner() -> None:
         assert mapped() == list(range(10))
     with pytest.raises(InvalidOptionsError, match="batch_size"):
         RayTaskRunner(batch_size=0)
+
+
+def test_a_chain_goes_in_batches_and_each_run_ends_as_it_would_alone(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from baton_ray._batches import Batches
+
+    sent: list[int] = []
+    send = Batches._send_batch
+
+    def counted(self: Batches, batch: Any) -> None:
+        sent.append(len(batch.items))
+        send(self, batch)
+
+    monkeypatch.setattr(Batches, "_send_batch", counted)
+
+    def program() -> tuple[list[str], int, list[str]]:
+        link = rt.step.submit(0, fail_at=200)
+        chain = [link]
+        for _ in range(299):
+            link = rt.step.submit(link, fail_at=200)
+            chain.append(link)
+        wait(chain)
+        # Past the failure, a chain that lets it through.
+        after = [rt.describe.submit(allow_failure(chain[250]))]
+        return (
+            [f.state.name for f in chain],
+            chain[199].result(),
+            [f.result().split(":")[0] for f in after],
+        )
+
+    on_ray = flow(task_runner=RayTaskRunner())(program)()
+    on_thread = flow(task_runner="thread")(program)()
+    assert on_ray == on_thread
+    names, value, described = on_ray
+    assert described == ["UpstreamTaskError"]
+    assert names == ["Completed"] * 200 + ["Failed"] + ["UpstreamFailed"] * 99
+    assert value == 200
+    assert max(sent, default=0) > 1  # links went to Ray together

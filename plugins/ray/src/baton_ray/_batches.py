@@ -19,6 +19,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Hashable
+from functools import partial
 from typing import TYPE_CHECKING, Any, final
 
 import ray
@@ -37,6 +38,7 @@ __all__ = ["Batches", "SentBatch"]
 _FINAL = FINAL_STATE_TYPES
 _DEPTH = 2  # batches out at once per CPU: each worker has its next one at hand
 _SLOTS_EVERY = 5.0  # seconds between two looks at how many CPUs the cluster has
+_CHAIN_MOST = 1_000_000  # as many runs ready as a chain could be long: the sizer decides
 
 
 @final
@@ -142,12 +144,37 @@ class Batches:
             else:
                 if len(jobs) > room:
                     self.queue.give_back(batch, keep=room)
+                self._chain(batch, room)
                 if len(batch.items) == 1:
                     self._send_one(batch, batch.items[0])
                 else:
                     self._send_batch(batch)
         for batch in reversed(back):
             self.queue.give_back(batch)
+
+    def _chain(self, batch: Batch[_Job], room: int) -> None:
+        """Add to `batch` the runs of its task that wait for its last run alone, one
+        after another (a chain): they run after it in the same Ray task, given its value
+        there, instead of each going to Ray once the run before it has ended. Only runs
+        the driver does not retry (retries would be decided only after the batch), and
+        only while the task's runs are small enough to batch (the sizer's size)."""
+        from baton_ray._driver import WHOLE
+
+        last = batch.items[-1]
+        if last.kind != WHOLE or batch.alone:
+            return  # a run sent alone after a crash goes alone
+        key = batch.key
+        most = min(room, self.queue.sizer.size(key, _CHAIN_MOST, 1, batch.fixed))
+        if len(batch.items) >= most:
+            return
+        fits = partial(_fits, key, self.default)
+        while len(batch.items) < most:
+            follower = self.driver.follower(last, fits)
+            if follower is None:
+                return
+            self.jobs[follower.run.id] = follower
+            batch.items.append(follower)
+            last = follower
 
     def _count_slots(self) -> None:
         now = time.monotonic()
@@ -184,9 +211,10 @@ class Batches:
         jobs = batch.items
         inputs: list[Any] = []
         counts: list[int] = []
+        in_batch = {job.run.id: index for index, job in enumerate(jobs)}
         for job in jobs:
-            found = driver._inputs(job)
-            assert isinstance(found, list)  # every upstream was final when it was put
+            found = driver._inputs(job, in_batch)
+            assert isinstance(found, list)  # upstreams are final, or earlier in the batch
             counts.append(len(found))
             inputs += found
         first = jobs[0]
@@ -282,6 +310,11 @@ class _Reporter:
 
     def __call__(self, outcome: Any) -> None:
         self.driver._report(self.sent, self.sent.outcome_ref, outcome)
+
+
+def _fits(key: Hashable, default: int | None, job: _Job) -> bool:
+    """Whether `job` may follow a run of batch `key` in a chain."""
+    return batch_size_of(job.run.task, default) != 1 and _key(job) == key
 
 
 def _key(job: _Job) -> Hashable:

@@ -263,6 +263,8 @@ class Driver:
         self._queue: RunQueue[_Job] = RunQueue()  # by priority, FIFO within one
         self._active: dict[int, _Job] = {}  # holding a place in Ray, by run id
         self._parked: dict[int, _Job] = {}  # waiting for an upstream run or a retry delay
+        # By run id: the jobs parked on that run (their first upstream not final).
+        self._dependents: dict[int, list[_Job]] = {}
         self._reports: SimpleQueue[tuple[Any, Any, Any] | None] = SimpleQueue()
         self._reporter: threading.Thread | None = None
         self._watcher: Watcher | None = None
@@ -384,7 +386,9 @@ class Driver:
         else:
             _when_done(job.outcome_ref, partial(self._report, job, job.outcome_ref))
 
-    def _inputs(self, job: _Job) -> list[Any] | Future[Any]:
+    def _inputs(
+        self, job: _Job, in_batch: Mapping[int, int] | None = None
+    ) -> list[Any] | Future[Any]:
         """The upstream runs as arguments (none without upstreams), or the upstream run
         to wait for first. The first argument holds one entry per upstream: its final
         State, or None for one whose value is in the store, passed as two arguments
@@ -397,15 +401,22 @@ class Driver:
         (``ray.cancel`` of such a task fails a check in Ray's reference counting, which
         takes the driver down), and an upstream that failed or is retried is known
         before the run goes.
+
+        `in_batch` maps the runs of the batch `job` goes in to their index there: an
+        upstream among them, not final yet, is given as its index (a chain sent together).
         """
         if not job.upstreams:
             return []
-        finals: list[State | None] = []
+        finals: list[State | int | None] = []
         inputs: list[Any] = [None]
         for upstream in job.upstreams:
             state = upstream.task_run.state
             if state.type not in _FINAL:
-                return upstream
+                index = None if in_batch is None else in_batch.get(upstream.task_run.id)
+                if index is None:
+                    return upstream
+                finals.append(index)
+                continue
             value_ref = _stored_ref(upstream) if state.type is StateType.COMPLETED else None
             if value_ref is not None:
                 finals.append(None)
@@ -416,10 +427,39 @@ class Driver:
         return inputs
 
     def _park_on(self, job: _Job, upstream: Future[Any]) -> None:
+        upstream_id = upstream.task_run.id
         with self._lock:
             self._active.pop(job.run.id, None)
             self._parked[job.run.id] = job
-        upstream.add_done_callback(lambda _: self._unpark(job))
+            self._dependents.setdefault(upstream_id, []).append(job)
+        upstream.add_done_callback(lambda _: self._upstream_ended(upstream_id, job))
+
+    def _upstream_ended(self, upstream_id: int, job: _Job) -> None:
+        with self._lock:
+            self._dependents.pop(upstream_id, None)
+        self._unpark(job)
+
+    def follower(self, job: _Job, fits: Callable[[_Job], bool]) -> _Job | None:
+        """The one job parked on `job` that waits for nothing else and `fits`, taken out
+        of the parked ones to go in `job`'s batch after it; None if there is not exactly
+        one such job."""
+        with self._lock:
+            parked = self._dependents.get(job.run.id)
+            if parked is None or len(parked) != 1:
+                return None
+            follower = parked[0]
+            if self._parked.get(follower.run.id) is not follower or follower.run.future.done():
+                return None
+            others = [u for u in follower.upstreams if u.task_run is not job.run]
+            if (
+                len(others) == len(follower.upstreams)
+                or any(u.task_run.state.type not in _FINAL for u in others)
+                or not fits(follower)
+            ):
+                return None
+            del self._parked[follower.run.id]
+            del self._dependents[job.run.id]
+            return follower
 
     def _unpark(self, job: _Job) -> None:
         """A parked job may go on: queue it, or send it at once if there is room."""

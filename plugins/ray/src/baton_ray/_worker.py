@@ -127,33 +127,33 @@ def run_batch_remote(
     """A batch of runs, each run as it would be alone (`run_batch`). Returns one value per
     run (kept in the store, as `_split` decides; else None), then ``(outcomes, seconds)``:
     per run, its outcome and how long it took. `counts` says how many of `inputs` are
-    each run's (see `_upstream_values`)."""
+    each run's (see `_upstream_values`); an upstream given as an int is the run of this
+    batch at that index, an earlier one (a chain sent together): its value, or its final
+    state, as a Ray task of its own would have passed it on."""
     calls = [_load(head) for head in heads]
-    upstreams: list[tuple[State, ...]] = []
-    start = 0
-    for count in counts:
-        end = start + count
-        upstreams.append(_upstream_values(inputs[start:end]) if count else ())
-        start = end
-    runnable = [i for i, call in enumerate(calls) if type(call) is not State]
-    waits = _nested()
-    with lend_slot(waits):
-        results = run_batch(
-            [cast(RunCall, calls[i]) for i in runnable],
-            [upstreams[i] for i in runnable],
-            attempts=[attempts[i] for i in runnable],
-            retries=retries,
-            nested=waits.runner,
-        )
     values: list[Any] = [None] * len(calls)
     outcomes: list[Any] = [None] * len(calls)
     seconds: list[float] = []
-    for i, call in enumerate(calls):
-        if type(call) is State:
-            outcomes[i] = _outcome(RemoteResult(call, attempt=attempts[i]))
-    for i, (result, took) in zip(runnable, results, strict=True):
-        values[i], outcomes[i] = _split(cast(RunCall, calls[i]), result)
-        seconds.append(took)
+    passed: list[State] = []  # per run, what a downstream run of the batch is given
+    start = 0
+    waits = _nested()
+    with lend_slot(waits):
+        for i, (call, count) in enumerate(zip(calls, counts, strict=True)):
+            end = start + count
+            upstreams = _upstream_values(inputs[start:end], passed) if count else ()
+            start = end
+            if type(call) is State:
+                outcomes[i] = _outcome(RemoteResult(call, attempt=attempts[i]))
+                passed.append(call)
+                continue
+            run = call
+            ((result, took),) = run_batch(
+                [run], [upstreams], attempts=[attempts[i]], retries=retries, nested=waits.runner
+            )
+            value, outcomes[i] = _split(run, result)
+            values[i] = value
+            seconds.append(took)
+            passed.append(value.state if type(value) is Ended else State.completed(value))
     return (*values, (outcomes, seconds))
 
 
@@ -203,14 +203,21 @@ def _load(head: Head | bytes) -> RunCall | State:
     return RunCall(task, run_id, name, args, kwargs, wait_for, trace_context, limits)
 
 
-def _upstream_values(inputs: tuple[Any, ...]) -> tuple[State, ...]:
+def _upstream_values(
+    inputs: tuple[Any, ...], earlier: list[State] | None = None
+) -> tuple[State, ...]:
     """One final State per upstream. `inputs` starts with one entry per upstream: its
     final State, or None for one given as a pair of arguments that follow, in order:
     ``(STORED,)`` and its value, from the ObjectRef that Ray resolved here (`Ended`
-    there holds the state of an upstream that did not complete)."""
+    there holds the state of an upstream that did not complete), or the index in
+    `earlier` of an upstream that ran before it in the same batch."""
     states = []
     pairs = 1
     for ended in inputs[0]:
+        if type(ended) is int:
+            assert earlier is not None
+            states.append(earlier[ended])
+            continue
         if ended is not None:
             states.append(ended)
             continue
