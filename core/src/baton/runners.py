@@ -23,7 +23,9 @@ Priorities and resources
     and `TaskRun.resources` (the task's `resources`, such as ``{"GPU": 1.0}``) are
     what a run asks for (`RunCall.resources` on the worker): map them to the
     engine's own mechanism, or order the runs
-    you hold back with a `RunQueue` (higher priority first, FIFO within one). A run
+    you hold back with a `RunQueue` (higher priority first, FIFO within one). A
+    `ResourcePool` holds runs until the resources they ask for are free among a
+    runner's own runs, and lets them go by priority. A run
     that waits for resources reads PENDING, named `AWAITING_RESOURCES`; a request
     that can never be met should raise from `submit`. Declare
     `Capability.PRIORITIES` / `Capability.RESOURCES` for the conformance tests.
@@ -98,7 +100,7 @@ from baton._remote import (
     run_call,
 )
 from baton._resolve import Upstream
-from baton._resources import AWAITING_RESOURCES, RunQueue
+from baton._resources import AWAITING_RESOURCES, ResourcePool, RunQueue
 from baton._runner import Capability, TaskRunner
 from baton._states import upstream_failed
 from baton._taskrun import TaskRun, current_task_run
@@ -128,6 +130,7 @@ __all__ = [
     "RemoteResult",
     "RemoteTaskError",
     "RemoteTraceback",
+    "ResourcePool",
     "Retry",
     "RunCall",
     "RunInfo",

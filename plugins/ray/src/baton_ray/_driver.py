@@ -25,7 +25,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from functools import partial
 from queue import SimpleQueue
-from typing import TYPE_CHECKING, Any, Final, final
+from typing import TYPE_CHECKING, Any, Final, NoReturn, final
 
 import ray
 from baton import (
@@ -39,6 +39,7 @@ from baton.runners import (
     FINAL_STATE_TYPES,
     Attempts,
     RemoteResult,
+    ResourcePool,
     RunQueue,
     upstream_failed,
 )
@@ -271,6 +272,7 @@ class Driver:
         self._closing: str | None = None
         self._fitting: set[Any] = set()  # Ray options known to fit the cluster
         self._batches = Batches(self, batch_size)
+        self._gate: ResourcePool | None = None  # for runs with `resources`; made on first use
 
     def _busy(self) -> bool:
         return bool(self._active or self._queue or self._parked or self._batches.jobs)
@@ -327,12 +329,46 @@ class Driver:
         if call.trace_context is not None:  # OpenTelemetry on
             head += (call.trace_context,)
         job.head = _pack(head)
+        if options.resources:
+            # Held here until this runner's runs leave what it asks for free, and let go
+            # by priority: Ray itself starts runs waiting for resources in no set order.
+            self._gated(job)
+        else:
+            self._hand_over(job, raise_errors=True)
+
+    def _gated(self, job: _Job) -> None:
+        if self._closing is not None:
+            self._closed(job.run)
+        gate = self._gate
+        if gate is None:
+            with self._lock:
+                gate = self._gate
+                if gate is None:
+                    try:
+                        resources: Any = ray.cluster_resources
+                        capacities: dict[str, float] = resources()
+                    except Exception:  # the cluster cannot say: nothing is held back
+                        capacities = {}
+                    gate = self._gate = ResourcePool("ray", capacities)
+        if not gate.capacities:
+            self._hand_over(job, raise_errors=True)
+            return
+        at_submit = [True]
+        gate.offer(job.run, lambda: self._hand_over(job, raise_errors=at_submit[0]))
+        at_submit[0] = False
+
+    def _closed(self, run: TaskRun) -> NoReturn:
+        raise RunnerClosedError(
+            f"Cannot submit task run {run.name!r}: task runner 'ray' is shutting down."
+        )
+
+    def _hand_over(self, job: _Job, raise_errors: bool) -> None:
+        """Queue `job`, put it in the batches, or send it now."""
+        run = job.run
         batches = self._batches
         with self._lock:
             if self._closing is not None:
-                raise RunnerClosedError(
-                    f"Cannot submit task run {run.name!r}: task runner 'ray' is shutting down."
-                )
+                self._closed(run)
             batched = batches.wants(job)
             if batched:
                 batches.put(job)
@@ -344,7 +380,7 @@ class Driver:
         if batched:
             batches.pump()
         else:
-            self._launch(job, raise_errors=True)
+            self._launch(job, raise_errors=raise_errors)
 
     def _launch(self, job: _Job, raise_errors: bool = False) -> None:
         """Send `job` to Ray (it holds a place in `_active`), or park it on an upstream."""
@@ -693,6 +729,10 @@ class Driver:
                 self._closing = "wait"
                 self._idle.wait_for(lambda: not self._busy())
         else:
+            gate = self._gate
+            if gate is not None:
+                for future in gate.drain():
+                    future.cancel()
             with self._lock:
                 self._closing = "now"
                 waiting = [*self._queue, *self._parked.values(), *self._batches.queued()]

@@ -76,6 +76,7 @@ class RayTaskRunner(TaskRunner):
             Capability.CRASH_DETECTION,
             Capability.CONNECT,
             Capability.NATIVE_DEPENDENCIES,
+            Capability.PRIORITIES,
             Capability.RESOURCES,
             Capability.LIMITS,
         }
