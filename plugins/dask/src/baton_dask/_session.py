@@ -244,7 +244,8 @@ class Session:
         if shut:
             run.set_state(shut_down(run))
             return
-        self._wake.set()
+        if not self._wake.is_set():  # set already: the submitter thread takes it anyway
+            self._wake.set()
 
     def _start_threads(self, client: Client) -> None:
         try:
@@ -325,11 +326,13 @@ class Session:
         wake, queue, batching = self._wake, self._queue, self._batching
         deadline = time.monotonic() + _LINGER_SECONDS
         count = len(queue) + len(batching)
+        # Slept, not waited on `wake`: woken by every `.submit`, this thread would take the
+        # GIL from the submitting one once per run.
         while count and not self._stopping:
-            wake.clear()
             left = deadline - time.monotonic()
-            if left <= 0 or not wake.wait(min(left, _LINGER_GAP_SECONDS)):
+            if left <= 0:
                 break
+            time.sleep(min(left, _LINGER_GAP_SECONDS))
             grown = len(queue) + len(batching)
             if grown == count:
                 break
