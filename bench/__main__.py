@@ -158,7 +158,7 @@ def _chunked(engine: Engine, raw: LocalityEngine, run: Any, n: int, repeats: int
     return row
 
 
-def long_tasks(engine: Engine, raw: LocalityEngine, repeats: int) -> list[Row]:
+def long_tasks(engine: Engine, raw: RawEngine, repeats: int) -> list[Row]:
     """16 tasks of 0.25 s through `.map`, beside the raw engine (seconds in all): long
     runs must still spread over every worker."""
     count, seconds = 16, 0.25
@@ -875,7 +875,7 @@ def main(argv: list[str] | None = None) -> int:
                 rows += graphs(engine, raw, 100 if args.quick else 1_000, repeats)
             if "limits" in scenarios:
                 rows += limits(engine, raw, sizes, repeats)
-            if "long" in scenarios and isinstance(raw, LocalityEngine):
+            if "long" in scenarios and runner in ("process", "dask", "ray"):
                 rows += long_tasks(engine, raw, repeats)
             if "locality" in scenarios and isinstance(raw, LocalityEngine):
                 # Above 32 MB glibc always maps a fresh block, so each repeat starts even.

@@ -73,6 +73,10 @@ class RawEngine:
         """n no-op tasks, then one task over all their results."""
         raise NotImplementedError
 
+    def naps(self, n: int, seconds: float) -> None:
+        """n tasks that each sleep `seconds`, one engine call each."""
+        raise NotImplementedError
+
 
 class LocalityEngine(RawEngine):
     """A cluster engine: the result of one task can feed another without the driver."""
@@ -85,10 +89,6 @@ class LocalityEngine(RawEngine):
     def chunked(self, n: int) -> None:
         """n no-op items batched by hand: chunks of `chunk_size`, one engine call each,
         every result gathered."""
-        raise NotImplementedError
-
-    def naps(self, n: int, seconds: float) -> None:
-        """n tasks that each sleep `seconds`, one engine call each."""
         raise NotImplementedError
 
     def direct(self, nbytes: int) -> int:
@@ -135,6 +135,11 @@ class _Executor(RawEngine):
     def fan(self, n: int) -> int:
         futures = [self.pool.submit(noop, i) for i in range(n)]
         return self.pool.submit(size, [f.result() for f in futures]).result()
+
+    def naps(self, n: int, seconds: float) -> None:
+        """n tasks that each sleep `seconds`, one call each."""
+        for _ in self.pool.map(nap, [seconds] * n):
+            pass
 
 
 @contextmanager
