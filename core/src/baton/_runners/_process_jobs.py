@@ -202,12 +202,14 @@ def pickle_arguments(run: TaskRun) -> tuple[bytes, BufferRef | None]:
     large data is (see _process_shm): removed when the run ends."""
     args, kwargs = run.args, run.kwargs
     limited = run.scope.limiter is not None
-    if not kwargs and not limited:
+    if not kwargs:
         for value in args:
             if type(value) not in _PLAIN or (type(value) is bytes and len(value) >= LARGE_BYTES):
                 break
         else:
-            return pickle.dumps((args, kwargs), pickle.HIGHEST_PROTOCOL), None
+            # A `RunLimits` pickles as bytes made once (see `RunLimits.__reduce__`).
+            sent = (args, kwargs, run.run_limits()) if limited else (args, kwargs)
+            return pickle.dumps(sent, pickle.HIGHEST_PROTOCOL), None
     buffers: list[Any] = []
     try:
         sent = (args, kwargs, run.run_limits()) if limited else (args, kwargs)
