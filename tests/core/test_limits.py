@@ -477,6 +477,8 @@ def test_workers_connect_to_the_limits_service_only_when_they_use_it() -> None:
 def test_the_limits_that_travel_with_runs_are_pickled_once_and_unpickled_once() -> None:
     import pickle
 
+    from baton.runners import RunLimits
+
     limiter = LocalLimiter({"db": 2}, {})
     try:
         limits = limiter.run_limits(frozenset({"db"}))
@@ -488,5 +490,8 @@ def test_the_limits_that_travel_with_runs_are_pickled_once_and_unpickled_once() 
         assert loaded.held == frozenset({"db"})
         assert loaded.handle.address == limiter.handle().address
         assert loaded.limiter() is limiter  # in the flow's own process: the limiter itself
+        # What runners send beside each run's arguments: the same bytes, the same object.
+        assert limits.to_bytes() is limits.to_bytes()
+        assert RunLimits.from_bytes(limits.to_bytes()) is loaded
     finally:
         limiter.close()

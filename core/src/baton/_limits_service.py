@@ -97,12 +97,22 @@ class RunLimits:
         self._packed: bytes | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
-        # The same few RunLimits travel with every run of a flow run: pickled once, as
-        # bytes, and unpickled once per process (see `_unpack`).
+        return (_unpack, (self.to_bytes(),))
+
+    def to_bytes(self) -> bytes:
+        """This, pickled: made once, and the same for every run that carries it (a
+        runner that sends many runs can send these bytes beside each run's arguments;
+        `from_bytes` turns them back into a `RunLimits` wherever the run executes)."""
         packed = self._packed
         if packed is None:
             packed = self._packed = pickle.dumps((self.handle, self.held), pickle.HIGHEST_PROTOCOL)
-        return (_unpack, (packed,))
+        return packed
+
+    @staticmethod
+    def from_bytes(data: bytes) -> RunLimits:
+        """The `RunLimits` that `to_bytes` gave: one object per distinct value in each
+        process, unpickled the first time only."""
+        return _unpack(data)
 
     def limiter(self) -> Limiter:
         """The flow's limiter: itself in the flow's process, a client of it elsewhere."""

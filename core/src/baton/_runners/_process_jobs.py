@@ -198,21 +198,24 @@ def reap(worker: WorkerProcess, patient: bool) -> str:
 
 def pickle_arguments(run: TaskRun) -> tuple[bytes, BufferRef | None]:
     """The run's arguments for the worker pickled, ``(args, kwargs)``, or ``(args,
-    kwargs, limits)`` in a flow run with limits (see `RunCall.limits`); and where their
-    large data is (see _process_shm): removed when the run ends."""
+    kwargs, limits)`` in a flow run with limits (`RunCall.limits` as
+    `RunLimits.to_bytes`, or None); and where their large data is (see
+    _process_shm): removed when the run ends."""
     args, kwargs = run.args, run.kwargs
-    limited = run.scope.limiter is not None
+    sent: tuple[Any, ...] = (args, kwargs)
+    if run.scope.limiter is not None:
+        limits = run.run_limits()
+        # Bytes made once per flow run (`RunLimits.to_bytes`): the worker unpickles them
+        # once, and the run's own pickle stays plain.
+        sent = (args, kwargs, None if limits is None else limits.to_bytes())
     if not kwargs:
         for value in args:
             if type(value) not in _PLAIN or (type(value) is bytes and len(value) >= LARGE_BYTES):
                 break
         else:
-            # A `RunLimits` pickles as bytes made once (see `RunLimits.__reduce__`).
-            sent = (args, kwargs, run.run_limits()) if limited else (args, kwargs)
             return pickle.dumps(sent, pickle.HIGHEST_PROTOCOL), None
     buffers: list[Any] = []
     try:
-        sent = (args, kwargs, run.run_limits()) if limited else (args, kwargs)
         payload = cloudpickle_dumps(sent, buffers)
     except Exception as exc:
         raise _argument_error(run, exc) from exc
