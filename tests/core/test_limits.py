@@ -495,3 +495,34 @@ def test_the_limits_that_travel_with_runs_are_pickled_once_and_unpickled_once() 
         assert RunLimits.from_bytes(limits.to_bytes()) is loaded
     finally:
         limiter.close()
+
+
+def test_a_worker_that_cannot_reach_the_flows_process_fails_only_runs_that_use_limits() -> None:
+    # As on a worker of another machine: 127.0.0.1 there is not the flow's process.
+    import socket
+
+    from baton._limits_service import LimiterHandle
+    from baton.runners import RunCall, RunLimits, run_call
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        address = unused.getsockname()
+    handle = LimiterHandle(address, b"k" * 32, {"db": 2}, {})
+    limits = RunLimits(handle, frozenset({"db"}))
+
+    @task(tags={"db"})
+    def tagged(x: int) -> int:
+        return x + 1
+
+    @task
+    def guarded() -> str:
+        with baton.concurrency("db", occupy=2):
+            return "entered"
+
+    done = run_call(RunCall(tagged, 1, "tagged-1", (1,), {}, limits=limits))
+    assert done.state.is_completed() and done.state.result() == 2
+    failed = run_call(RunCall(guarded, 2, "guarded-2", (), {}, limits=limits)).state
+    assert failed.is_failed()
+    error = failed.result(raise_on_failure=False)
+    assert isinstance(error, ConnectionError)
+    assert "could not be reached" in str(error)
