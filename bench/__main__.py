@@ -202,8 +202,9 @@ def limits(engine: Engine, raw: RawEngine, sizes: list[int], repeats: int) -> li
         # a pair pays for the first one's pool still winding down. Wall time, and the CPU
         # time of the flow's process (all its threads; not the process runner's workers):
         # on a shared machine the second is the steadier measure of what limits cost.
+        # Three times the pairs of other scenarios: the difference sought is a few %.
         times: dict[str, list[tuple[float, float]]] = {"plain": [], "limited": []}
-        for turn in range(max(repeats, 2)):
+        for turn in range(max(3 * repeats, 2)):
             order = ("plain", "limited") if turn % 2 == 0 else ("limited", "plain")
             for side in order:
                 call = plain if side == "plain" else limited

@@ -136,12 +136,17 @@ class RunScope:
         self.run_limits_of: Callable[[frozenset[str]], RunLimits] | None = None
         """What a run submitted here that holds some limits carries to its worker (see
         `TaskRun.run_limits`), if the limiter can say."""
+        self.packed_limits: dict[frozenset[str], bytes | None] = {}
+        """`RunLimits.to_bytes()` of those, by the limits held, for runners that send
+        them with each run (filled by them)."""
 
     def set_limiter(self, limiter: Limiter | None) -> None:
         """Give the runs submitted here the concurrency and rate limits of `limiter`."""
         self.limiter = limiter
         self._plans = getattr(limiter, "plans", None)
         self.run_limits_of = getattr(limiter, "run_limits", None)
+        if self.packed_limits:
+            self.packed_limits = {}
 
     # -- context ------------------------------------------------------------------
 

@@ -36,6 +36,8 @@ __all__ = [
 
 STOP_GRACE = 10.0  # seconds a worker gets to exit after STOP before it is killed
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+_NOTHING: frozenset[str] = frozenset()
+_UNKNOWN: Any = object()
 
 
 class Session:
@@ -203,11 +205,16 @@ def pickle_arguments(run: TaskRun) -> tuple[bytes, BufferRef | None]:
     _process_shm): removed when the run ends."""
     args, kwargs = run.args, run.kwargs
     sent: tuple[Any, ...] = (args, kwargs)
-    if run.scope.limiter is not None:
-        limits = run.run_limits()
+    scope = run.scope
+    if scope.limiter is not None:
         # Bytes made once per flow run (`RunLimits.to_bytes`): the worker unpickles them
         # once, and the run's own pickle stays plain.
-        sent = (args, kwargs, None if limits is None else limits.to_bytes())
+        held = run.limits.held if run.limits is not None else _NOTHING
+        packed = scope.packed_limits.get(held, _UNKNOWN)
+        if packed is _UNKNOWN:
+            limits = run.run_limits()
+            packed = scope.packed_limits[held] = None if limits is None else limits.to_bytes()
+        sent = (args, kwargs, packed)
     if not kwargs:
         for value in args:
             if type(value) not in _PLAIN or (type(value) is bytes and len(value) >= LARGE_BYTES):
