@@ -89,6 +89,7 @@ def test_the_limits_scenario_compares_a_limited_flow_with_a_plain_one(tmp_path: 
     [row] = results(tmp_path, done)["rows"]
     assert (row["scenario"], row["runner"], row["n"]) == ("limits-map", "thread", 200)
     assert row["limited_us_per_task"] > 0 and row["no_limits_us_per_task"] > 0
+    assert row["limited_cpu_us_per_task"] > 0 and row["no_limits_cpu_us_per_task"] > 0
 
 
 @pytest.mark.parametrize(

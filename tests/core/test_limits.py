@@ -453,3 +453,76 @@ def test_the_limits_service_closes_each_connection_once() -> None:
         threading.excepthook = previous
     assert errors == []
     assert threading.active_count() <= before
+
+
+def test_workers_connect_to_the_limits_service_only_when_they_use_it() -> None:
+    # Tagged runs take their slots in the flow's process: a worker needs the service
+    # only for what its runs do there (a `concurrency` block, a rate limit, a subtask).
+    from baton._limits import current_limiter
+    from baton._limits_service import _served
+    from baton._runners.process import ProcessRunner
+
+    @flow(concurrency_limits={"db": 2}, task_runner=ProcessRunner(max_workers=2))
+    def connections() -> tuple[int, int]:
+        limiter: Any = current_limiter()
+        busy_interval.with_options(tags={"db"}).map(range(4), 0.0).result()
+        service = _served[limiter.handle().address]
+        before = len(service.connections)
+        concurrency_block.submit("db", 0, 0.0).result()
+        return before, len(service.connections)
+
+    assert connections() == (0, 1)
+
+
+def test_the_limits_that_travel_with_runs_are_pickled_once_and_unpickled_once() -> None:
+    import pickle
+
+    from baton.runners import RunLimits
+
+    limiter = LocalLimiter({"db": 2}, {})
+    try:
+        limits = limiter.run_limits(frozenset({"db"}))
+        first, second = pickle.dumps(limits), pickle.dumps(limits)
+        assert first == second
+        assert len(first) < 300  # the runs' own pickles carry it: it stays small
+        loaded = pickle.loads(first)
+        assert pickle.loads(second) is loaded
+        assert loaded.held == frozenset({"db"})
+        assert loaded.handle.address == limiter.handle().address
+        assert loaded.limiter() is limiter  # in the flow's own process: the limiter itself
+        # What runners send beside each run's arguments: the same bytes, the same object.
+        assert limits.to_bytes() is limits.to_bytes()
+        assert RunLimits.from_bytes(limits.to_bytes()) is loaded
+    finally:
+        limiter.close()
+
+
+def test_a_worker_that_cannot_reach_the_flows_process_fails_only_runs_that_use_limits() -> None:
+    # As on a worker of another machine: 127.0.0.1 there is not the flow's process.
+    import socket
+
+    from baton._limits_service import LimiterHandle
+    from baton.runners import RunCall, RunLimits, run_call
+
+    with socket.socket() as unused:
+        unused.bind(("127.0.0.1", 0))
+        address = unused.getsockname()
+    handle = LimiterHandle(address, b"k" * 32, {"db": 2}, {})
+    limits = RunLimits(handle, frozenset({"db"}))
+
+    @task(tags={"db"})
+    def tagged(x: int) -> int:
+        return x + 1
+
+    @task
+    def guarded() -> str:
+        with baton.concurrency("db", occupy=2):
+            return "entered"
+
+    done = run_call(RunCall(tagged, 1, "tagged-1", (1,), {}, limits=limits))
+    assert done.state.is_completed() and done.state.result() == 2
+    failed = run_call(RunCall(guarded, 2, "guarded-2", (), {}, limits=limits)).state
+    assert failed.is_failed()
+    error = failed.result(raise_on_failure=False)
+    assert isinstance(error, ConnectionError)
+    assert "could not be reached" in str(error)

@@ -23,8 +23,6 @@ __all__ = [
     "acquire_later",
     "admission_for",
     "held_limits",
-    "holding",
-    "let_go",
 ]
 
 AWAITING_SLOT = "AwaitingConcurrencySlot"
@@ -233,14 +231,6 @@ def acquire_later(plan: Plan, run: Any, queued: Callable[[], None]) -> bool:
         if admission.status == _WAITING:
             queued()
     return False
-
-
-def holding(held: frozenset[str]) -> contextvars.Token[frozenset[str]]:
-    return _held.set(held)
-
-
-def let_go(token: contextvars.Token[frozenset[str]]) -> None:
-    _held.reset(token)
 
 
 # -- in task code ---------------------------------------------------------------------

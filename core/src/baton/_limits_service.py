@@ -5,7 +5,8 @@ port the system picks, with a random authentication key; it starts only when a r
 of a flow with limits is first packed to travel (`TaskRun.call`), so flows that run
 in one process never open it. A `LimiterHandle` (its address and key) travels in
 each `RunCall`; on a worker, `LimiterHandle.limiter()` gives a `LimiterClient`, one
-connection per worker process, which speaks the `Limiter` protocol over it.
+connection per worker process, made when a run there first takes a slot or books a
+call, which speaks the `Limiter` protocol over it.
 
 Messages are pickled tuples. Client to service: ``("acquire", id, slots)``,
 answered ``("acquired", id)`` or ``("queued", id)``, then ``("granted", id)`` once
@@ -20,6 +21,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import pickle
 import socket
 import threading
 from collections.abc import Callable, Mapping
@@ -87,21 +89,51 @@ class RunLimits:
     """The limits part of a `RunCall`: how a worker reaches the flow's limiter, and the
     limits whose slot the run holds (which the runs it submits share)."""
 
-    __slots__ = ("handle", "held")
+    __slots__ = ("_packed", "handle", "held")
 
     def __init__(self, handle: LimiterHandle, held: frozenset[str]) -> None:
         self.handle = handle
         self.held = held
+        self._packed: bytes | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (RunLimits, (self.handle, self.held))
+        return (_unpack, (self.to_bytes(),))
+
+    def to_bytes(self) -> bytes:
+        """This, pickled: made once, and the same for every run that carries it (a
+        runner that sends many runs can send these bytes beside each run's arguments;
+        `from_bytes` turns them back into a `RunLimits` wherever the run executes)."""
+        packed = self._packed
+        if packed is None:
+            packed = self._packed = pickle.dumps((self.handle, self.held), pickle.HIGHEST_PROTOCOL)
+        return packed
+
+    @staticmethod
+    def from_bytes(data: bytes) -> RunLimits:
+        """The `RunLimits` that `to_bytes` gave: one object per distinct value in each
+        process, unpickled the first time only."""
+        return _unpack(data)
 
     def limiter(self) -> Limiter:
         """The flow's limiter: itself in the flow's process, a client of it elsewhere."""
         return self.handle.limiter()
 
 
-# -- admission of task runs -----------------------------------------------------------
+# The RunLimits unpickled in this process, by their pickle: one object for the runs that
+# share one, each unpickled once.
+_unpacked: dict[bytes, RunLimits] = {}
+
+
+def _unpack(packed: bytes) -> RunLimits:
+    limits = _unpacked.get(packed)
+    if limits is None:
+        handle, held = pickle.loads(packed)
+        limits = RunLimits(handle, held)
+        limits._packed = packed
+        if len(_unpacked) >= 1024:
+            _unpacked.clear()  # the limits of flow runs long ended
+        _unpacked[packed] = limits
+    return limits
 
 
 # -- the service (in the flow's process) ------------------------------------------------
@@ -280,25 +312,52 @@ class LimiterClient:
         self.plans: Plans = {}
         self.concurrency_limits = handle.concurrency_limits
         self.rate_limits = handle.rate_limits
-        self._connection = Client(handle.address, family="AF_INET", authkey=handle.authkey)
+        # Connected when first needed: runs that take no slot and book no call on the
+        # worker (most of them) cost the flow's process no connection and no thread.
+        self._connection: Connection | None = None
         self._send_lock = threading.Lock()
         self._lock = threading.Lock()
         self._ids = itertools.count(1)
         self._replies: dict[int, tuple[threading.Event, list[Any]]] = {}
         self._granted: dict[int, Callable[[], None]] = {}
         self.closed = False
-        threading.Thread(target=self._read, name="baton-limits-reader", daemon=True).start()
+
+    def _connect(self) -> Connection:
+        """Under `_send_lock`: the connection to the flow's process, made on first use."""
+        connection = self._connection
+        if connection is None:
+            handle = self.handle
+            try:
+                connection = Client(handle.address, family="AF_INET", authkey=handle.authkey)
+            except OSError as exc:
+                self.closed = True
+                raise ConnectionError(
+                    f"The flow's process, which keeps the flow run's limits, could not be "
+                    f"reached at {handle.address[0]}:{handle.address[1]} ({exc}): the flow "
+                    "run ended, or this worker cannot connect to the flow's machine."
+                ) from exc
+            self._connection = connection
+            threading.Thread(
+                target=self._read, args=(connection,), name="baton-limits-reader", daemon=True
+            ).start()
+        return connection
 
     def _send(self, message: tuple[Any, ...]) -> None:
         with self._send_lock:
-            self._connection.send(message)
+            self._connect().send(message)
 
     def _ask(self, message: tuple[Any, ...], request: int) -> Any:
         event = threading.Event()
         box: list[Any] = []
         with self._lock:
             self._replies[request] = (event, box)
-        self._send(message)
+        try:
+            self._send(message)
+        except BaseException:
+            with self._lock:
+                self._replies.pop(request, None)
+                self._granted.pop(request, None)
+            raise
         event.wait()
         if not box:
             raise ConnectionError(
@@ -307,10 +366,10 @@ class LimiterClient:
             )
         return box[0]
 
-    def _read(self) -> None:
+    def _read(self, connection: Connection) -> None:
         try:
             while True:
-                message = self._connection.recv()
+                message = connection.recv()
                 kind, request = message[0], message[1]
                 if kind == "granted":
                     with self._lock:

@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, final
 
+from baton._admission import _held
 from baton._attempts import Attempts, Retry, failure_state
 from baton._engine import run_async, run_sync
 from baton._states import LazyResult, State, StateType
@@ -283,12 +284,10 @@ def run_call(
     limits = call.limits
     held = None
     if limits is not None:
-        from baton._admission import holding
-
         scope.set_limiter(limits.limiter())
         scope.limits_block = True
         if limits.held:
-            held = holding(limits.held)
+            held = _held.set(limits.held)
     try:
         if on_state is not None:
             on_state(State.running())
@@ -322,9 +321,7 @@ def run_call(
         del args, kwargs
     finally:
         if held is not None:
-            from baton._admission import let_go
-
-            let_go(held)
+            _held.reset(held)
         scope.exit(token)
     retry = None
     if retries == "runner":

@@ -17,7 +17,6 @@ import threading
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from baton import _admission
 from baton._admission import (
     _DIRECT,
     _NEW,
@@ -28,6 +27,7 @@ from baton._admission import (
     admission_for,
 )
 from baton._attempts import FINAL_STATE_TYPES
+from baton._context import current_task_run_var as _current_run
 from baton._errors import RunnerClosedError
 from baton._futures import Future, wait
 from baton._resolve import resolve
@@ -35,6 +35,7 @@ from baton._states import LazyResult, State, StateType, upstream_failed
 
 if TYPE_CHECKING:
     from baton._admission import Admission, Limiter, Plan, Plans
+    from baton._limits_service import RunLimits
     from baton._map import LazyMap
     from baton._otel import Trace
     from baton._remote import NestedFailure
@@ -132,11 +133,20 @@ class RunScope:
         # submitted, in the submitting task's thread (see `_limits.acquire_blocking`).
         self.limits_block = False
         self._plans: Plans | None = None
+        self.run_limits_of: Callable[[frozenset[str]], RunLimits] | None = None
+        """What a run submitted here that holds some limits carries to its worker (see
+        `TaskRun.run_limits`), if the limiter can say."""
+        self.packed_limits: dict[frozenset[str], bytes | None] = {}
+        """`RunLimits.to_bytes()` of those, by the limits held, for runners that send
+        them with each run (filled by them)."""
 
     def set_limiter(self, limiter: Limiter | None) -> None:
         """Give the runs submitted here the concurrency and rate limits of `limiter`."""
         self.limiter = limiter
         self._plans = getattr(limiter, "plans", None)
+        self.run_limits_of = getattr(limiter, "run_limits", None)
+        if self.packed_limits:
+            self.packed_limits = {}
 
     # -- context ------------------------------------------------------------------
 
@@ -162,7 +172,12 @@ class RunScope:
         limiter = self.limiter
         if limiter is not None:
             tags = run.task.options.tags
-            held = _held.get() or _admission.run_held()
+            held = _held.get()
+            if not held:
+                # What the task run submitting this holds, if any (`current_held`, inline).
+                current = _current_run.get()
+                if current is not None and current.limits is not None:
+                    held = current.limits.held
             plans = self._plans
             plan = plans.get((tags, held) if held else tags) if plans is not None else None
             if plan is None:

@@ -171,14 +171,12 @@ class TaskRun:
     def run_limits(self) -> RunLimits | None:
         """What a worker needs to honour the flow run's limits in this run (see
         `RunCall.limits`), or None when the flow run declares none."""
-        limiter = self.scope.limiter
-        if limiter is None:
+        # The flow's own limiter's, or a client's of it (the run was submitted on a worker).
+        run_limits = self.scope.run_limits_of
+        if run_limits is None:
             return None
         limits = self.limits
-        held = limits.held if limits is not None else frozenset()
-        # The flow's own limiter, or a client of it (the run was submitted on a worker).
-        run_limits: Any = getattr(limiter, "run_limits", None)
-        return run_limits(held) if run_limits is not None else None
+        return run_limits(limits.held if limits is not None else _NOTHING)
 
     def native_call(self) -> tuple[RunCall, list[Future[Any]]]:
         """For runners with native dependencies: the run packed with a placeholder for

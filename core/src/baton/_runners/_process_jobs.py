@@ -36,6 +36,8 @@ __all__ = [
 
 STOP_GRACE = 10.0  # seconds a worker gets to exit after STOP before it is killed
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
+_NOTHING: frozenset[str] = frozenset()
+_UNKNOWN: Any = object()
 
 
 class Session:
@@ -198,19 +200,29 @@ def reap(worker: WorkerProcess, patient: bool) -> str:
 
 def pickle_arguments(run: TaskRun) -> tuple[bytes, BufferRef | None]:
     """The run's arguments for the worker pickled, ``(args, kwargs)``, or ``(args,
-    kwargs, limits)`` in a flow run with limits (see `RunCall.limits`); and where their
-    large data is (see _process_shm): removed when the run ends."""
+    kwargs, limits)`` in a flow run with limits (`RunCall.limits` as
+    `RunLimits.to_bytes`, or None); and where their large data is (see
+    _process_shm): removed when the run ends."""
     args, kwargs = run.args, run.kwargs
-    limited = run.scope.limiter is not None
-    if not kwargs and not limited:
+    sent: tuple[Any, ...] = (args, kwargs)
+    scope = run.scope
+    if scope.limiter is not None:
+        # Bytes made once per flow run (`RunLimits.to_bytes`): the worker unpickles them
+        # once, and the run's own pickle stays plain.
+        held = run.limits.held if run.limits is not None else _NOTHING
+        packed = scope.packed_limits.get(held, _UNKNOWN)
+        if packed is _UNKNOWN:
+            limits = run.run_limits()
+            packed = scope.packed_limits[held] = None if limits is None else limits.to_bytes()
+        sent = (args, kwargs, packed)
+    if not kwargs:
         for value in args:
             if type(value) not in _PLAIN or (type(value) is bytes and len(value) >= LARGE_BYTES):
                 break
         else:
-            return pickle.dumps((args, kwargs), pickle.HIGHEST_PROTOCOL), None
+            return pickle.dumps(sent, pickle.HIGHEST_PROTOCOL), None
     buffers: list[Any] = []
     try:
-        sent = (args, kwargs, run.run_limits()) if limited else (args, kwargs)
         payload = cloudpickle_dumps(sent, buffers)
     except Exception as exc:
         raise _argument_error(run, exc) from exc

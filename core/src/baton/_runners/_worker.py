@@ -10,7 +10,8 @@ parent -> worker
     ``(BATCH, new_tasks, forget, items, sys_path, context)``: tasks the worker has
     not seen yet as ``(key, cloudpickled Task)``, keys of tasks it may forget, runs as
     ``(run_id, name, task_key, attempt, timed, pickled (args, kwargs), buffers)``
-    (with the run's `RunCall.limits` third in the pickle in a flow run with limits;
+    (with the run's `RunCall.limits` third in the pickle in a flow run with limits,
+    as `RunLimits.to_bytes`;
     `buffers`: where the arguments' out-of-band data is, see `_process_shm`), the
     parent's sys.path if it changed (None if not), and the environment variables,
     working directory and sys.argv of the runner the runs come from, if they changed
@@ -242,7 +243,7 @@ class _Worker:
         trace_context: dict[str, str] | None = None,
     ) -> None:
         from baton import State
-        from baton.runners import RemoteResult, RunCall, run_call
+        from baton.runners import RemoteResult, RunCall, RunLimits, run_call
 
         task = self.tasks[key]
         if isinstance(task, WorkerLoadError):
@@ -261,6 +262,8 @@ class _Worker:
             return
         # (args, kwargs), or (args, kwargs, limits) in a flow run with limits
         limits = loaded[2] if len(loaded) > 2 else None
+        if limits is not None:
+            limits = RunLimits.from_bytes(limits)
         call = RunCall(
             task,
             run_id,
