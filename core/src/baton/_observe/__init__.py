@@ -18,6 +18,7 @@ import logging
 import os
 import threading
 import traceback
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from baton._states import StateType
@@ -58,41 +59,59 @@ def observes_task_runs() -> bool:
 class Recorder:
     """What one flow run's task runs went through, as they went through it.
 
-    `events` holds one tuple per state change: ``(run id, timestamp, state name,
-    worker, extra)`` where `extra` is None for RUNNING, the message of a PENDING
-    state (``Retrying``), and a `final_info` tuple for a final state.
+    `events` holds one tuple per state change, of plain values only (numbers, text,
+    tuples of ids), so that the collector soon stops looking at them:
+
+    - RUNNING: ``(run id, timestamp, worker)``;
+    - PENDING between attempts (``Retrying``): ``(run id, timestamp, worker, state
+      name, message)``;
+    - a final state: ``(run id, timestamp, worker, state name, state type, run name
+      or None, task name, retries allowed, upstream ids, parent id, message,
+      traceback text or None)``; the run name is None when it is the default one,
+      made from the task name and run id at the end.
+
+    `retried` turns True with the first PENDING state: until then every run has at
+    most one attempt, and the record is built on a shorter path.
     """
 
-    __slots__ = ("events", "flow_run", "report", "trace")
+    __slots__ = ("events", "flow_run", "report", "retried", "trace")
 
     def __init__(self, flow_run: FlowRun, trace: str | None, report: str | None) -> None:
         self.flow_run = flow_run
         self.trace = trace
         self.report = report
         # list.append is atomic: worker threads append without a lock.
-        self.events: list[tuple[int, float, str, str | None, Any]] = []
+        self.events: list[tuple[Any, ...]] = []
+        self.retried = False
 
 
-def final_info(task_run: TaskRun, state: State) -> tuple[Any, ...]:
-    """What the trace and report keep of a run that ended: (name, task, state type,
-    message, upstream ids, parent id, traceback text or None)."""
+def final_event(task_run: TaskRun, state: State) -> tuple[Any, ...]:
+    """The event of a run's final state (see `Recorder`)."""
     text = None
     error = state.error
     if error is not None:
         text = "".join(traceback.format_exception(type(error), error, error.__traceback__))
+    task = task_run.task
     return (
+        task_run.id,
+        state.timestamp,
+        task_run.worker,
+        state.name,
+        state.type.value,
         task_run.name,
-        task_run.task,
-        state.type,
-        state.message,
+        task.name,
+        task.options.retries,
         task_run.upstream_ids,
         task_run.parent_id,
+        state.message,
         text,
     )
 
 
 _lock = threading.Lock()
 _recorders: dict[int, Recorder] = {}
+# The per-task hook's view of `_recorders`: the append of each recorder's events.
+_appends: dict[int, Callable[[tuple[Any, ...]], None]] = {}
 
 
 @hookimpl
@@ -100,14 +119,17 @@ def flow_run_started(flow_run: FlowRun) -> None:
     trace, report = _paths()
     if trace is None and report is None:
         return
+    recorder = Recorder(flow_run, trace, report)
     with _lock:
-        _recorders[id(flow_run.scope)] = Recorder(flow_run, trace, report)
+        _recorders[id(flow_run.scope)] = recorder
+        _appends[id(flow_run.scope)] = recorder.events.append
 
 
 @hookimpl
 def flow_run_finished(flow_run: FlowRun, state: State) -> None:
     with _lock:
         recorder = _recorders.pop(id(flow_run.scope), None)
+        _appends.pop(id(flow_run.scope), None)
     if recorder is None:
         return
     from baton._observe._model import FlowRecord
@@ -117,7 +139,7 @@ def flow_run_finished(flow_run: FlowRun, state: State) -> None:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        record = FlowRecord.build(flow_run, state, recorder.events)
+        record = FlowRecord.build(flow_run, state, recorder.events, recorder.retried)
         if recorder.trace is not None:
             from baton._observe._trace import chrome_trace
 
@@ -133,27 +155,39 @@ def flow_run_finished(flow_run: FlowRun, state: State) -> None:
 
 @hookimpl
 def task_run_state_changed(task_run: TaskRun, state: State) -> None:
-    recorder = _recorders.get(id(task_run.scope))
-    if recorder is None:
+    append = _appends.get(id(task_run.scope))
+    if append is None:
         return
     kind = state.type
     if kind is _RUNNING:
-        extra: Any = None
-    elif kind is _PENDING:
-        extra = state.message or ""
+        append((task_run.id, state.timestamp, task_run.worker))
     elif kind is _COMPLETED:
-        extra = (
-            task_run.name,
-            task_run.task,
-            kind,
-            None,
-            task_run.upstream_ids,
-            task_run.parent_id,
-            None,
+        task = task_run.task
+        options = task.options
+        append(
+            (
+                task_run.id,
+                state.timestamp,
+                task_run.worker,
+                state.name,
+                "COMPLETED",
+                # The default name is left to be made at the end, if nothing made it yet.
+                task_run._name if options.task_run_name is None else task_run.name,
+                task.name,
+                options.retries,
+                task_run.upstream_ids,
+                task_run.parent_id,
+                None,
+                None,
+            )
         )
+    elif kind is _PENDING:
+        recorder = _recorders.get(id(task_run.scope))
+        if recorder is not None:
+            recorder.retried = True
+        append((task_run.id, state.timestamp, task_run.worker, state.name, state.message or ""))
     else:
-        extra = final_info(task_run, state)
-    recorder.events.append((task_run.id, state.timestamp, state.name, task_run.worker, extra))
+        append(final_event(task_run, state))
 
 
 def target_path(template: str, flow_run: FlowRun) -> str:

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass
-from operator import attrgetter
+from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
 
-from baton._states import StateType
+from baton._task import default_run_name
 
 if TYPE_CHECKING:
     from baton._flow import FlowRun
@@ -26,8 +26,6 @@ UNKNOWN_WORKER = "unknown worker"
 # it was sent one run at a time: an attempt queued there starts when the one before
 # it on that worker ended.
 _QUEUEING_RUNNERS = frozenset({"process"})
-
-_TYPE_NAMES = {kind: kind.value for kind in StateType}
 
 
 @dataclass(slots=True)
@@ -90,11 +88,18 @@ class FlowRecord:
 
     @classmethod
     def build(
-        cls, flow_run: FlowRun, state: State, events: list[tuple[int, float, str, str | None, Any]]
+        cls,
+        flow_run: FlowRun,
+        state: State,
+        events: list[tuple[Any, ...]],
+        retried: bool = True,
     ) -> FlowRecord:
+        """The record of `flow_run` from the events its `Recorder` collected (with
+        `retried` False, no run went through a PENDING state between attempts)."""
         runner = flow_run.task_runner
         end = flow_run.end_time or time.time()
-        runs, attempts = _runs_and_attempts(events, end)
+        built = None if retried else _single_attempts(events)
+        runs, attempts = built if built is not None else _runs_and_attempts(events, end)
         if runner.name in _QUEUEING_RUNNERS:
             _queue_on_workers(attempts)
         # By start, the longest first among those starting together (a parent before
@@ -119,11 +124,68 @@ class FlowRecord:
         )
 
 
+def _single_attempts(
+    events: list[tuple[Any, ...]],
+) -> tuple[dict[int, RunRecord], list[Attempt]] | None:
+    """Runs and attempts when no run was retried: each run's attempt goes from its
+    first RUNNING to its final state. None if some run has no final state (the
+    general path draws it to the flow's end)."""
+    # The first RUNNING of each run wins: later ones repeat it.
+    started = {event[0]: event for event in reversed(events) if len(event) == 3}
+    finals = [event for event in events if len(event) > 3]
+    finals.sort(key=itemgetter(0))
+    runs: dict[int, RunRecord] = {}
+    attempts: list[Attempt] = []
+    add = attempts.append
+    get_start = started.get
+    for final in finals:
+        run_id, ended, worker, state_name, kind, name, task, retries = final[:8]
+        if run_id in runs:  # a second final state: the first one stands
+            continue
+        start = get_start(run_id)
+        if start is not None:
+            begun = start[1]
+            attempt = Attempt(
+                run_id,
+                1,
+                begun if begun <= ended else ended,
+                ended,
+                start[2] or worker or UNKNOWN_WORKER,
+                state_name,
+                0,
+            )
+            add(attempt)
+            made = [attempt]
+        elif _ran(kind, state_name, worker, []):
+            attempt = Attempt(run_id, 1, ended, ended, worker or UNKNOWN_WORKER, state_name, 0)
+            add(attempt)
+            made = [attempt]
+        else:
+            made = []
+        runs[run_id] = RunRecord(
+            run_id,
+            default_run_name(task, run_id) if name is None else name,
+            task,
+            kind,
+            state_name,
+            final[10],
+            final[8],
+            final[9],
+            retries,
+            final[11],
+            ended,
+            made,
+            [],
+        )
+    if not started.keys() <= runs.keys():
+        return None
+    return runs, attempts
+
+
 def _runs_and_attempts(
-    events: list[tuple[int, float, str, str | None, Any]], flow_end: float
+    events: list[tuple[Any, ...]], flow_end: float
 ) -> tuple[dict[int, RunRecord], list[Attempt]]:
-    # Most runs have two events, RUNNING then final: that case is made without a loop.
-    by_run: dict[int, Any] = {}
+    by_run: dict[int, list[tuple[Any, ...]]] = {}
     for event in events:
         run_id = event[0]
         seen = by_run.get(run_id)
@@ -133,106 +195,72 @@ def _runs_and_attempts(
             seen.append(event)
     runs: dict[int, RunRecord] = {}
     attempts: list[Attempt] = []
-    add = attempts.append
     for run_id in sorted(by_run):
-        entries = by_run[run_id]
-        if len(entries) == 2:
-            (_, begun, _, where, first), (_, ended, name, worker, final) = entries
-            if first is None and type(final) is tuple:
-                attempt = Attempt(
-                    run_id,
-                    1,
-                    begun if begun <= ended else ended,
-                    ended,
-                    where or worker or UNKNOWN_WORKER,
-                    name,
-                    0,
-                )
-                add(attempt)
-                runs[run_id] = _record(run_id, final, name, ended, [attempt], [])
-                continue
-        record = _one_run(run_id, entries, flow_end)
+        record = _one_run(run_id, by_run[run_id], flow_end)
         runs[run_id] = record
         attempts.extend(record.attempts)
     return runs, attempts
 
 
-def _record(
-    run_id: int,
-    final: tuple[Any, ...],
-    state_name: str,
-    end: float,
-    attempts: list[Attempt],
-    retry_messages: list[str],
-) -> RunRecord:
-    name, task, kind, message, upstream_ids, parent_id, text = final
-    return RunRecord(
-        run_id,
-        name,
-        task.name,
-        _TYPE_NAMES[kind],
-        state_name,
-        message,
-        upstream_ids,
-        parent_id,
-        task.options.retries,
-        text,
-        end,
-        attempts,
-        retry_messages,
-    )
-
-
-def _one_run(
-    run_id: int, entries: list[tuple[int, float, str, str | None, Any]], flow_end: float
-) -> RunRecord:
+def _one_run(run_id: int, entries: list[tuple[Any, ...]], flow_end: float) -> RunRecord:
     made: list[Attempt] = []
     retry_messages: list[str] = []
     started: float | None = None
     where: str | None = None
-    final: tuple[Any, ...] | None = None
-    final_at = flow_end
-    final_name = "Unknown"
-    for _, timestamp, name, worker, extra in entries:
-        if extra is None:  # RUNNING: an attempt starts (a repeated report changes nothing)
+    for event in entries:
+        timestamp, worker = event[1], event[2]
+        if len(event) == 3:  # RUNNING: an attempt starts (a repeated report changes nothing)
             if started is None:
                 started, where = timestamp, worker
             continue
-        if type(extra) is str:  # a PENDING state between attempts (Retrying)
+        name = event[3]
+        if len(event) == 5:  # a PENDING state between attempts (Retrying)
             # An attempt whose start was not heard before its end (a runner that sends
             # starts in batches) is drawn as an instant at its end.
             begun = timestamp if started is None else min(started, timestamp)
             made.append(_attempt(run_id, len(made) + 1, begun, timestamp, where or worker, name))
             started = None
-            retry_messages.append(extra)
+            retry_messages.append(event[4])
             continue
-        final, final_at, final_name = extra, timestamp, name
         if started is not None:
             begun = min(started, timestamp)
             made.append(_attempt(run_id, len(made) + 1, begun, timestamp, where or worker, name))
-            started = None
-        elif _ran(_TYPE_NAMES[extra[2]], name, worker, made):
+        elif _ran(event[4], name, worker, made):
             made.append(_attempt(run_id, len(made) + 1, timestamp, timestamp, worker, name))
-        break
-    if started is not None:  # no final state heard: the attempt lasted to the flow's end
-        made.append(_attempt(run_id, len(made) + 1, started, flow_end, where, "Running"))
-    if final is None:
+        _, _, _, _, kind, run_name, task, retries, upstream_ids, parent_id, message, text = event
         return RunRecord(
             run_id,
-            f"run #{run_id}",
-            "?",
-            "UNKNOWN",
-            "Unknown",
-            None,
-            (),
-            None,
-            0,
-            None,
-            final_at,
+            default_run_name(task, run_id) if run_name is None else run_name,
+            task,
+            kind,
+            name,
+            message,
+            upstream_ids,
+            parent_id,
+            retries,
+            text,
+            timestamp,
             made,
             retry_messages,
         )
-    return _record(run_id, final, final_name, final_at, made, retry_messages)
+    # No final state heard: the attempt under way lasted to the flow's end.
+    if started is not None:
+        made.append(_attempt(run_id, len(made) + 1, started, flow_end, where, "Running"))
+    return RunRecord(
+        run_id,
+        f"run #{run_id}",
+        "?",
+        "UNKNOWN",
+        "Unknown",
+        None,
+        (),
+        None,
+        0,
+        None,
+        flow_end,
+        made,
+        retry_messages,
+    )
 
 
 def _ran(kind: str, name: str, worker: str | None, made: list[Attempt]) -> bool:
