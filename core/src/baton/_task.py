@@ -37,9 +37,13 @@ logger = logging.getLogger("baton")
 _FIELD_ROOT = re.compile(r"[.\[]")
 
 
+NAME_HASH = 2654435761
+"""Spreads run ids over the three hex digits of default run names."""
+
+
 def default_run_name(task_name: str, run_id: int) -> str:
     """The name of run `run_id` of a task without `task_run_name`: ``<task>-<3 hex>``."""
-    return f"{task_name}-{(run_id * 2654435761) & 0xFFF:03x}"
+    return f"{task_name}-{(run_id * NAME_HASH) & 0xFFF:03x}"
 
 
 class Task(Generic[P, R]):

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from operator import attrgetter, itemgetter
 from typing import TYPE_CHECKING, Any
 
+from baton._task import NAME_HASH as _NAME_HASH
 from baton._task import default_run_name
 
 if TYPE_CHECKING:
@@ -26,6 +27,9 @@ UNKNOWN_WORKER = "unknown worker"
 # it was sent one run at a time: an attempt queued there starts when the one before
 # it on that worker ended.
 _QUEUEING_RUNNERS = frozenset({"process"})
+
+# The last part of default run names (see `default_run_name`), made once.
+_SUFFIXES = tuple(f"{code:03x}" for code in range(0x1000))
 
 
 @dataclass(slots=True)
@@ -138,10 +142,29 @@ def _single_attempts(
     attempts: list[Attempt] = []
     add = attempts.append
     get_start = started.get
+    names: dict[str, str] = {}
     for final in finals:
-        run_id, ended, worker, state_name, kind, name, task, retries = final[:8]
+        (
+            run_id,
+            ended,
+            worker,
+            state_name,
+            kind,
+            name,
+            task,
+            retries,
+            upstreams,
+            parent,
+            message,
+            text,
+        ) = final
         if run_id in runs:  # a second final state: the first one stands
             continue
+        if name is None:
+            prefix = names.get(task)
+            if prefix is None:
+                prefix = names[task] = default_run_name(task, 0)[:-3]
+            name = prefix + _SUFFIXES[(run_id * _NAME_HASH) & 0xFFF]
         start = get_start(run_id)
         if start is not None:
             begun = start[1]
@@ -164,15 +187,15 @@ def _single_attempts(
             made = []
         runs[run_id] = RunRecord(
             run_id,
-            default_run_name(task, run_id) if name is None else name,
+            name,
             task,
             kind,
             state_name,
-            final[10],
-            final[8],
-            final[9],
+            message,
+            upstreams,
+            parent,
             retries,
-            final[11],
+            text,
             ended,
             made,
             [],

@@ -52,55 +52,54 @@ def chrome_trace(record: FlowRecord) -> str:
     )
 
 
-_ATTEMPT = (
-    '{"ph":"X","name":%s,"cat":%s,"pid":%d,"tid":%d,"ts":%.3f,"dur":%.3f,"args":{"run":%s,'
-    '"task":%s,"state":%s,"final_state":%s,"attempt":%d,"retries":%d,"worker":%s,"run_id":%d}}'
+# An attempt's event in two parts: what attempts on one lane of one worker, of one
+# task, ending alike share (written once per such group), then the rest of it.
+_ATTEMPT_GROUP = (
+    '{"ph":"X","pid":%d,"tid":%d,"cat":%s,"args":{"task":%s,"worker":%s,"state":%s,'
+    '"final_state":%s,"attempt":%d,"retries":%d,'
 )
+_ATTEMPT_REST = '"run_id":%d,"run":%s},"name":%s,"ts":%.3f,"dur":%.3f}'
 
 
 def _attempt_lines(record: FlowRecord) -> list[str]:
     """One complete event per attempt, as `trace_events` makes them."""
     encode = encode_basestring_ascii  # json's own string encoder (C), without dumps' setup
-    # Names met more than once (tasks, states, workers) are encoded once.
-    text = {value: encode(value) for value in record.workers}
-    for run in record.runs.values():
-        for value in (run.task, run.state_name):
-            if value not in text:
-                text[value] = encode(value)
-    for attempt in record.attempts:
-        if attempt.outcome not in text:
-            text[attempt.outcome] = encode(attempt.outcome)
     pids = _pids(record)
     origin = record.start
     runs = record.runs
-    template = _ATTEMPT
+    templates: dict[tuple[Any, ...], str] = {}
     lines: list[str] = []
     add = lines.append
     for attempt in record.attempts:
         run = runs[attempt.run_id]
-        name = encode(run.name)
-        task = text[run.task]
-        worker = attempt.worker
-        start = attempt.start
-        add(
-            template
-            % (
-                name,
-                task,
-                pids[worker],
-                attempt.lane + 1,
-                (start - origin) * 1e6,
-                (attempt.end - start) * 1e6,
-                name,
-                task,
-                text[attempt.outcome],
-                text[run.state_name],
-                attempt.number,
-                run.retries,
-                text[worker],
-                run.id,
-            )
+        key = (
+            attempt.worker,
+            attempt.lane,
+            run.task,
+            attempt.outcome,
+            run.state_name,
+            attempt.number,
+            run.retries,
         )
+        template = templates.get(key)
+        if template is None:
+            worker, lane, task, outcome, final, number, retries = key
+            task_text = encode(task)
+            group = _ATTEMPT_GROUP % (
+                pids[worker],
+                lane + 1,
+                task_text,
+                task_text,
+                encode(worker),
+                encode(outcome),
+                encode(final),
+                number,
+                retries,
+            )
+            template = templates[key] = group.replace("%", "%%") + _ATTEMPT_REST
+        name = encode(run.name)
+        start = attempt.start
+        add(template % (run.id, name, name, (start - origin) * 1e6, (attempt.end - start) * 1e6))
     return lines
 
 
