@@ -59,12 +59,13 @@ def observes_task_runs() -> bool:
 class Recorder:
     """What one flow run's task runs went through, as they went through it.
 
-    `events` holds one tuple per state change, of plain values only (numbers, text,
-    tuples of ids), so that the collector soon stops looking at them:
+    One tuple per state change, of plain values only (numbers, text, tuples of ids),
+    so that the collector soon stops looking at them. `starts` holds the RUNNING ones,
+    ``(run id, timestamp, worker)``; `ends` the others:
 
-    - RUNNING: ``(run id, timestamp, worker)``;
     - PENDING between attempts (``Retrying``): ``(run id, timestamp, worker, state
-      name, message)``;
+      name, message, starts before it)``, the last being how many RUNNING states were
+      in `starts` then: a run's attempts are told apart by it;
     - a final state: ``(run id, timestamp, worker, state name, state type, run name
       or None, task name, retries allowed, upstream ids, parent id, message,
       traceback text or None)``; the run name is None when it is the default one,
@@ -74,14 +75,15 @@ class Recorder:
     most one attempt, and the record is built on a shorter path.
     """
 
-    __slots__ = ("events", "flow_run", "report", "retried", "trace")
+    __slots__ = ("ends", "flow_run", "report", "retried", "starts", "trace")
 
     def __init__(self, flow_run: FlowRun, trace: str | None, report: str | None) -> None:
         self.flow_run = flow_run
         self.trace = trace
         self.report = report
         # list.append is atomic: worker threads append without a lock.
-        self.events: list[tuple[Any, ...]] = []
+        self.starts: list[tuple[int, float, str | None]] = []
+        self.ends: list[tuple[Any, ...]] = []
         self.retried = False
 
 
@@ -110,8 +112,9 @@ def final_event(task_run: TaskRun, state: State) -> tuple[Any, ...]:
 
 _lock = threading.Lock()
 _recorders: dict[int, Recorder] = {}
-# The per-task hook's view of `_recorders`: the append of each recorder's events.
-_appends: dict[int, Callable[[tuple[Any, ...]], None]] = {}
+# The per-task hook's view of `_recorders`: the appends of each recorder's lists.
+_Appends = tuple[Callable[[tuple[Any, ...]], None], Callable[[tuple[Any, ...]], None]]
+_appends: dict[int, _Appends] = {}
 
 
 @hookimpl
@@ -122,7 +125,7 @@ def flow_run_started(flow_run: FlowRun) -> None:
     recorder = Recorder(flow_run, trace, report)
     with _lock:
         _recorders[id(flow_run.scope)] = recorder
-        _appends[id(flow_run.scope)] = recorder.events.append
+        _appends[id(flow_run.scope)] = (recorder.starts.append, recorder.ends.append)
 
 
 @hookimpl
@@ -139,7 +142,7 @@ def flow_run_finished(flow_run: FlowRun, state: State) -> None:
     collecting = gc.isenabled()
     gc.disable()
     try:
-        record = FlowRecord.build(flow_run, state, recorder.events, recorder.retried)
+        record = FlowRecord.build(flow_run, state, recorder)
         if recorder.trace is not None:
             from baton._observe._trace import chrome_trace
 
@@ -155,16 +158,16 @@ def flow_run_finished(flow_run: FlowRun, state: State) -> None:
 
 @hookimpl
 def task_run_state_changed(task_run: TaskRun, state: State) -> None:
-    append = _appends.get(id(task_run.scope))
-    if append is None:
+    appends = _appends.get(id(task_run.scope))
+    if appends is None:
         return
     kind = state.type
     if kind is _RUNNING:
-        append((task_run.id, state.timestamp, task_run.worker))
+        appends[0]((task_run.id, state.timestamp, task_run.worker))
     elif kind is _COMPLETED:
         task = task_run.task
         options = task.options
-        append(
+        appends[1](
             (
                 task_run.id,
                 state.timestamp,
@@ -183,11 +186,14 @@ def task_run_state_changed(task_run: TaskRun, state: State) -> None:
         )
     elif kind is _PENDING:
         recorder = _recorders.get(id(task_run.scope))
-        if recorder is not None:
-            recorder.retried = True
-        append((task_run.id, state.timestamp, task_run.worker, state.name, state.message or ""))
+        if recorder is None:
+            return
+        recorder.retried = True
+        message = state.message or ""
+        starts = len(recorder.starts)
+        appends[1]((task_run.id, state.timestamp, task_run.worker, state.name, message, starts))
     else:
-        append(final_event(task_run, state))
+        appends[1](final_event(task_run, state))
 
 
 def target_path(template: str, flow_run: FlowRun) -> str:

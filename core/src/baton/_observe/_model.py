@@ -6,6 +6,7 @@ Built once, when the flow run ends, from the events its `Recorder` collected.
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 from operator import attrgetter, itemgetter
@@ -16,6 +17,7 @@ from baton._task import default_run_name
 
 if TYPE_CHECKING:
     from baton._flow import FlowRun
+    from baton._observe import Recorder
     from baton._states import State
 
 __all__ = ["Attempt", "FlowRecord", "RunRecord"]
@@ -91,19 +93,12 @@ class FlowRecord:
     """How many lanes each worker's attempts are drawn in."""
 
     @classmethod
-    def build(
-        cls,
-        flow_run: FlowRun,
-        state: State,
-        events: list[tuple[Any, ...]],
-        retried: bool = True,
-    ) -> FlowRecord:
-        """The record of `flow_run` from the events its `Recorder` collected (with
-        `retried` False, no run went through a PENDING state between attempts)."""
+    def build(cls, flow_run: FlowRun, state: State, recorder: Recorder) -> FlowRecord:
+        """The record of `flow_run` from what its `Recorder` collected."""
         runner = flow_run.task_runner
         end = flow_run.end_time or time.time()
-        built = None if retried else _single_attempts(events)
-        runs, attempts = built if built is not None else _runs_and_attempts(events, end)
+        built = None if recorder.retried else _single_attempts(recorder)
+        runs, attempts = built if built is not None else _runs_and_attempts(recorder, end)
         if runner.name in _QUEUEING_RUNNERS:
             _queue_on_workers(attempts)
         # By start, the longest first among those starting together (a parent before
@@ -128,16 +123,13 @@ class FlowRecord:
         )
 
 
-def _single_attempts(
-    events: list[tuple[Any, ...]],
-) -> tuple[dict[int, RunRecord], list[Attempt]] | None:
+def _single_attempts(recorder: Recorder) -> tuple[dict[int, RunRecord], list[Attempt]] | None:
     """Runs and attempts when no run was retried: each run's attempt goes from its
     first RUNNING to its final state. None if some run has no final state (the
     general path draws it to the flow's end)."""
     # The first RUNNING of each run wins: later ones repeat it.
-    started = {event[0]: event for event in reversed(events) if len(event) == 3}
-    finals = [event for event in events if len(event) > 3]
-    finals.sort(key=itemgetter(0))
+    started = {event[0]: event for event in reversed(recorder.starts)}
+    finals = sorted(recorder.ends, key=itemgetter(0))
     runs: dict[int, RunRecord] = {}
     attempts: list[Attempt] = []
     add = attempts.append
@@ -206,20 +198,21 @@ def _single_attempts(
 
 
 def _runs_and_attempts(
-    events: list[tuple[Any, ...]], flow_end: float
+    recorder: Recorder, flow_end: float
 ) -> tuple[dict[int, RunRecord], list[Attempt]]:
-    by_run: dict[int, list[tuple[Any, ...]]] = {}
-    for event in events:
-        run_id = event[0]
-        seen = by_run.get(run_id)
-        if seen is None:
-            by_run[run_id] = [event]
-        else:
-            seen.append(event)
+    # Each run's state changes in the order they happened: a RUNNING state comes before
+    # the PENDING states that counted it, and every state before the final one.
+    by_run: dict[int, list[tuple[float, tuple[Any, ...]]]] = {}
+    for index, start in enumerate(recorder.starts):
+        by_run.setdefault(start[0], []).append((index, start))
+    for event in recorder.ends:
+        position = event[5] - 0.5 if len(event) == 6 else math.inf
+        by_run.setdefault(event[0], []).append((position, event))
     runs: dict[int, RunRecord] = {}
     attempts: list[Attempt] = []
     for run_id in sorted(by_run):
-        record = _one_run(run_id, by_run[run_id], flow_end)
+        entries = [event for _, event in sorted(by_run[run_id], key=itemgetter(0))]
+        record = _one_run(run_id, entries, flow_end)
         runs[run_id] = record
         attempts.extend(record.attempts)
     return runs, attempts
@@ -237,7 +230,7 @@ def _one_run(run_id: int, entries: list[tuple[Any, ...]], flow_end: float) -> Ru
                 started, where = timestamp, worker
             continue
         name = event[3]
-        if len(event) == 5:  # a PENDING state between attempts (Retrying)
+        if len(event) == 6:  # a PENDING state between attempts (Retrying)
             # An attempt whose start was not heard before its end (a runner that sends
             # starts in batches) is drawn as an instant at its end.
             begun = timestamp if started is None else min(started, timestamp)
