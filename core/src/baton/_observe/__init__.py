@@ -135,25 +135,30 @@ def flow_run_finished(flow_run: FlowRun, state: State) -> None:
         _appends.pop(id(flow_run.scope), None)
     if recorder is None:
         return
-    from baton._observe._model import FlowRecord
-
     # Tens of thousands of small objects are made at once, and none is garbage: the
-    # collector's passes over them would cost more than making them.
+    # collector's passes over them would cost more than making them. They are all
+    # gone again before it is back on.
     collecting = gc.isenabled()
     gc.disable()
     try:
-        record = FlowRecord.build(flow_run, state, recorder)
-        if recorder.trace is not None:
-            from baton._observe._trace import chrome_trace
-
-            _write(recorder.trace, flow_run, "trace", lambda: chrome_trace(record))
-        if recorder.report is not None:
-            from baton._observe._report import html_report
-
-            _write(recorder.report, flow_run, "report", lambda: html_report(record))
+        _record_and_write(flow_run, state, recorder)
     finally:
         if collecting:
             gc.enable()
+
+
+def _record_and_write(flow_run: FlowRun, state: State, recorder: Recorder) -> None:
+    from baton._observe._model import FlowRecord
+
+    record = FlowRecord.build(flow_run, state, recorder)
+    if recorder.trace is not None:
+        from baton._observe._trace import chrome_trace
+
+        _write(recorder.trace, flow_run, "trace", lambda: chrome_trace(record))
+    if recorder.report is not None:
+        from baton._observe._report import html_report
+
+        _write(recorder.report, flow_run, "report", lambda: html_report(record))
 
 
 @hookimpl
