@@ -41,6 +41,7 @@ logger = logging.getLogger("baton")
 _RUNNING = StateType.RUNNING
 _PENDING = StateType.PENDING
 _COMPLETED = StateType.COMPLETED
+_COMPLETED_NAME = "Completed"
 
 
 def _paths() -> tuple[str | None, str | None]:
@@ -59,30 +60,52 @@ def observes_task_runs() -> bool:
 class Recorder:
     """What one flow run's task runs went through, as they went through it.
 
-    One tuple per state change, of plain values only (numbers, text, tuples of ids),
-    so that the collector soon stops looking at them. `starts` holds the RUNNING ones,
-    ``(run id, timestamp, worker)``; `ends` the others:
+    The common state changes are written into flat lists, a few values each, with
+    one `list.extend` of a short-lived tuple: atomic (worker threads need no lock),
+    and nothing is kept that the collector would count or walk:
+
+    - `starts`: run id, timestamp, worker, for each RUNNING state;
+    - `completed`: run id, timestamp, worker, task, for each COMPLETED state; the
+      few runs with more to say have it in `names` (a name from the task's
+      `task_run_name`; other runs get the default one at the end), `links` (upstream
+      ids and parent id) and `completed_names` (a state named otherwise than
+      ``Completed``).
+
+    `ends` holds the other states, one tuple each:
 
     - PENDING between attempts (``Retrying``): ``(run id, timestamp, worker, state
       name, message, starts before it)``, the last being how many RUNNING states were
       in `starts` then: a run's attempts are told apart by it;
-    - a final state: ``(run id, timestamp, worker, state name, state type, run name
-      or None, task name, retries allowed, upstream ids, parent id, message,
-      traceback text or None)``; the run name is None when it is the default one,
-      made from the task name and run id at the end.
+    - a final state other than COMPLETED: ``(run id, timestamp, worker, state name,
+      state type, run name, task name, retries allowed, upstream ids, parent id,
+      message, traceback text or None)``.
 
     `retried` turns True with the first PENDING state: until then every run has at
     most one attempt, and the record is built on a shorter path.
     """
 
-    __slots__ = ("ends", "flow_run", "report", "retried", "starts", "trace")
+    __slots__ = (
+        "completed",
+        "completed_names",
+        "ends",
+        "flow_run",
+        "links",
+        "names",
+        "report",
+        "retried",
+        "starts",
+        "trace",
+    )
 
     def __init__(self, flow_run: FlowRun, trace: str | None, report: str | None) -> None:
         self.flow_run = flow_run
         self.trace = trace
         self.report = report
-        # list.append is atomic: worker threads append without a lock.
-        self.starts: list[tuple[int, float, str | None]] = []
+        self.starts: list[Any] = []
+        self.completed: list[Any] = []
+        self.names: dict[int, str] = {}
+        self.links: dict[int, tuple[tuple[int, ...], int | None]] = {}
+        self.completed_names: dict[int, str] = {}
         self.ends: list[tuple[Any, ...]] = []
         self.retried = False
 
@@ -112,9 +135,10 @@ def final_event(task_run: TaskRun, state: State) -> tuple[Any, ...]:
 
 _lock = threading.Lock()
 _recorders: dict[int, Recorder] = {}
-# The per-task hook's view of `_recorders`: the appends of each recorder's lists.
-_Appends = tuple[Callable[[tuple[Any, ...]], None], Callable[[tuple[Any, ...]], None]]
-_appends: dict[int, _Appends] = {}
+# The per-task hook's view of `_recorders`: each recorder with the bound methods that
+# add to its lists (`starts.extend`, `completed.extend`, `ends.append`).
+_Add = Callable[[tuple[Any, ...]], None]
+_appends: dict[int, tuple[_Add, _Add, _Add, Recorder]] = {}
 
 
 @hookimpl
@@ -125,7 +149,12 @@ def flow_run_started(flow_run: FlowRun) -> None:
     recorder = Recorder(flow_run, trace, report)
     with _lock:
         _recorders[id(flow_run.scope)] = recorder
-        _appends[id(flow_run.scope)] = (recorder.starts.append, recorder.ends.append)
+        _appends[id(flow_run.scope)] = (
+            recorder.starts.extend,
+            recorder.completed.extend,
+            recorder.ends.append,
+            recorder,
+        )
 
 
 @hookimpl
@@ -171,34 +200,22 @@ def task_run_state_changed(task_run: TaskRun, state: State) -> None:
         appends[0]((task_run.id, state.timestamp, task_run.worker))
     elif kind is _COMPLETED:
         task = task_run.task
-        options = task.options
-        appends[1](
-            (
-                task_run.id,
-                state.timestamp,
-                task_run.worker,
-                state.name,
-                "COMPLETED",
-                # The default name is left to be made at the end, if nothing made it yet.
-                task_run._name if options.task_run_name is None else task_run.name,
-                task.name,
-                options.retries,
-                task_run.upstream_ids,
-                task_run.parent_id,
-                None,
-                None,
-            )
-        )
+        run_id = task_run.id
+        appends[1]((run_id, state.timestamp, task_run.worker, task))
+        if task.options.task_run_name is not None:
+            appends[3].names[run_id] = task_run.name
+        if task_run.upstream_ids or task_run.parent_id is not None:
+            appends[3].links[run_id] = (task_run.upstream_ids, task_run.parent_id)
+        if state.name != _COMPLETED_NAME:
+            appends[3].completed_names[run_id] = state.name
     elif kind is _PENDING:
-        recorder = _recorders.get(id(task_run.scope))
-        if recorder is None:
-            return
+        recorder = appends[3]
         recorder.retried = True
         message = state.message or ""
-        starts = len(recorder.starts)
-        appends[1]((task_run.id, state.timestamp, task_run.worker, state.name, message, starts))
+        starts = len(recorder.starts) // 3
+        appends[2]((task_run.id, state.timestamp, task_run.worker, state.name, message, starts))
     else:
-        appends[1](final_event(task_run, state))
+        appends[2](final_event(task_run, state))
 
 
 def target_path(template: str, flow_run: FlowRun) -> str:

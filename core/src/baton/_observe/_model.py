@@ -127,74 +127,155 @@ def _single_attempts(recorder: Recorder) -> tuple[dict[int, RunRecord], list[Att
     """Runs and attempts when no run was retried: each run's attempt goes from its
     first RUNNING to its final state. None if some run has no final state (the
     general path draws it to the flow's end)."""
-    # The first RUNNING of each run wins: later ones repeat it.
-    started = {event[0]: event for event in reversed(recorder.starts)}
-    finals = sorted(recorder.ends, key=itemgetter(0))
+    flat = recorder.starts
+    # Read from the last to the first: the first RUNNING of a run wins (later ones
+    # repeat it).
+    times_and_workers = zip(reversed(flat[1::3]), reversed(flat[2::3]), strict=True)
+    started: dict[int, tuple[float, str | None]] = dict(
+        zip(reversed(flat[0::3]), times_and_workers, strict=True)
+    )
+    done = recorder.completed
+    completed = sorted(
+        zip(done[0::4], done[1::4], done[2::4], done[3::4], strict=True), key=itemgetter(0)
+    )
+    names, links, completed_names = recorder.names, recorder.links, recorder.completed_names
+    tasks: dict[Any, tuple[str, str, int]] = {}
     runs: dict[int, RunRecord] = {}
     attempts: list[Attempt] = []
     add = attempts.append
     get_start = started.get
-    names: dict[str, str] = {}
-    for final in finals:
-        (
-            run_id,
-            ended,
-            worker,
-            state_name,
-            kind,
-            name,
-            task,
-            retries,
-            upstreams,
-            parent,
-            message,
-            text,
-        ) = final
+    for run_id, ended, worker, task in completed:
         if run_id in runs:  # a second final state: the first one stands
             continue
+        about = tasks.get(task)
+        if about is None:
+            about = tasks[task] = _about(task)
+        name = names.get(run_id) if names else None
         if name is None:
-            prefix = names.get(task)
-            if prefix is None:
-                prefix = names[task] = default_run_name(task, 0)[:-3]
-            name = prefix + _SUFFIXES[(run_id * _NAME_HASH) & 0xFFF]
+            name = about[0] + _SUFFIXES[(run_id * _NAME_HASH) & 0xFFF]
+        upstreams, parent = links.get(run_id, _NO_LINKS) if links else _NO_LINKS
+        state_name = (
+            completed_names.get(run_id, _COMPLETED_NAME) if completed_names else _COMPLETED_NAME
+        )
         start = get_start(run_id)
-        if start is not None:
-            begun = start[1]
+        if start is None:  # a run that completed ran, if its start was not heard
+            attempt = Attempt(run_id, 1, ended, ended, worker or UNKNOWN_WORKER, state_name, 0)
+        else:
+            begun = start[0]
             attempt = Attempt(
                 run_id,
                 1,
                 begun if begun <= ended else ended,
                 ended,
-                start[2] or worker or UNKNOWN_WORKER,
+                start[1] or worker or UNKNOWN_WORKER,
                 state_name,
                 0,
             )
-            add(attempt)
-            made = [attempt]
-        elif _ran(kind, state_name, worker, []):
-            attempt = Attempt(run_id, 1, ended, ended, worker or UNKNOWN_WORKER, state_name, 0)
-            add(attempt)
-            made = [attempt]
-        else:
-            made = []
+        add(attempt)
         runs[run_id] = RunRecord(
             run_id,
             name,
-            task,
-            kind,
+            about[1],
+            "COMPLETED",
             state_name,
-            message,
+            None,
             upstreams,
             parent,
-            retries,
-            text,
+            about[2],
+            None,
             ended,
-            made,
+            [attempt],
             [],
         )
+    if recorder.ends:
+        for final in sorted(recorder.ends, key=itemgetter(0)):
+            (
+                run_id,
+                ended,
+                worker,
+                state_name,
+                kind,
+                name,
+                task_name,
+                retries,
+                upstreams,
+                parent,
+                message,
+                text,
+            ) = final
+            if run_id in runs:
+                continue
+            start = get_start(run_id)
+            made: list[Attempt] = []
+            if start is not None:
+                begun = start[0]
+                where = start[1] or worker
+                made.append(_attempt(run_id, 1, min(begun, ended), ended, where, state_name))
+            elif _ran(kind, state_name, worker, made):
+                made.append(_attempt(run_id, 1, ended, ended, worker, state_name))
+            attempts.extend(made)
+            runs[run_id] = RunRecord(
+                run_id,
+                name,
+                task_name,
+                kind,
+                state_name,
+                message,
+                upstreams,
+                parent,
+                retries,
+                text,
+                ended,
+                made,
+                [],
+            )
+        runs = dict(sorted(runs.items()))
     if not started.keys() <= runs.keys():
         return None
     return runs, attempts
+
+
+_NO_LINKS: tuple[tuple[int, ...], None] = ((), None)
+_COMPLETED_NAME = "Completed"
+
+
+def _about(task: Any) -> tuple[str, str, int]:
+    """What the record keeps of a task: the start of its runs' default names, its name,
+    and the retries it allows."""
+    return default_run_name(task.name, 0)[:-3], task.name, task.options.retries
+
+
+def _completed_events(recorder: Recorder) -> list[tuple[Any, ...]]:
+    """The COMPLETED states of `recorder`, each as a final state of `Recorder.ends`."""
+    done = recorder.completed
+    names, links, completed_names = recorder.names, recorder.links, recorder.completed_names
+    tasks: dict[Any, tuple[str, str, int]] = {}
+    events: list[tuple[Any, ...]] = []
+    completed = zip(done[0::4], done[1::4], done[2::4], done[3::4], strict=True)
+    for run_id, ended, worker, task in completed:
+        about = tasks.get(task)
+        if about is None:
+            about = tasks[task] = _about(task)
+        name = names.get(run_id) or about[0] + _SUFFIXES[(run_id * _NAME_HASH) & 0xFFF]
+        upstreams, parent = links.get(run_id, _NO_LINKS)
+        state_name = completed_names.get(run_id, _COMPLETED_NAME)
+        events.append(
+            (
+                run_id,
+                ended,
+                worker,
+                state_name,
+                "COMPLETED",
+                name,
+                about[1],
+                about[2],
+                upstreams,
+                parent,
+                None,
+                None,
+            )
+        )
+    return events
 
 
 def _runs_and_attempts(
@@ -203,9 +284,11 @@ def _runs_and_attempts(
     # Each run's state changes in the order they happened: a RUNNING state comes before
     # the PENDING states that counted it, and every state before the final one.
     by_run: dict[int, list[tuple[float, tuple[Any, ...]]]] = {}
-    for index, start in enumerate(recorder.starts):
+    flat = recorder.starts
+    starts = zip(flat[0::3], flat[1::3], flat[2::3], strict=True)
+    for index, start in enumerate(starts):
         by_run.setdefault(start[0], []).append((index, start))
-    for event in recorder.ends:
+    for event in _completed_events(recorder) + recorder.ends:
         position = event[5] - 0.5 if len(event) == 6 else math.inf
         by_run.setdefault(event[0], []).append((position, event))
     runs: dict[int, RunRecord] = {}
@@ -246,7 +329,7 @@ def _one_run(run_id: int, entries: list[tuple[Any, ...]], flow_end: float) -> Ru
         _, _, _, _, kind, run_name, task, retries, upstream_ids, parent_id, message, text = event
         return RunRecord(
             run_id,
-            default_run_name(task, run_id) if run_name is None else run_name,
+            run_name,
             task,
             kind,
             name,
