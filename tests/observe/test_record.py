@@ -3,12 +3,14 @@ a shorter path, which must give exactly what the general one gives."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 import pytest
 from baton import flow, task
-from baton._observe import _model
+from baton._observe import _flat, _model
+from baton._observe._flat import flat_trace as _flat_trace
 from baton._observe._report import html_report
 from baton._observe._trace import chrome_trace
 
@@ -82,3 +84,32 @@ def test_the_short_path_builds_what_the_general_one_does(
     names = {run.name for run in short.runs.values()}
     assert {"named-0", "named-1", "named-2"} | square_names <= names
     assert all(run.name != f"run #{run.id}" for run in short.runs.values())
+
+
+@pytest.mark.parametrize("runner", ["thread", "sync"])
+def test_a_flow_run_of_lone_runs_is_written_as_from_its_record(
+    runner: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen: list[Any] = []
+    build = _model.FlowRecord.build.__func__  # type: ignore[attr-defined]
+
+    def keep(cls: Any, flow_run: Any, state: Any, recorder: Any) -> Any:
+        seen.append((flow_run, state, recorder))
+        return build(cls, flow_run, state, recorder)
+
+    monkeypatch.setattr(_model.FlowRecord, "build", classmethod(keep))
+    monkeypatch.setattr(_flat, "flat_trace", lambda *args: None)  # the general path
+    path = tmp_path / "run.json"
+    monkeypatch.setenv("BATON_TRACE_FILE", str(path))
+
+    @flow(task_runner=runner)
+    def lone() -> None:
+        square.map(range(300))
+        named.map(range(5))
+
+    lone()
+    [(flow_run, state, recorder)] = seen
+    text = _flat_trace(flow_run, state, recorder)
+    assert text is not None
+    assert text == path.read_text()
+    assert len(json.loads(text)["traceEvents"]) > 305

@@ -178,16 +178,31 @@ def flow_run_finished(flow_run: FlowRun, state: State) -> None:
 
 def _record_and_write(flow_run: FlowRun, state: State, recorder: Recorder) -> None:
     from baton._observe._model import FlowRecord
+    from baton._observe._trace import chrome_trace
 
+    trace, report = recorder.trace, recorder.report
+    if report is None and trace is not None:
+        from baton._observe._flat import flat_trace
+
+        # A flow run of runs that all completed at once, with nothing linking them,
+        # is written without a record of each run.
+        _write(
+            trace,
+            flow_run,
+            "trace",
+            lambda: (
+                flat_trace(flow_run, state, recorder)
+                or chrome_trace(FlowRecord.build(flow_run, state, recorder))
+            ),
+        )
+        return
     record = FlowRecord.build(flow_run, state, recorder)
-    if recorder.trace is not None:
-        from baton._observe._trace import chrome_trace
-
-        _write(recorder.trace, flow_run, "trace", lambda: chrome_trace(record))
-    if recorder.report is not None:
+    if trace is not None:
+        _write(trace, flow_run, "trace", lambda: chrome_trace(record))
+    if report is not None:
         from baton._observe._report import html_report
 
-        _write(recorder.report, flow_run, "report", lambda: html_report(record))
+        _write(report, flow_run, "report", lambda: html_report(record))
 
 
 @hookimpl
