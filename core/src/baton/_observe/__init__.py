@@ -4,9 +4,9 @@
 ``chrome://tracing`` open it); ``BATON_REPORT_FILE=run.html`` writes it as one
 self-contained HTML page. ``baton run --trace/--report`` set them.
 
-While a flow run goes on, the per-task hook only appends a small tuple per state
-change to a list; everything else (attempts, tracks, arrows, the page) is worked
-out and written once, as the flow run finishes. With neither setting,
+While a flow run goes on, the per-task hook only adds a few plain values per state
+change to a list (see `Recorder`); everything else (attempts, tracks, arrows, the
+page) is worked out and written once, as the flow run finishes. With neither setting,
 `observes_task_runs()` is False and the per-task hook is left out of the flow
 run's observer: it costs nothing per task.
 """
