@@ -37,6 +37,15 @@ logger = logging.getLogger("baton")
 _FIELD_ROOT = re.compile(r"[.\[]")
 
 
+NAME_HASH = 2654435761
+"""Spreads run ids over the three hex digits of default run names."""
+
+
+def default_run_name(task_name: str, run_id: int) -> str:
+    """The name of run `run_id` of a task without `task_run_name`: ``<task>-<3 hex>``."""
+    return f"{task_name}-{(run_id * NAME_HASH) & 0xFFF:03x}"
+
+
 class Task(Generic[P, R]):
     """A function that Baton can run as tracked, retried, concurrent task runs.
 
@@ -153,7 +162,7 @@ class Task(Generic[P, R]):
                     type(exc).__name__,
                     exc,
                 )
-        return f"{self.name}-{(run.id * 2654435761) & 0xFFF:03x}"
+        return default_run_name(self.name, run.id)
 
     # -- running ------------------------------------------------------------------
 

@@ -24,87 +24,106 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from baton._observe._model import Attempt, FlowRecord
 
-__all__ = ["FLOW_PID", "chrome_trace", "trace_events"]
+__all__ = ["FLOW_PID", "attempt_template", "chrome_trace", "pids_of", "trace_events"]
 
 FLOW_PID = 1
 """The process of the trace that holds the flow run itself."""
 
 
-def chrome_trace(record: FlowRecord) -> str:
+def chrome_trace(
+    record: FlowRecord, attempt_lines: list[str] | None = None, task_runs: int | None = None
+) -> str:
     """The trace file's text: the same events as `trace_events`, the attempts written
-    from a template (a flow run of 10,000 runs is written in milliseconds)."""
+    from a template (a flow run of 10,000 runs is written in milliseconds).
+
+    `attempt_lines` and `task_runs`, when given, stand for the attempts' events and
+    the number of runs (a record made for its metadata only: see `_flat`)."""
     other = {
         "flow": record.flow,
         "flow_run": record.flow_run,
         "state": record.state,
         "task_runner": record.runner,
-        "task_runs": len(record.runs),
+        "task_runs": len(record.runs) if task_runs is None else task_runs,
     }
     events = trace_events(record, attempts=False)
     parts = [json.dumps(e, separators=(",", ":"), default=str) for e in events]
-    parts.extend(_attempt_lines(record))
-    return (
-        '{"traceEvents":[\n'
-        + ",\n".join(parts)
-        + '\n],"displayTimeUnit":"ms","otherData":'
-        + json.dumps(other, separators=(",", ":"))
-        + "}\n"
+    parts.extend(_attempt_lines(record) if attempt_lines is None else attempt_lines)
+    # One join: the text of a large flow run is copied once.
+    parts[0] = '{"traceEvents":[\n' + parts[0]
+    parts[-1] += (
+        '\n],"displayTimeUnit":"ms","otherData":' + json.dumps(other, separators=(",", ":")) + "}\n"
     )
+    return ",\n".join(parts)
 
 
-_ATTEMPT = (
-    '{"ph":"X","name":%s,"cat":%s,"pid":%d,"tid":%d,"ts":%.3f,"dur":%.3f,"args":{"run":%s,'
-    '"task":%s,"state":%s,"final_state":%s,"attempt":%d,"retries":%d,"worker":%s,"run_id":%d}}'
+# An attempt's event in two parts: what attempts on one lane of one worker, of one
+# task, ending alike share (written once per such group), then the rest of it.
+_ATTEMPT_GROUP = (
+    '{"ph":"X","pid":%d,"tid":%d,"cat":%s,"args":{"task":%s,"worker":%s,"state":%s,'
+    '"final_state":%s,"attempt":%d,"retries":%d,'
 )
+_ATTEMPT_REST = '"run_id":%d,"run":%s},"name":%s,"ts":%.3f,"dur":%.3f}'
 
 
 def _attempt_lines(record: FlowRecord) -> list[str]:
     """One complete event per attempt, as `trace_events` makes them."""
     encode = encode_basestring_ascii  # json's own string encoder (C), without dumps' setup
-    # Names met more than once (tasks, states, workers) are encoded once.
-    text = {value: encode(value) for value in record.workers}
-    for run in record.runs.values():
-        for value in (run.task, run.state_name):
-            if value not in text:
-                text[value] = encode(value)
-    for attempt in record.attempts:
-        if attempt.outcome not in text:
-            text[attempt.outcome] = encode(attempt.outcome)
-    pids = _pids(record)
+    pids = pids_of(record)
     origin = record.start
     runs = record.runs
-    template = _ATTEMPT
+    templates: dict[tuple[Any, ...], str] = {}
     lines: list[str] = []
     add = lines.append
     for attempt in record.attempts:
         run = runs[attempt.run_id]
-        name = encode(run.name)
-        task = text[run.task]
-        worker = attempt.worker
-        start = attempt.start
-        add(
-            template
-            % (
-                name,
-                task,
-                pids[worker],
-                attempt.lane + 1,
-                (start - origin) * 1e6,
-                (attempt.end - start) * 1e6,
-                name,
-                task,
-                text[attempt.outcome],
-                text[run.state_name],
-                attempt.number,
-                run.retries,
-                text[worker],
-                run.id,
-            )
+        key = (
+            attempt.worker,
+            attempt.lane,
+            run.task,
+            attempt.outcome,
+            run.state_name,
+            attempt.number,
+            run.retries,
         )
+        template = templates.get(key)
+        if template is None:
+            template = templates[key] = attempt_template(pids, *key)
+        name = encode(run.name)
+        start = attempt.start
+        add(template % (run.id, name, name, (start - origin) * 1e6, (attempt.end - start) * 1e6))
     return lines
 
 
-def _pids(record: FlowRecord) -> dict[str, int]:
+def attempt_template(
+    pids: dict[str, int],
+    worker: str,
+    lane: int,
+    task: str,
+    outcome: str,
+    final: str,
+    number: int,
+    retries: int,
+) -> str:
+    """The template of the events of attempts alike: run id, run name (twice), start
+    and duration (in µs) are left to fill in."""
+    encode = encode_basestring_ascii
+    task_text = encode(task)
+    group = _ATTEMPT_GROUP % (
+        pids[worker],
+        lane + 1,
+        task_text,
+        task_text,
+        encode(worker),
+        encode(outcome),
+        encode(final),
+        number,
+        retries,
+    )
+    return group.replace("%", "%%") + _ATTEMPT_REST
+
+
+def pids_of(record: FlowRecord) -> dict[str, int]:
+    """The trace's process of each worker."""
     return {worker: FLOW_PID + 1 + index for index, worker in enumerate(record.workers)}
 
 
@@ -116,7 +135,7 @@ def trace_events(record: FlowRecord, attempts: bool = True) -> list[dict[str, An
     def micros(timestamp: float) -> float:
         return round((timestamp - origin) * 1e6, 3)
 
-    pids = _pids(record)
+    pids = pids_of(record)
     events: list[dict[str, Any]] = [
         _meta("process_name", FLOW_PID, 0, f"flow run {record.flow_run} ({record.flow})"),
         _meta("process_sort_index", FLOW_PID, 0, 0, key="sort_index"),

@@ -11,9 +11,11 @@ fetching any result.
 
 The driver hears that a run started (and of its retries) through a Dask event
 topic of its session: the starts a worker sees within a few milliseconds go in one
-event. While the run executes, the worker thread lends its slot to Dask whenever
-the task blocks on other runs (`secede`/`rejoin`), and task runs submitted by the
-task go to the same cluster through the worker's own client.
+event, or at once when one of those runs ends first (Dask keeps the order of what a
+worker sends, so a run's start is heard before its end). While the run executes,
+the worker thread lends its slot to Dask whenever the task blocks on other runs
+(`secede`/`rejoin`), and task runs submitted by the task go to the same cluster
+through the worker's own client.
 """
 
 from __future__ import annotations
@@ -261,6 +263,8 @@ def run_task(
     with lend_slot(_SECESSION):
         result = run_call(call, values, attempt=attempt, on_state=report, nested=_worker_runner())
     del values
+    if report is not None:
+        report.ended()
     state = result.state
     if state.type is StateType.COMPLETED:
         value = state.result()
@@ -320,6 +324,21 @@ class _Reports:
             del entries[at - 1 : at + 1]  # its start time and number
             return True
 
+    def send_now(self, topic: str, number: int) -> None:
+        """Send what is waiting for `topic` now if the start of run `number` is among it:
+        called as the run ends, so that its start goes ahead of its end. Dask passes
+        both through the same streams, worker to scheduler to client, in order, so the
+        flow's process hears where the run ran before it hears that it ended."""
+        with self.lock:
+            entries = self.pending.get(topic)
+            if entries is None or number not in entries:
+                return
+            del self.pending[topic]
+        try:
+            self.worker.log_event(topic, entries)
+        except Exception:  # the worker is closing: nobody is left to tell
+            pass
+
     def _later(self) -> None:
         import asyncio
 
@@ -339,11 +358,9 @@ _reports: dict[int, _Reports] = {}
 _reports_lock = threading.Lock()
 
 
-def _reporter(topic: str, number: int) -> Any:
-    """What `run_call` calls with each state of a run: the first, RUNNING, goes as the run's
-    number, with the starts of other runs; later ones (Retrying, RUNNING again) pickled,
-    with it, at once and waiting for the scheduler to have it: the flow's process counts
-    a run's attempts from them, and the next attempt may kill this worker."""
+def _reporter(topic: str, number: int) -> _Reporter | None:
+    """What `run_call` calls with each state of run `number` (see `_Reporter`); None
+    outside a Dask worker."""
     from distributed import get_worker
 
     try:
@@ -354,27 +371,48 @@ def _reporter(topic: str, number: int) -> Any:
     if reports is None or reports.worker is not worker:
         with _reports_lock:
             reports = _reports[id(worker)] = _Reports(worker)
-    first = [True]
-    started = [0.0]
+    return _Reporter(reports, topic, number)
 
-    def report(state: State) -> None:
-        if first[0]:
-            first[0] = False
-            started[0] = state.timestamp
-            reports.add(topic, state.timestamp, number)
-        else:
-            try:
-                from distributed.utils import sync
 
-                rpc: Any = worker.scheduler
-                msg: list[Any] = [[number, dumps(state), worker.address]]
-                if reports.take(topic, number):  # its start must not come after this
-                    msg = [worker.address, started[0], number, *msg]
-                sync(worker.loop, rpc.log_event, topic=topic, msg=msg)
-            except Exception:  # the scheduler is out of reach: the run goes on regardless
-                pass
+class _Reporter:
+    """Reports the states of one run: the first, RUNNING, goes as the run's number, with
+    the starts of other runs; later ones (Retrying, RUNNING again) pickled, with it, at
+    once and waiting for the scheduler to have it: the flow's process counts a run's
+    attempts from them, and the next attempt may kill this worker. As the run ends,
+    `ended()` sends its start if it still waits, so that no run ends unplaced."""
 
-    return report
+    __slots__ = ("first", "number", "reports", "started", "topic")
+
+    def __init__(self, reports: _Reports, topic: str, number: int) -> None:
+        self.reports = reports
+        self.topic = topic
+        self.number = number
+        self.first = True
+        self.started = 0.0
+
+    def __call__(self, state: State) -> None:
+        reports = self.reports
+        if self.first:
+            self.first = False
+            self.started = state.timestamp
+            reports.add(self.topic, state.timestamp, self.number)
+            return
+        worker = reports.worker
+        try:
+            from distributed.utils import sync
+
+            rpc: Any = worker.scheduler
+            msg: list[Any] = [[self.number, dumps(state), worker.address]]
+            if reports.take(self.topic, self.number):  # its start must not come after this
+                msg = [worker.address, self.started, self.number, *msg]
+            sync(worker.loop, rpc.log_event, topic=self.topic, msg=msg)
+        except Exception:  # the scheduler is out of reach: the run goes on regardless
+            pass
+
+    def ended(self) -> None:
+        """The run ended here: its start, if not sent yet, goes now, ahead of its end."""
+        if not self.first:
+            self.reports.send_now(self.topic, self.number)
 
 
 # -- results and failures that travel -----------------------------------------------------
