@@ -190,6 +190,10 @@ def run_batch_task(
             nested=_worker_runner(),
         )
     del values_in
+    if reporters is not None:
+        for report in reporters:  # starts not sent yet go ahead of the batch's end
+            if report is not None:
+                report.ended()
     values: list[Any] = []
     outcomes: list[Any] = []
     seconds: list[float] = []
