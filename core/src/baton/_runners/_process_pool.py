@@ -38,16 +38,18 @@ from baton._runners._process_jobs import (
     reap,
     shutdown_state,
 )
-from baton._runners._process_shm import open_buffers, remove_ref, remove_worker_files
+from baton._runners._process_shm import open_buffers, remove_ref, remove_worker_files, take_lent
 from baton._runners._process_stopping import PoolStopping
 from baton._runners._worker import (
     BATCH,
     HELLO,
     INIT_FAILED,
     READY,
+    RESEND,
     RESULT,
     STARTED,
     STATE,
+    TAKEN,
     frame,
     parent_sys_path,
     split_frames,
@@ -545,6 +547,15 @@ class WorkerPool(PoolStopping):
         if kind == RESULT:
             _, run_id, blob, ref = message
             buffers: list[Any] | Exception | None
+            if ref is not None and ref[0] == "lent":
+                try:
+                    buffers = take_lent(ref, worker.pid)
+                except Exception:  # no memory for it now: the file's path says so
+                    buffers = None
+                self._send(worker, pickle.dumps((RESEND if buffers is None else TAKEN,)))
+                if buffers is None:
+                    return  # it comes again, in a file
+                ref = ("inline", buffers)
             try:
                 buffers = open_buffers(ref)
             except Exception as exc:
