@@ -15,6 +15,10 @@ copies them straight into its new `bytes` objects (`take_lent`, with
 ``process_vm_readv``: one copy, where the file costs two) and says so, and only then
 does the worker let them go. Where that read is refused (a kernel setting, a
 sandbox), the flow's process asks for the file instead, and the worker stops lending.
+The same way, a run's arguments that are only large `bytes` are lent to its worker,
+which copies them once, as long as the workers said, when they started, that they can
+read this process's memory (`probe`, `can_read`); the flow's process holds them until
+the run has ended.
 
 Who removes a file:
 - a result's file, the flow's process, as soon as it opened it (the mapping keeps
@@ -43,9 +47,11 @@ __all__ = [
     "INLINE_LIMIT",
     "BufferRef",
     "can_lend",
+    "can_read",
     "file_prefix",
     "lend_buffers",
     "open_buffers",
+    "probe",
     "remove",
     "remove_leftovers",
     "remove_ref",
@@ -244,6 +250,24 @@ def _read_from(pid: int, remote: int, local: int, length: int) -> bool:
             return False
         done += got
     return True
+
+
+_PROBE = os.urandom(16)  # what a worker reads here to learn whether it may
+
+
+def probe() -> tuple[int, bytes]:
+    """Where this process holds a few known bytes, and what they are: a worker that can
+    read them (`can_read`) can take arguments lent by this process."""
+    return _address(_PROBE), _PROBE
+
+
+def can_read(pid: int, where: tuple[int, bytes]) -> bool:
+    """Whether this process can read the memory of process `pid` (`probe` there)."""
+    if _readv is None:
+        return False
+    address, expected = where
+    got = ctypes.create_string_buffer(len(expected))
+    return _read_from(pid, address, ctypes.addressof(got), len(expected)) and got.raw == expected
 
 
 def remove(path: str) -> None:

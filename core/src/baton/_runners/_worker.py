@@ -6,7 +6,8 @@ never inherits the parent's threads or locks. The two talk over one stream socke
 in length-prefixed frames, each a pickled tuple whose first item is its kind:
 
 parent -> worker
-    ``(HELLO, sys_path, argv, initializer_blob)`` once, then
+    ``(HELLO, sys_path, argv, initializer_blob, probe)`` once (`probe`: where the
+    parent holds bytes to read, see `_process_shm.probe`), then
     ``(BATCH, new_tasks, forget, items, sys_path, context)``: tasks the worker has
     not seen yet as ``(key, cloudpickled Task)``, keys of tasks it may forget, runs as
     ``(run_id, name, task_key, attempt, timed, pickled (args, kwargs), buffers)``
@@ -19,7 +20,8 @@ parent -> worker
     ``(TAKEN,)`` or ``(RESEND,)`` in answer to a result with lent buffers: copied,
     or not readable here (then send it again, with its buffers in a file).
 worker -> parent
-    ``(READY, pid)``, or ``(INIT_FAILED, traceback_text)`` if the initializer raised;
+    ``(READY, pid, reads_parent)`` (whether it could read the probe), or
+    ``(INIT_FAILED, traceback_text)`` if the initializer raised;
     ``(STARTED, run_id)`` as a run with a timeout starts; ``(STATE, run_id, state)``
     for a Retrying or Running state between attempts; and one
     ``(RESULT, run_id, pickled RemoteResult, buffers)`` per run, in the order
@@ -180,9 +182,16 @@ def _load(blob: bytes | bytearray, shared: tuple[Any, ...] | None = None) -> Any
     try:
         if shared is None:
             return pickle.loads(blob)
-        from baton._runners._process_shm import open_buffers
+        from baton._runners._process_shm import open_buffers, take_lent
         from baton._travel import loads
 
+        if shared[0] == "lent":  # the flow's process holds them until the run has ended
+            buffers = take_lent(shared, os.getppid())
+            if buffers is None:
+                raise OSError(
+                    "the large bytes among them could not be read from the flow's process"
+                )
+            return loads(blob, buffers)
         # The flow's process removes the file when the run ends (it may be sent again).
         return loads(blob, open_buffers(shared, keep_file=True))
     finally:
@@ -407,7 +416,7 @@ def main() -> None:
         hello = pickle.loads(channel.receive())
     except EOFError:
         return
-    _, sys_path, argv, init_blob = hello
+    _, sys_path, argv, init_blob, where = hello
     sys.path[:] = sys_path
     sys.argv[:] = argv  # tasks that read the script's arguments see them
     if init_blob is not None:
@@ -419,7 +428,10 @@ def main() -> None:
                 pickle.dumps((INIT_FAILED, traceback.format_exc()), pickle.HIGHEST_PROTOCOL)
             )
             sys.exit(1)
-    channel.send(pickle.dumps((READY, os.getpid()), pickle.HIGHEST_PROTOCOL))
+    from baton._runners._process_shm import can_read
+
+    ready = (READY, os.getpid(), can_read(parent_pid, where))
+    channel.send(pickle.dumps(ready, pickle.HIGHEST_PROTOCOL))
     try:
         _Worker(channel, parent_pid).serve()
     except (EOFError, ConnectionError):
