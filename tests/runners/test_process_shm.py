@@ -306,8 +306,8 @@ def _kinds_sent(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
 
     kinds: list[str | None] = []
 
-    def spy(run: Any, lend: bool = False) -> Any:
-        payload, ref = pickle_arguments(run, lend)
+    def spy(*args: Any) -> Any:
+        payload, ref = pickle_arguments(*args)
         kinds.append(None if ref is None else ref[0])
         return payload, ref
 
