@@ -179,8 +179,9 @@ class _IOVec(ctypes.Structure):
 
 
 def _process_vm_readv() -> Any:
-    """libc's ``process_vm_readv``, or None where there is none."""
-    if not sys.platform.startswith("linux"):
+    """libc's ``process_vm_readv``, or None where there is none (or where a `bytes`
+    object's address, from ctypes, may not be that of its own data: not CPython)."""
+    if not sys.platform.startswith("linux") or sys.implementation.name != "cpython":
         return None
     try:
         function = ctypes.CDLL(None, use_errno=True).process_vm_readv
@@ -218,6 +219,7 @@ def lend_buffers(buffers: list[bytes]) -> BufferRef:
 
 
 def _address(value: bytes) -> int:
+    """Where the data of `value` is (in CPython, its own buffer, not a copy)."""
     address = ctypes.cast(ctypes.c_char_p(value), ctypes.c_void_p).value
     assert address is not None
     return address
@@ -228,11 +230,12 @@ def take_lent(ref: BufferRef, pid: int) -> list[Any] | None:
     objects here; None if this process may not read its memory."""
     entries: list[Any] = []
     for address, length in ref[1]:
+        if length < INLINE_LIMIT:
+            return None  # the small ones may be shared objects: never written into
         # bytes(n) comes from calloc: fresh, untouched pages, so the one write into
-        # them is the copy itself. Nothing else holds the object before it is filled,
-        # and a length of at least INLINE_LIMIT is never one of the shared small ones.
+        # them is the copy itself. Nothing else holds the object before it is filled.
         value = bytes(length)
-        if length < INLINE_LIMIT or not _read_from(pid, address, _address(value), length):
+        if not _read_from(pid, address, _address(value), length):
             return None
         entries.append(value)
     return entries
