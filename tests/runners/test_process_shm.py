@@ -280,3 +280,107 @@ def test_buffers_travel_in_the_message_when_shared_memory_is_full(
     assert ref is not None and ref[0] == "inline"
     assert loads(blob, open_buffers(ref)) == data
     assert _leftovers() == []
+
+
+# -- large bytes lent: copied once, from one process's memory into the other -------------
+
+
+def _kinds_opened(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """The kinds of the buffer references of the results the flow's process opens."""
+    from baton._runners import _process_pool
+
+    kinds: list[str | None] = []
+
+    def spy(ref: Any, keep_file: bool = False) -> Any:
+        kinds.append(None if ref is None else ref[0])
+        return open_buffers(ref, keep_file)
+
+    monkeypatch.setattr(_process_pool, "open_buffers", spy)
+    return kinds
+
+
+def _kinds_sent(monkeypatch: pytest.MonkeyPatch) -> list[str | None]:
+    """The kinds of the buffer references of the arguments sent to the workers."""
+    from baton._runners import _process_pool
+    from baton._runners._process_jobs import pickle_arguments
+
+    kinds: list[str | None] = []
+
+    def spy(*args: Any) -> Any:
+        payload, ref = pickle_arguments(*args)
+        kinds.append(None if ref is None else ref[0])
+        return payload, ref
+
+    monkeypatch.setattr(_process_pool, "pickle_arguments", spy)
+    return kinds
+
+
+needs_process_vm_readv = pytest.mark.skipif(
+    not sys.platform.startswith("linux"), reason="lending needs Linux process_vm_readv"
+)
+
+
+@needs_process_vm_readv
+def test_large_bytes_travel_without_a_file_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
+    opened = _kinds_opened(monkeypatch)
+    sent = _kinds_sent(monkeypatch)
+    size = 3 * MB
+    with get_runner("process", max_workers=1) as runner:
+
+        @flow(task_runner=runner)
+        def pipeline() -> tuple[bytes, int]:
+            checksum.submit(b"").result()  # a worker said it can read this process
+            blob = make_bytes.submit(size, 5).result()
+            return blob, checksum.submit(blob).result()
+
+        blob, total = pipeline()
+    assert blob == bytes([5]) * size
+    assert total == checksum.fn(blob)
+    assert "shm" not in opened  # the result was copied from the worker's memory
+    assert sent[-1] == "lent"  # and the argument lent to the worker
+    assert _leftovers() == []
+
+
+def test_a_worker_that_cannot_be_read_sends_its_large_bytes_in_a_file(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from baton._runners import _process_pool
+
+    asked: list[int] = []
+
+    def refused(ref: Any, pid: int) -> None:
+        asked.append(pid)
+        return None
+
+    monkeypatch.setattr(_process_pool, "take_lent", refused)
+    opened = _kinds_opened(monkeypatch)
+    size = 2 * MB
+    with get_runner("process", max_workers=1) as runner:
+
+        @flow(task_runner=runner)
+        def twice() -> list[bytes]:
+            return [make_bytes.submit(size, seed).result() for seed in (3, 4)]
+
+        assert twice() == [bytes([3]) * size, bytes([4]) * size]
+    assert opened == ["shm", "shm"]
+    assert len(asked) <= 1  # a worker that was refused once stops lending
+    assert _leftovers() == []
+
+
+def test_arguments_go_in_a_file_to_workers_that_cannot_read_this_process(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from baton._runners import _process_pool
+
+    monkeypatch.setattr(_process_pool, "probe", lambda: (0, b"unreadable probe"))
+    sent = _kinds_sent(monkeypatch)
+    blob = b"q" * (2 * MB)
+    with get_runner("process", max_workers=1) as runner:
+
+        @flow(task_runner=runner)
+        def pipeline() -> list[int]:
+            return [checksum.submit(b"").result(), checksum.submit(blob).result()]
+
+        assert pipeline() == [0, checksum.fn(blob)]
+    assert sent[-1] == "shm"
+    assert _leftovers() == []

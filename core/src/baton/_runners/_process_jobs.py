@@ -13,7 +13,14 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from baton import CrashedRun, State
-from baton._runners._process_shm import BufferRef, file_prefix, remove, share_buffers
+from baton._runners._process_shm import (
+    BufferRef,
+    can_lend,
+    file_prefix,
+    lend_buffers,
+    remove,
+    share_buffers,
+)
 from baton._runners._worker import describe_exit
 from baton._travel import LARGE_BYTES
 from baton.runners import Attempts, cloudpickle_dumps, unpicklable_arguments
@@ -198,11 +205,13 @@ def reap(worker: WorkerProcess, patient: bool) -> str:
 # -- what the parent sends ----------------------------------------------------------
 
 
-def pickle_arguments(run: TaskRun) -> tuple[bytes, BufferRef | None]:
+def pickle_arguments(run: TaskRun, lend: bool = False) -> tuple[bytes, BufferRef | None]:
     """The run's arguments for the worker pickled, ``(args, kwargs)``, or ``(args,
     kwargs, limits)`` in a flow run with limits (`RunCall.limits` as
     `RunLimits.to_bytes`, or None); and where their large data is (see
-    _process_shm): removed when the run ends."""
+    _process_shm): removed when the run ends. With `lend` (the workers can read this
+    process's memory), large data that is only `bytes` is lent, and held until the run
+    ends."""
     args, kwargs = run.args, run.kwargs
     sent: tuple[Any, ...] = (args, kwargs)
     scope = run.scope
@@ -226,6 +235,10 @@ def pickle_arguments(run: TaskRun) -> tuple[bytes, BufferRef | None]:
         payload = cloudpickle_dumps(sent, buffers)
     except Exception as exc:
         raise _argument_error(run, exc) from exc
+    if lend and can_lend(buffers):
+        # Held here, not only by the arguments, which the caller may still change.
+        run.future.add_done_callback(lambda _: buffers.clear())
+        return payload, lend_buffers(buffers)
     ref = share_buffers(buffers, file_prefix(os.getpid(), "d"))
     if ref is not None and ref[0] == "shm":
         path = ref[1]

@@ -38,16 +38,24 @@ from baton._runners._process_jobs import (
     reap,
     shutdown_state,
 )
-from baton._runners._process_shm import open_buffers, remove_ref, remove_worker_files
+from baton._runners._process_shm import (
+    open_buffers,
+    probe,
+    remove_ref,
+    remove_worker_files,
+    take_lent,
+)
 from baton._runners._process_stopping import PoolStopping
 from baton._runners._worker import (
     BATCH,
     HELLO,
     INIT_FAILED,
     READY,
+    RESEND,
     RESULT,
     STARTED,
     STATE,
+    TAKEN,
     frame,
     parent_sys_path,
     split_frames,
@@ -139,6 +147,7 @@ class WorkerPool(PoolStopping):
         self._stop_deadline: float | None = None
         self._broken: str | None = None
         self._start_failures = 0
+        self.lend_arguments = False  # whether the workers can read this process's memory
         self._next_poll = 0.0
         self._tasks: dict[int, tuple[weakref.ref[Task[..., Any]], int, bytes]] = {}
         self._task_keys = itertools.count(1)
@@ -161,7 +170,8 @@ class WorkerPool(PoolStopping):
             run.set_state(State.crashed(CrashedRun(broken), broken))
             return
         key, blob = self._task_entry(run.task)
-        job = Job(run, key, blob, pickle_arguments(run), run.task.options.timeout_seconds, session)
+        payload = pickle_arguments(run, self.lend_arguments)
+        job = Job(run, key, blob, payload, run.task.options.timeout_seconds, session)
         session.add(run)
         self._cancellable[run.id] = job
         self._incoming.put(job)
@@ -511,7 +521,7 @@ class WorkerPool(PoolStopping):
         self._selector.register(parent_sock, selectors.EVENT_READ, worker)
         self._workers.append(worker)
         worker.path = parent_sys_path()
-        hello = (HELLO, worker.path, list(sys.argv), self._init_blob)
+        hello = (HELLO, worker.path, list(sys.argv), self._init_blob, probe())
         self._send(worker, pickle.dumps(hello, pickle.HIGHEST_PROTOCOL))
         return worker
 
@@ -545,6 +555,15 @@ class WorkerPool(PoolStopping):
         if kind == RESULT:
             _, run_id, blob, ref = message
             buffers: list[Any] | Exception | None
+            if ref is not None and ref[0] == "lent":
+                try:
+                    buffers = take_lent(ref, worker.pid)
+                except Exception:  # no memory for it now: the file's path says so
+                    buffers = None
+                self._send(worker, pickle.dumps((RESEND if buffers is None else TAKEN,)))
+                if buffers is None:
+                    return  # it comes again, in a file
+                ref = ("inline", buffers)
             try:
                 buffers = open_buffers(ref)
             except Exception as exc:
@@ -580,6 +599,7 @@ class WorkerPool(PoolStopping):
             job.run.set_state(state)
         elif kind == READY:
             worker.ready = True
+            self.lend_arguments = message[2]
             self._start_failures = 0
         elif kind == INIT_FAILED:
             self._break(

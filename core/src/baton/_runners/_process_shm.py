@@ -9,6 +9,17 @@ copy, and a `bytes` value is read once into its new object (reading, rather than
 mapping, keeps the process's memory at one copy while it is made). Small buffers
 travel in the message itself.
 
+A result whose out-of-band data is only `bytes` skips the file on Linux: the worker
+lends them (`lend_buffers`: where they are in its memory), the flow's process
+copies them straight into its new `bytes` objects (`take_lent`, with
+``process_vm_readv``: one copy, where the file costs two) and says so, and only then
+does the worker let them go. Where that read is refused (a kernel setting, a
+sandbox), the flow's process asks for the file instead, and the worker stops lending.
+The same way, a run's arguments that are only large `bytes` are lent to its worker,
+which copies them once, as long as the workers said, when they started, that they can
+read this process's memory (`probe`, `can_read`); the flow's process holds them until
+the run has ended.
+
 Who removes a file:
 - a result's file, the flow's process, as soon as it opened it (the mapping keeps
   the pages for as long as the value lives); if the worker dies first, the flow's
@@ -22,31 +33,39 @@ Who removes a file:
 from __future__ import annotations
 
 import atexit
+import ctypes
 import glob
 import itertools
 import mmap
 import os
 import pickle
+import sys
 import tempfile
 from typing import Any
 
 __all__ = [
     "INLINE_LIMIT",
     "BufferRef",
+    "can_lend",
+    "can_read",
     "file_prefix",
+    "lend_buffers",
     "open_buffers",
+    "probe",
     "remove",
     "remove_leftovers",
     "remove_ref",
     "remove_worker_files",
     "share_buffers",
+    "take_lent",
 ]
 
 INLINE_LIMIT = 1 << 20  # out-of-band data up to this size travels in the message
 _ALIGN = 64  # NumPy wants its data aligned
 _counter = itertools.count()
 
-# ("inline", [entry, ...]) or ("shm", path, [(offset, length, is_bytes), ...])
+# ("inline", [entry, ...]), ("shm", path, [(offset, length, is_bytes), ...]) or
+# ("lent", [(address, length), ...])
 BufferRef = tuple[Any, ...]
 
 
@@ -153,6 +172,105 @@ def _read_exact(fd: int, offset: int, length: int) -> bytes:
         chunks.append(chunk)
         got += len(chunk)
     return b"".join(chunks)
+
+
+class _IOVec(ctypes.Structure):
+    _fields_ = [("base", ctypes.c_void_p), ("length", ctypes.c_size_t)]
+
+
+def _process_vm_readv() -> Any:
+    """libc's ``process_vm_readv``, or None where there is none (or where a `bytes`
+    object's address, from ctypes, may not be that of its own data: not CPython)."""
+    if not sys.platform.startswith("linux") or sys.implementation.name != "cpython":
+        return None
+    try:
+        function = ctypes.CDLL(None, use_errno=True).process_vm_readv
+    except (OSError, AttributeError):
+        return None
+    function.restype = ctypes.c_ssize_t
+    function.argtypes = [
+        ctypes.c_int,
+        ctypes.POINTER(_IOVec),
+        ctypes.c_ulong,
+        ctypes.POINTER(_IOVec),
+        ctypes.c_ulong,
+        ctypes.c_ulong,
+    ]
+    return function
+
+
+_readv: Any = _process_vm_readv()
+
+
+def can_lend(buffers: list[Any]) -> bool:
+    """Whether `buffers` can be lent rather than written to a file: Linux, and large
+    `bytes` only (each one its own object, which nothing changes)."""
+    return (
+        _readv is not None
+        and bool(buffers)
+        and all(type(b) is bytes and len(b) >= INLINE_LIMIT for b in buffers)
+    )
+
+
+def lend_buffers(buffers: list[bytes]) -> BufferRef:
+    """Where the `bytes` `buffers` are in this process's memory, for `take_lent` in the
+    flow's process; they must stay alive until it answered."""
+    return ("lent", [(_address(b), len(b)) for b in buffers])
+
+
+def _address(value: bytes) -> int:
+    """Where the data of `value` is (in CPython, its own buffer, not a copy)."""
+    address = ctypes.cast(ctypes.c_char_p(value), ctypes.c_void_p).value
+    assert address is not None
+    return address
+
+
+def take_lent(ref: BufferRef, pid: int) -> list[Any] | None:
+    """The `bytes` that process `pid` lent (`lend_buffers`), copied once into new
+    objects here; None if this process may not read its memory."""
+    entries: list[Any] = []
+    for address, length in ref[1]:
+        if length < INLINE_LIMIT:
+            return None  # the small ones may be shared objects: never written into
+        # bytes(n) comes from calloc: fresh, untouched pages, so the one write into
+        # them is the copy itself. Nothing else holds the object before it is filled.
+        value = bytes(length)
+        if not _read_from(pid, address, _address(value), length):
+            return None
+        entries.append(value)
+    return entries
+
+
+def _read_from(pid: int, remote: int, local: int, length: int) -> bool:
+    if _readv is None:
+        return False
+    done = 0
+    while done < length:
+        here = _IOVec(local + done, length - done)
+        there = _IOVec(remote + done, length - done)
+        got = _readv(pid, ctypes.byref(here), 1, ctypes.byref(there), 1, 0)
+        if got <= 0:
+            return False
+        done += got
+    return True
+
+
+_PROBE = os.urandom(16)  # what a worker reads here to learn whether it may
+
+
+def probe() -> tuple[int, bytes]:
+    """Where this process holds a few known bytes, and what they are: a worker that can
+    read them (`can_read`) can take arguments lent by this process."""
+    return _address(_PROBE), _PROBE
+
+
+def can_read(pid: int, where: tuple[int, bytes]) -> bool:
+    """Whether this process can read the memory of process `pid` (`probe` there)."""
+    if _readv is None:
+        return False
+    address, expected = where
+    got = ctypes.create_string_buffer(len(expected))
+    return _read_from(pid, address, ctypes.addressof(got), len(expected)) and got.raw == expected
 
 
 def remove(path: str) -> None:

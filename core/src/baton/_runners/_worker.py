@@ -6,7 +6,8 @@ never inherits the parent's threads or locks. The two talk over one stream socke
 in length-prefixed frames, each a pickled tuple whose first item is its kind:
 
 parent -> worker
-    ``(HELLO, sys_path, argv, initializer_blob)`` once, then
+    ``(HELLO, sys_path, argv, initializer_blob, probe)`` once (`probe`: where the
+    parent holds bytes to read, see `_process_shm.probe`), then
     ``(BATCH, new_tasks, forget, items, sys_path, context)``: tasks the worker has
     not seen yet as ``(key, cloudpickled Task)``, keys of tasks it may forget, runs as
     ``(run_id, name, task_key, attempt, timed, pickled (args, kwargs), buffers)``
@@ -16,13 +17,17 @@ parent -> worker
     parent's sys.path if it changed (None if not), and the environment variables,
     working directory and sys.argv of the runner the runs come from, if they changed
     (None if not: a warm worker serves runner after runner);
-    ``(STOP,)`` to exit once the batches sent so far are done.
+    ``(STOP,)`` to exit once the batches sent so far are done;
+    ``(TAKEN,)`` or ``(RESEND,)`` in answer to a result with lent buffers: copied,
+    or not readable here (then send it again, with its buffers in a file).
 worker -> parent
-    ``(READY, pid)``, or ``(INIT_FAILED, traceback_text)`` if the initializer raised;
+    ``(READY, pid, reads_parent)`` (whether it could read the probe), or
+    ``(INIT_FAILED, traceback_text)`` if the initializer raised;
     ``(STARTED, run_id)`` as a run with a timeout starts; ``(STATE, run_id, state)``
     for a Retrying or Running state between attempts; and one
     ``(RESULT, run_id, pickled RemoteResult, buffers)`` per run, in the order
-    received (`buffers`: where its out-of-band data is, see `_process_shm`).
+    received (`buffers`: where its out-of-band data is, see `_process_shm`); after
+    one whose buffers are lent, the worker waits for the answer before it goes on.
 
 The worker runs one task run at a time and reports each result as soon as it has
 it, so the parent always knows which run a worker is running: the oldest one it
@@ -59,7 +64,7 @@ __all__ = [
     "main",
 ]
 
-HELLO, BATCH, STOP = "hello", "batch", "stop"
+HELLO, BATCH, STOP, TAKEN, RESEND = "hello", "batch", "stop", "taken", "resend"
 READY, INIT_FAILED, STARTED, STATE, RESULT = "ready", "init-failed", "started", "state", "result"
 
 _HEADER = struct.Struct("!Q")
@@ -178,9 +183,16 @@ def _load(blob: bytes | bytearray, shared: tuple[Any, ...] | None = None) -> Any
     try:
         if shared is None:
             return pickle.loads(blob)
-        from baton._runners._process_shm import open_buffers
+        from baton._runners._process_shm import open_buffers, take_lent
         from baton._travel import loads
 
+        if shared[0] == "lent":  # the flow's process holds them until the run has ended
+            buffers = take_lent(shared, os.getppid())
+            if buffers is None:
+                raise OSError(
+                    "the large bytes among them could not be read from the flow's process"
+                )
+            return loads(blob, buffers)
         # The flow's process removes the file when the run ends (it may be sent again).
         return loads(blob, open_buffers(shared, keep_file=True))
     finally:
@@ -212,10 +224,22 @@ class _Worker:
         from baton._runners._process_shm import file_prefix
 
         self.prefix = file_prefix(parent_pid, str(os.getpid()))
+        self.lending = True  # large bytes results are lent, not written to a file
+        self.later: deque[tuple[Any, ...]] = deque()
 
-    def serve(self) -> None:
+    def _answer(self) -> str:
+        """The parent's answer to a result with lent buffers (TAKEN or RESEND); what
+        it sent before that waits in `self.later`."""
         while True:
             message = pickle.loads(self.channel.receive())
+            if message[0] in (TAKEN, RESEND):
+                return message[0]  # type: ignore[no-any-return]
+            self.later.append(message)
+
+    def serve(self) -> None:
+        later = self.later
+        while True:
+            message = later.popleft() if later else pickle.loads(self.channel.receive())
             if message[0] == STOP:
                 return
             _, new_tasks, forget, items, path, context = message
@@ -299,12 +323,19 @@ class _Worker:
     def _send_result(
         self, run_id: int, result: RemoteResult, task_name: str, run_name: str
     ) -> None:
-        from baton._runners._process_shm import remove_ref, share_buffers
+        from baton._runners._process_shm import can_lend, lend_buffers, remove_ref, share_buffers
         from baton.runners import encode_result
 
         buffers: list[Any] = []
         blob = encode_result(result, task_name, run_name, buffers)
         del result
+        if self.lending and can_lend(buffers):
+            # The parent copies them out of this process's memory, then answers.
+            message = (RESULT, run_id, blob, lend_buffers(buffers))
+            self.channel.send(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
+            if self._answer() == TAKEN:
+                return
+            self.lending = False  # it may not read this process: the file from now on
         ref = share_buffers(buffers, self.prefix)
         del buffers
         try:
@@ -388,7 +419,7 @@ def main() -> None:
         hello = pickle.loads(channel.receive())
     except EOFError:
         return
-    _, sys_path, argv, init_blob = hello
+    _, sys_path, argv, init_blob, where = hello
     sys.path[:] = sys_path
     sys.argv[:] = argv  # tasks that read the script's arguments see them
     if init_blob is not None:
@@ -400,7 +431,10 @@ def main() -> None:
                 pickle.dumps((INIT_FAILED, traceback.format_exc()), pickle.HIGHEST_PROTOCOL)
             )
             sys.exit(1)
-    channel.send(pickle.dumps((READY, os.getpid()), pickle.HIGHEST_PROTOCOL))
+    from baton._runners._process_shm import can_read
+
+    ready = (READY, os.getpid(), can_read(parent_pid, where))
+    channel.send(pickle.dumps(ready, pickle.HIGHEST_PROTOCOL))
     try:
         _Worker(channel, parent_pid).serve()
     except (EOFError, ConnectionError):
