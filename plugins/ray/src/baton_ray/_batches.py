@@ -26,12 +26,14 @@ import ray
 from baton.runners import FINAL_STATE_TYPES, Batch, BatchQueue, batch_size_of
 
 from baton_ray._failures import failure_state
+from baton_ray._jobs import TIMED, WHOLE, freeze, when_done
 from baton_ray._worker import run_batch_remote
 
 if TYPE_CHECKING:
     from baton.runners import TaskRun
 
-    from baton_ray._driver import Driver, _Job
+    from baton_ray._driver import Driver
+    from baton_ray._jobs import Job
 
 __all__ = ["Batches", "SentBatch"]
 
@@ -47,7 +49,7 @@ class SentBatch:
 
     __slots__ = ("batch", "outcome_ref")
 
-    def __init__(self, batch: Batch[_Job], outcome_ref: Any) -> None:
+    def __init__(self, batch: Batch[Job], outcome_ref: Any) -> None:
         self.batch = batch
         self.outcome_ref = outcome_ref
 
@@ -58,21 +60,19 @@ class Batches:
     def __init__(self, driver: Driver, batch_size: int | None) -> None:
         self.driver = driver
         self.default = batch_size
-        self.queue: BatchQueue[_Job] = BatchQueue(_DEPTH)
-        self.jobs: dict[int, _Job] = {}  # queued or in a batch, by run id
+        self.queue: BatchQueue[Job] = BatchQueue(_DEPTH)
+        self.jobs: dict[int, Job] = {}  # queued or in a batch, by run id
         self.alone: set[int] = set()
         self._sent: set[SentBatch] = set()
         self._lock = threading.Lock()
         self._slots_seen = 0.0
 
-    def wants(self, job: _Job) -> bool:
-        from baton_ray._driver import TIMED
-
+    def wants(self, job: Job) -> bool:
         if job.kind == TIMED or batch_size_of(job.run.task, self.default) == 1:
             return False
         return all(u.task_run.state.type in _FINAL for u in job.upstreams)
 
-    def put(self, job: _Job) -> None:
+    def put(self, job: Job) -> None:
         run = job.run
         self.jobs[run.id] = job
         alone = run.id in self.alone
@@ -93,12 +93,12 @@ class Batches:
         self.jobs.pop(run.id, None)
         return True
 
-    def queued(self) -> list[_Job]:
+    def queued(self) -> list[Job]:
         """The jobs waiting to go (taken out of the queue)."""
         taken = self.queue.take(everything=True)
         return [job for batch in taken for job in batch.items]
 
-    def running(self) -> list[_Job]:
+    def running(self) -> list[Job]:
         with self._lock:
             sent = list(self._sent)
         return [job for batch in sent for job in batch.batch.items]
@@ -127,7 +127,7 @@ class Batches:
         driver = self.driver
         if driver._closing == "now":
             return
-        back: list[Batch[_Job]] = []
+        back: list[Batch[Job]] = []
         for batch in self.queue.take():
             jobs = [job for job in batch.items if not job.run.future.done()]
             for job in batch.items:
@@ -152,14 +152,12 @@ class Batches:
         for batch in reversed(back):
             self.queue.give_back(batch)
 
-    def _chain(self, batch: Batch[_Job], room: int) -> None:
+    def _chain(self, batch: Batch[Job], room: int) -> None:
         """Add to `batch` the runs of its task that wait for its last run alone, one
         after another (a chain): they run after it in the same Ray task, given its value
         there, instead of each going to Ray once the run before it has ended. Only runs
         the driver does not retry (retries would be decided only after the batch), and
         only while the task's runs are small enough to batch (the sizer's size)."""
-        from baton_ray._driver import WHOLE
-
         last = batch.items[-1]
         if last.kind != WHOLE or batch.alone:
             return  # a run sent alone after a crash goes alone
@@ -188,7 +186,7 @@ class Batches:
             return
         self.queue.slots = max(_DEPTH, _DEPTH * cpus)
 
-    def _send_one(self, batch: Batch[_Job], job: _Job) -> None:
+    def _send_one(self, batch: Batch[Job], job: Job) -> None:
         driver = self.driver
         run = job.run
         job.batch = batch
@@ -204,9 +202,7 @@ class Batches:
         with self._lock:
             return sum(len(sent.batch.items) for sent in self._sent)
 
-    def _send_batch(self, batch: Batch[_Job]) -> None:
-        from baton_ray._driver import WHOLE
-
+    def _send_batch(self, batch: Batch[Job]) -> None:
         driver = self.driver
         jobs = batch.items
         inputs: list[Any] = []
@@ -243,13 +239,11 @@ class Batches:
             job.outcome_ref = None
             if not job.run.set_running() and job.run.future.done():
                 job.stop = "cancel"  # cancelled meanwhile: its outcome is dropped
-        from baton_ray._driver import _when_done
-
-        _when_done(sent.outcome_ref, _Reporter(driver, sent))
+        when_done(sent.outcome_ref, _Reporter(driver, sent))
 
     # -- hearing back -----------------------------------------------------------------
 
-    def ended(self, job: _Job) -> None:
+    def ended(self, job: Job) -> None:
         """A job that held a batch's slot alone ended (or left to be retried)."""
         batch = job.batch
         if isinstance(batch, Batch):
@@ -312,13 +306,11 @@ class _Reporter:
         self.driver._report(self.sent, self.sent.outcome_ref, outcome)
 
 
-def _fits(key: Hashable, default: int | None, job: _Job) -> bool:
+def _fits(key: Hashable, default: int | None, job: Job) -> bool:
     """Whether `job` may follow a run of batch `key` in a chain."""
     return batch_size_of(job.run.task, default) != 1 and _key(job) == key
 
 
-def _key(job: _Job) -> Hashable:
-    from baton_ray._driver import _freeze
-
+def _key(job: Job) -> Hashable:
     task = job.run.task
-    return (id(task), task.name, job.kind, _freeze(job.ray_options))
+    return (id(task), task.name, job.kind, freeze(job.ray_options))

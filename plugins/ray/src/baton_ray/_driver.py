@@ -46,6 +46,7 @@ from baton.runners import (
 from ray import exceptions as ray_errors
 
 from baton_ray._failures import argument_error, failure_state, first_line, read_error
+from baton_ray._jobs import ATTEMPT, TIMED, WHOLE, Job, freeze, when_done
 from baton_ray._options import (
     cluster_shortfall,
     current_options,
@@ -67,8 +68,6 @@ from baton_ray._worker import (
 )
 
 if TYPE_CHECKING:
-    import concurrent.futures as cf
-
     from baton import Future
     from baton.runners import TaskRun
 
@@ -76,7 +75,6 @@ __all__ = ["Driver"]
 
 logger = logging.getLogger("baton")
 
-WHOLE, ATTEMPT, TIMED = "whole", "attempt", "timed"
 _FINAL: Final = FINAL_STATE_TYPES
 _STORED_HEAD: Final = (STORED,)
 _remotes: dict[tuple[str, Any], Any] = {}
@@ -88,7 +86,7 @@ def _remote_for(kind: str, options: Mapping[str, Any], run: TaskRun) -> Any:
     base = _BASES[kind]
     if not options:
         return base
-    key = (kind, _freeze(options))
+    key = (kind, freeze(options))
     remote = _remotes.get(key)
     if remote is None:
         try:
@@ -102,24 +100,6 @@ def _remote_for(kind: str, options: Mapping[str, Any], run: TaskRun) -> Any:
             _remotes.clear()
         _remotes[key] = remote
     return remote
-
-
-def _when_done(ref: Any, callback: Any) -> None:
-    """Call `callback(value or error)` from Ray's thread once `ref` is ready."""
-    on_completed = getattr(ref, "_on_completed", None)
-    if on_completed is not None:
-        # What ObjectRef.future() builds on, without a concurrent Future per run.
-        on_completed(callback)
-        return
-
-    def done(future: cf.Future[Any]) -> None:
-        try:
-            value = future.result()
-        except BaseException as exc:
-            value = exc
-        callback(value)
-
-    ref.future().add_done_callback(done)
 
 
 @final
@@ -181,72 +161,6 @@ def _stored_ref(future: Future[Any]) -> Any:
     return None if fetch is None else fetch.ref
 
 
-def _freeze(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
-    if isinstance(value, (list, tuple)):
-        return tuple(_freeze(v) for v in value)
-    return value
-
-
-@final
-class _Job:
-    """One run on its way through Ray (queued here, in Ray, or parked)."""
-
-    __slots__ = (
-        "attempt",
-        "batch",
-        "call",
-        "deadline",
-        "gen",
-        "head",
-        "items",
-        "kind",
-        "outcome_ref",
-        "ray_options",
-        "remote",
-        "run",
-        "stop",
-        "unhandled",
-        "upstreams",
-        "value_ref",
-    )
-
-    def __init__(self, run: TaskRun, upstreams: list[Future[Any]], kind: str, remote: Any) -> None:
-        self.run = run
-        self.upstreams = upstreams
-        self.kind = kind
-        self.remote = remote
-        self.head: Any = None
-        self.call: Any = None
-        self.unhandled: tuple[Any, ...] = ()  # left failing by earlier attempts
-        self.attempt = 1
-        self.outcome_ref: Any = None
-        self.value_ref: Any = None
-        self.gen: Any = None
-        self.items = 0
-        self.deadline: float | None = None
-        self.stop: str | None = None  # why the driver stopped it: timeout, cancel, shutdown
-        self.batch: Any = None  # the batch it went in, or whose slot it holds
-        # ObjectRefs of upstream runs still in Ray when it went, which Ray passes in.
-        self.ray_options: Mapping[str, Any] = {}
-
-    def cancel_in_ray(self) -> None:
-        if self.batch is not None and self.outcome_ref is None and self.gen is None:
-            return  # in a batch: its other runs go on, this one's outcome is dropped
-        handle = self.gen if self.kind == TIMED else self.outcome_ref
-        if handle is None:
-            return
-        _cancel(handle, self.run)
-
-
-def _cancel(handle: Any, run: TaskRun) -> None:
-    try:
-        ray.cancel(handle, force=True)
-    except Exception:
-        logger.debug("ray.cancel of %r failed", run, exc_info=True)
-
-
 @final
 class Driver:
     """Sends one runner's runs to Ray and reports their states."""
@@ -261,11 +175,11 @@ class Driver:
         """Whether the Ray session this driver's results live in has been shut down."""
         self._lock = threading.Lock()
         self._idle = threading.Condition(self._lock)
-        self._queue: RunQueue[_Job] = RunQueue()  # by priority, FIFO within one
-        self._active: dict[int, _Job] = {}  # holding a place in Ray, by run id
-        self._parked: dict[int, _Job] = {}  # waiting for an upstream run or a retry delay
+        self._queue: RunQueue[Job] = RunQueue()  # by priority, FIFO within one
+        self._active: dict[int, Job] = {}  # holding a place in Ray, by run id
+        self._parked: dict[int, Job] = {}  # waiting for an upstream run or a retry delay
         # By run id: the jobs parked on that run (their first upstream not final).
-        self._dependents: dict[int, list[_Job]] = {}
+        self._dependents: dict[int, list[Job]] = {}
         self._reports: SimpleQueue[tuple[Any, Any, Any] | None] = SimpleQueue()
         self._reporter: threading.Thread | None = None
         self._watcher: Watcher | None = None
@@ -282,7 +196,7 @@ class Driver:
     def _check_fits(self, run: TaskRun, ray_options: Mapping[str, Any]) -> None:
         """Raise when the run asks for more than the whole cluster has (Ray would hold
         it forever, waiting for nodes that never come). Asked once per set of options."""
-        key = _freeze(ray_options)
+        key = freeze(ray_options)
         if key in self._fitting:
             return
         shortfall = cluster_shortfall(ray_options)
@@ -313,7 +227,7 @@ class Driver:
         remote = _remote_for(kind, ray_options, run)
         key, blob = _task_payload(run)
         call, upstreams = run.native_call()
-        job = _Job(run, upstreams, kind, remote)
+        job = Job(run, upstreams, kind, remote)
         job.ray_options = ray_options
         job.call = call
         head: tuple[Any, ...] = (
@@ -336,7 +250,7 @@ class Driver:
         else:
             self._hand_over(job, raise_errors=True)
 
-    def _gated(self, job: _Job) -> None:
+    def _gated(self, job: Job) -> None:
         if self._closing is not None:
             self._closed(job.run)
         gate = self._gate
@@ -362,7 +276,7 @@ class Driver:
             f"Cannot submit task run {run.name!r}: task runner 'ray' is shutting down."
         )
 
-    def _hand_over(self, job: _Job, raise_errors: bool) -> None:
+    def _hand_over(self, job: Job, raise_errors: bool) -> None:
         """Queue `job`, put it in the batches, or send it now."""
         run = job.run
         batches = self._batches
@@ -382,7 +296,7 @@ class Driver:
         else:
             self._launch(job, raise_errors=raise_errors)
 
-    def _launch(self, job: _Job, raise_errors: bool = False) -> None:
+    def _launch(self, job: Job, raise_errors: bool = False) -> None:
         """Send `job` to Ray (it holds a place in `_active`), or park it on an upstream."""
         run = job.run
         if run.future.done():  # cancelled before it went
@@ -420,10 +334,10 @@ class Driver:
         if job.kind == TIMED:
             self._watch().watch(job)
         else:
-            _when_done(job.outcome_ref, partial(self._report, job, job.outcome_ref))
+            when_done(job.outcome_ref, partial(self._report, job, job.outcome_ref))
 
     def _inputs(
-        self, job: _Job, in_batch: Mapping[int, int] | None = None
+        self, job: Job, in_batch: Mapping[int, int] | None = None
     ) -> list[Any] | Future[Any]:
         """The upstream runs as arguments (none without upstreams), or the upstream run
         to wait for first. The first argument holds one entry per upstream: its final
@@ -462,7 +376,7 @@ class Driver:
         inputs[0] = tuple(finals)
         return inputs
 
-    def _park_on(self, job: _Job, upstream: Future[Any]) -> None:
+    def _park_on(self, job: Job, upstream: Future[Any]) -> None:
         upstream_id = upstream.task_run.id
         with self._lock:
             self._active.pop(job.run.id, None)
@@ -470,12 +384,12 @@ class Driver:
             self._dependents.setdefault(upstream_id, []).append(job)
         upstream.add_done_callback(lambda _: self._upstream_ended(upstream_id, job))
 
-    def _upstream_ended(self, upstream_id: int, job: _Job) -> None:
+    def _upstream_ended(self, upstream_id: int, job: Job) -> None:
         with self._lock:
             self._dependents.pop(upstream_id, None)
         self._unpark(job)
 
-    def follower(self, job: _Job, fits: Callable[[_Job], bool]) -> _Job | None:
+    def follower(self, job: Job, fits: Callable[[Job], bool]) -> Job | None:
         """The one job parked on `job` that waits for nothing else and `fits`, taken out
         of the parked ones to go in `job`'s batch after it; None if there is not exactly
         one such job."""
@@ -497,7 +411,7 @@ class Driver:
             del self._dependents[job.run.id]
             return follower
 
-    def _unpark(self, job: _Job) -> None:
+    def _unpark(self, job: Job) -> None:
         """A parked job may go on: queue it, or send it at once if there is room."""
         run = job.run
         with self._lock:
@@ -560,7 +474,7 @@ class Driver:
                 return
             job, ref, outcome = item
             try:
-                if type(job) is not _Job:
+                if type(job) is not Job:
                     self._batches.report(job, ref, outcome)
                 elif job.outcome_ref is not ref:
                     pass  # from an earlier launch of a job sent again
@@ -575,7 +489,7 @@ class Driver:
                 logger.exception("Reporting the end of %r raised", job.run)
             del job, ref, outcome, item
 
-    def outcome(self, job: _Job, outcome: Any) -> None:
+    def outcome(self, job: Job, outcome: Any) -> None:
         """What the remote function returned for `job` (see `_worker` for the forms)."""
         kind = outcome[0] if type(outcome) is tuple and outcome else None
         run = job.run
@@ -601,7 +515,7 @@ class Driver:
         else:
             self._failed_in_ray(job, TypeError(f"unexpected outcome {outcome!r}"))
 
-    def _restore_cause(self, job: _Job, state: State) -> State:
+    def _restore_cause(self, job: Job, state: State) -> State:
         """An UpstreamFailed state with its upstream's own error as the cause, which
         pickling drops."""
         if state.name != "UpstreamFailed" or state.error is None:
@@ -616,7 +530,7 @@ class Driver:
                 return upstream_failed(job.run.name, upstream.name, upstream_state)
         return state
 
-    def _failed_in_ray(self, job: _Job, exc: BaseException) -> None:
+    def _failed_in_ray(self, job: Job, exc: BaseException) -> None:
         """The job's Ray task failed outside the engine (a worker died, a value could not
         be stored, the driver stopped it)."""
         read_error(job.value_ref)
@@ -638,7 +552,7 @@ class Driver:
 
     def _retry(
         self,
-        job: _Job,
+        job: Job,
         retrying: State,
         attempt: int,
         delay: float,
@@ -664,7 +578,7 @@ class Driver:
         self._pump()
         self._watch().after(delay, job)
 
-    def _end(self, job: _Job, state: State, unhandled: tuple[Any, ...] = ()) -> None:
+    def _end(self, job: Job, state: State, unhandled: tuple[Any, ...] = ()) -> None:
         run = job.run
         with self._lock:
             self._active.pop(run.id, None)

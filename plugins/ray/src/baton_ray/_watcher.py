@@ -16,7 +16,8 @@ from ray import exceptions as ray_errors
 from baton_ray._worker import STARTED
 
 if TYPE_CHECKING:
-    from baton_ray._driver import Driver, _Job
+    from baton_ray._driver import Driver
+    from baton_ray._jobs import Job
 
 __all__ = ["Watcher"]
 
@@ -35,17 +36,17 @@ class Watcher(threading.Thread):
         super().__init__(name="baton-ray-watcher", daemon=True)
         self.driver = driver
         self._cond = threading.Condition()
-        self._timers: list[tuple[float, int, _Job]] = []
+        self._timers: list[tuple[float, int, Job]] = []
         self._sequence = itertools.count()
-        self._timed: set[_Job] = set()
+        self._timed: set[Job] = set()
         self._stopped = False
 
-    def after(self, delay: float, job: _Job) -> None:
+    def after(self, delay: float, job: Job) -> None:
         with self._cond:
             heapq.heappush(self._timers, (time.monotonic() + delay, next(self._sequence), job))
             self._cond.notify()
 
-    def watch(self, job: _Job) -> None:
+    def watch(self, job: Job) -> None:
         with self._cond:
             self._timed.add(job)
             self._cond.notify()
@@ -57,7 +58,7 @@ class Watcher(threading.Thread):
 
     def run(self) -> None:
         while True:
-            due: list[_Job] = []
+            due: list[Job] = []
             with self._cond:
                 if self._stopped:
                     return
@@ -78,7 +79,7 @@ class Watcher(threading.Thread):
                 # A done callback that raised (SystemExit too): keep the clocks going.
                 logger.exception("The watcher of task runner 'ray' met an error")
 
-    def _poll(self, timed: list[_Job], next_timer: float | None) -> None:
+    def _poll(self, timed: list[Job], next_timer: float | None) -> None:
         gone = [job for job in timed if job.gen is None]
         if gone:
             # Ended and waiting to be sent again: watched again once it is.
@@ -112,7 +113,7 @@ class Watcher(threading.Thread):
                 job.stop = "timeout"
                 job.cancel_in_ray()
 
-    def _read(self, job: _Job) -> bool:
+    def _read(self, job: Job) -> bool:
         """Take what the attempt's generator has produced; True once it is over."""
         gen = job.gen
         driver = self.driver
@@ -148,7 +149,7 @@ class Watcher(threading.Thread):
                 return True
         return False
 
-    def _ended_in_error(self, job: _Job, ref: Any) -> None:
+    def _ended_in_error(self, job: Job, ref: Any) -> None:
         error: BaseException = ray_errors.WorkerCrashedError()
         if ref is not None:
             try:
