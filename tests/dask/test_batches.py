@@ -133,3 +133,47 @@ def test_batching_can_be_turned_off_for_the_runner(batch_cluster: LocalCluster) 
     assert batches == []
     with pytest.raises(InvalidOptionsError, match="batch_size"):
         DaskTaskRunner(batch_size=0)
+
+
+@task(batch_size=50)
+def small(x: int) -> int:
+    return x
+
+
+@task
+def count_of(values: list[int]) -> int:
+    return len(values)
+
+
+def test_a_fan_in_leaves_its_upstreams_in_their_batches_and_a_chain_takes_them_alone(
+    runner: DaskTaskRunner, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from baton_dask._batches import Batches
+
+    claimed: list[int] = []
+    claim = Batches.claim
+
+    def counted(self: Batches, upstream: Any) -> Any:
+        found = claim(self, upstream)
+        if found is not None:
+            claimed.append(upstream.task_run_id)
+        return found
+
+    monkeypatch.setattr(Batches, "claim", counted)
+
+    @flow(task_runner=runner)
+    def fan_in() -> int:
+        return count_of.submit(small.map(range(400))).result()
+
+    assert fan_in() == 400
+    assert claimed == []  # the 400 runs went in batches of 50, not one Dask task each
+
+    @flow(task_runner=runner)
+    def chain() -> int:
+        link = small.submit(0)
+        for _ in range(20):
+            link = small.submit(link)
+        return link.result()
+
+    assert chain() == 0
+    assert claimed  # links waiting in the batches went alone, each taking its Dask future

@@ -170,6 +170,11 @@ class Session:
         inputs: list[Any] = []
         waiting: list[Future[Any]] = []
         native = self.native
+        # One upstream waiting in the batches (a chain) leaves them to go alone, so that
+        # this run can take its Dask future; several (a fan-in) go in their batches, and
+        # this run goes once they ended.
+        batched = self._batching.waiting
+        claim = sum(1 for u in upstreams if u.task_run_id in batched) <= 1
         for index, upstream in enumerate(upstreams):
             state = upstream.task_run.state
             final = state.type in _FINAL
@@ -185,7 +190,7 @@ class Session:
             if final and state.type is not _COMPLETED:
                 run.set_state(upstream_failed(run.name, upstream.name, state))
                 return
-            if mine is None and not final:
+            if mine is None and not final and claim:
                 # Waiting in the batches: it goes alone, now, so that this run can
                 # depend on its Dask future rather than wait for its end.
                 mine = self._batching.claim(upstream)
