@@ -23,7 +23,7 @@ from baton._admission import _held
 from baton._attempts import Attempts, Retry, failure_state
 from baton._engine import run_async, run_sync
 from baton._states import LazyResult, State, StateType
-from baton._travel import dumps, loads, portable_state
+from baton._travel import LARGE_BYTES, PROTOCOL, dumps, loads, portable_state
 
 if TYPE_CHECKING:
     from baton._limits_service import RunLimits
@@ -457,6 +457,9 @@ def _finish_scope(scope: RunScope) -> tuple[NestedFailure, ...]:
 # -- results ------------------------------------------------------------------------------
 
 
+_SCALARS = frozenset({int, float, bool, complex, type(None), str})
+
+
 def encode_result(
     result: RemoteResult, task_name: str, run_name: str, buffers: list[Any] | None = None
 ) -> bytes:
@@ -478,7 +481,11 @@ def encode_result(
     ):
         # The common case, as a plain tuple: a quarter of the cost, both ways.
         data = state._data
-        if type(data) is not LazyResult and not isinstance(data, State):
+        kind = type(data)
+        if kind in _SCALARS or (kind is bytes and len(data) < LARGE_BYTES):
+            # Nothing to look for out of band, nothing cloudpickle would be needed for.
+            return pickle.dumps((data, state.timestamp, result.attempt), PROTOCOL)
+        if kind is not LazyResult and not isinstance(data, State):
             try:
                 return dumps((data, state.timestamp, result.attempt), buffers)
             except Exception as exc:

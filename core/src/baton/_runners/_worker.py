@@ -48,8 +48,19 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-from baton import BatonError
-from baton.runners import RemoteTaskError, RemoteTraceback, cloudpickle_dumps, dumps
+from baton import BatonError, State
+from baton._runners._process_shm import can_lend, lend_buffers, remove_ref, share_buffers
+from baton.runners import (
+    RemoteResult,
+    RemoteTaskError,
+    RemoteTraceback,
+    RunCall,
+    RunLimits,
+    cloudpickle_dumps,
+    dumps,
+    encode_result,
+    run_call,
+)
 
 if TYPE_CHECKING:
     from baton import State, Task
@@ -266,9 +277,6 @@ class _Worker:
         shared: tuple[Any, ...] | None,
         trace_context: dict[str, str] | None = None,
     ) -> None:
-        from baton import State
-        from baton.runners import RemoteResult, RunCall, RunLimits, run_call
-
         task = self.tasks[key]
         if isinstance(task, WorkerLoadError):
             result = RemoteResult(State.failed(_with_run(task, name)), attempt=attempt)
@@ -323,9 +331,6 @@ class _Worker:
     def _send_result(
         self, run_id: int, result: RemoteResult, task_name: str, run_name: str
     ) -> None:
-        from baton._runners._process_shm import can_lend, lend_buffers, remove_ref, share_buffers
-        from baton.runners import encode_result
-
         buffers: list[Any] = []
         blob = encode_result(result, task_name, run_name, buffers)
         del result
