@@ -40,7 +40,10 @@ def test_quick_benchmark_writes_every_scenario(tmp_path: Path) -> None:
     rows = got["rows"]
     for runner in CORE_RUNNERS:
         per_runner = {r["scenario"] for r in rows if r.get("runner") == runner}
-        assert per_runner == {"overhead-map", "overhead-submit", "chain", "fan-out-in"}, runner
+        expected = {"overhead-map", "overhead-submit", "chain", "fan-out-in"}
+        if runner == "process":
+            expected.add("long-tasks")
+        assert per_runner == expected, runner
     scenarios = {row["scenario"] for row in rows}
     assert {"import baton", "empty flow run"} <= scenarios
     assert {s for s in scenarios if s.startswith("peak RSS")} == {
@@ -50,7 +53,9 @@ def test_quick_benchmark_writes_every_scenario(tmp_path: Path) -> None:
     for row in rows:
         if "ratio" in row:
             assert row["ratio"] > 0
-            assert row["n"] == (200 if row["scenario"].startswith("overhead") else 100)
+            sizes = {"long-tasks": 16}
+            expected_n = 200 if row["scenario"].startswith("overhead") else 100
+            assert row["n"] == sizes.get(row["scenario"], expected_n)
     # Locality needs a cluster runner; without one it is reported as skipped, with why.
     [skipped] = got["skipped"]
     assert skipped["scenario"] == "locality"

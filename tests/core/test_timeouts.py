@@ -343,6 +343,7 @@ def test_an_async_task_blocking_the_loop_ends_timed_out_before_it_returns(
     from baton import current_task_run
 
     final_before_return: list[bool] = []
+    returned = threading.Event()
 
     @task(timeout_seconds=0.1)
     async def blocks_the_loop() -> str:
@@ -352,6 +353,7 @@ def test_an_async_task_blocking_the_loop_ends_timed_out_before_it_returns(
         run = current_task_run()
         assert run is not None
         final_before_return.append(run.state.type not in (StateType.RUNNING,))
+        returned.set()
         return "finished"
 
     def body() -> list[Any]:
@@ -366,6 +368,9 @@ def test_an_async_task_blocking_the_loop_ends_timed_out_before_it_returns(
     assert state.type is StateType.FAILED
     assert state.name == "TimedOut"
     assert isinstance(state.error, TaskTimeoutError)
+    # The function goes on after its run ended (nothing can stop it): wait for it to
+    # say what it saw, rather than race it.
+    assert returned.wait(FUNCTION_WAITS)
     assert final_before_return == [True]
     warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     assert any(
