@@ -278,22 +278,29 @@ class Driver:
 
     def _hand_over(self, job: Job, raise_errors: bool) -> None:
         """Queue `job`, put it in the batches, or send it now."""
-        run = job.run
-        batches = self._batches
         with self._lock:
             if self._closing is not None:
-                self._closed(run)
-            batched = batches.wants(job)
-            if batched:
-                batches.put(job)
-            elif self._queue or len(self._active) >= self.max_pending:
-                self._queue.append(job, job.run.priority)
-                return
-            else:
-                self._active[run.id] = job
-        if batched:
-            batches.pump()
-        else:
+                self._closed(job.run)
+            step = self._place(job)
+        self._go_on(job, step, raise_errors)
+
+    def _place(self, job: Job) -> str:
+        """Put `job` where it goes next, with the lock held: in the batches (then
+        "pump"), in the queue ("queued"), or in a place in Ray ("launch")."""
+        if self._batches.wants(job):
+            self._batches.put(job)
+            return "pump"
+        if self._queue or len(self._active) >= self.max_pending:
+            self._queue.append(job, job.run.priority)
+            return "queued"
+        self._active[job.run.id] = job
+        return "launch"
+
+    def _go_on(self, job: Job, step: str, raise_errors: bool = False) -> None:
+        """What `_place` left to do once the lock is let go."""
+        if step == "pump":
+            self._batches.pump()
+        elif step == "launch":
             self._launch(job, raise_errors=raise_errors)
 
     def _launch(self, job: Job, raise_errors: bool = False) -> None:
@@ -420,20 +427,8 @@ class Driver:
             if run.future.done() or self._closing == "now":
                 self._idle.notify_all()
                 return
-            if self._batches.wants(job):
-                self._batches.put(job)
-                batched = True
-            else:
-                batched = False
-        if batched:
-            self._batches.pump()
-            return
-        with self._lock:
-            if self._queue or len(self._active) >= self.max_pending:
-                self._queue.append(job, job.run.priority)
-                return
-            self._active[run.id] = job
-        self._launch(job)
+            step = self._place(job)
+        self._go_on(job, step)
 
     def _pump(self) -> None:
         """Send queued jobs while there is room in Ray."""
