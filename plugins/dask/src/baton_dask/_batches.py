@@ -145,7 +145,7 @@ class Batches:
         self.waiting.pop(upstream.task_run_id, None)
         run = item.run
         client = session.client
-        item.key = f"{run.task.name}-{session.token}-{item.number}"
+        item.key = session.key_of(run, item.number)
         future = item.future = DaskFuture(item.key, client)
         session.native[run.future] = future
         with session._lock:
@@ -206,7 +206,7 @@ class Batches:
 
         session = self.session
         run = item.run
-        item.key = f"{run.task.name}-{session.token}-{item.number}"
+        item.key = session.key_of(run, item.number)
         item.future = DaskFuture(item.key, client)
         item.batch = batch
         session.native[run.future] = item.future

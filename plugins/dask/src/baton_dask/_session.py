@@ -205,6 +205,10 @@ class Session:
         else:
             self.enqueue(run, call, upstreams, allowed, inputs, placement, attempt)
 
+    def key_of(self, run: TaskRun, number: int) -> str:
+        """The Dask key of submission `number` of `run` (a run sent again gets a new one)."""
+        return f"{run.task.name}-{self.token}-{number}"
+
     def enqueue(
         self,
         run: TaskRun,
@@ -220,7 +224,6 @@ class Session:
         # A new key for every submission: a run sent again (after a crash) must not meet the
         # erred task of its earlier submission on the scheduler.
         number = next(self._keys)
-        key = f"{run.task.name}-{self.token}-{number}"
         client = self.client
         shut = False
         batching = self._batching
@@ -237,6 +240,7 @@ class Session:
                 if self._thread is None:
                     self._start_threads(client)
             else:
+                key = self.key_of(run, number)
                 future: DaskFuture[Any] = DaskFuture(key, client)
                 item = Item(
                     run, call, upstreams, allowed, inputs, placement, attempt, key, number, future
