@@ -156,6 +156,28 @@ def test_runs_given_back_go_first_in_their_order_and_keep_their_priority() -> No
     assert [b.items for b in again] == [["again"], ["high"], ["low2", "low3"]]
 
 
+def test_the_queue_follows_the_workers_it_is_told_of() -> None:
+    queue: BatchQueue[int] = BatchQueue(slots=1)
+    asked: list[int] = []
+
+    def three() -> int:
+        asked.append(3)
+        return 3
+
+    queue.follow_workers(three, per_worker=2, every=3600)
+    assert queue.slots == 6
+    queue.follow_workers(three, per_worker=2, every=3600)  # asked an hour ago at most
+    assert asked == [3]
+
+    def unreachable() -> int:
+        raise ConnectionError("the scheduler is gone")
+
+    queue.follow_workers(unreachable, every=0)
+    assert queue.slots == 6  # what was known stays
+    queue.follow_workers(lambda: 0, per_worker=2, every=0)
+    assert queue.slots == 2  # never fewer than one worker's worth
+
+
 def test_kinds_take_turns() -> None:
     queue: BatchQueue[str] = BatchQueue(slots=3)
     for key in ("a", "b"):

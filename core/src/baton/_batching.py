@@ -184,6 +184,7 @@ class BatchQueue(Generic[T]):
         self._alone: deque[tuple[Hashable, T]] = deque()
         self._out = 0
         self._queued = 0
+        self._workers_asked = -math.inf
 
     def __len__(self) -> int:
         """How many runs wait to be taken."""
@@ -265,6 +266,23 @@ class BatchQueue(Generic[T]):
                 self._out += 1
                 batches.append(batch)
         return batches
+
+    def follow_workers(
+        self, count: Callable[[], int], per_worker: int = 2, every: float = 5.0
+    ) -> None:
+        """Set `slots` to `per_worker` batches per worker slot of the engine, so that
+        each worker has its next batch at hand: `count()` says how many there are, and
+        is asked at most once every `every` seconds. When it raises, the engine cannot
+        say now: the slots stay as they were."""
+        now = time.monotonic()
+        if now - self._workers_asked < every:
+            return
+        self._workers_asked = now
+        try:
+            workers = count()
+        except Exception:
+            return
+        self.slots = max(per_worker, per_worker * workers)
 
     def give_back(self, batch: Batch[T], keep: int = 0) -> None:
         """Put the runs of `batch` after its first `keep`, taken but not sent (the

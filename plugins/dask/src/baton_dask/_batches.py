@@ -17,8 +17,8 @@ started, each goes again alone, so that a run that kills its worker does so alon
 
 from __future__ import annotations
 
-import time
 from collections.abc import Hashable
+from functools import partial
 from typing import TYPE_CHECKING, Any, final
 
 from baton import RunnerClosedError, State
@@ -109,7 +109,6 @@ class Batches:
         self.queue: BatchQueue[Item] = BatchQueue(_DEPTH)
         self.waiting: dict[int, Item] = {}
         self.alone: set[int] = set()
-        self._slots_seen = 0.0
 
     def wants(self, run: TaskRun, upstreams: list[Future[Any]]) -> bool:
         """Whether `run` goes through the batches: it may be batched, and it is ready."""
@@ -167,7 +166,7 @@ class Batches:
                 for item in batch.items:
                     self.waiting.pop(item.run.id, None)
             return
-        self._count_slots(client)
+        self.queue.follow_workers(partial(_threads, client), _DEPTH, _SLOTS_EVERY)
         singles: list[Item] = []
         for batch in self.queue.take():
             items = []
@@ -187,18 +186,6 @@ class Batches:
         if singles:
             # In one graph, as runs sent alone go: Dask spreads them over its workers.
             session._send(singles)
-
-    def _count_slots(self, client: Client) -> None:
-        now = time.monotonic()
-        if now - self._slots_seen < _SLOTS_EVERY:
-            return
-        self._slots_seen = now
-        try:
-            ask: Any = client
-            threads = sum(ask.nthreads().values())
-        except Exception:  # the scheduler cannot be asked now: keep what was known
-            return
-        self.queue.slots = max(_DEPTH, _DEPTH * threads)
 
     def _single(self, client: Client, batch: Batch[Item], item: Item) -> Item:
         """`item` made ready to go as a run alone does."""
@@ -366,3 +353,9 @@ def _key(item: Item) -> Hashable:
     except TypeError:
         placement = repr(placement)
     return (id(task), task.name, placement)
+
+
+def _threads(client: Client) -> int:
+    """The worker threads of the cluster."""
+    ask: Any = client
+    return int(sum(ask.nthreads().values()))

@@ -17,7 +17,6 @@ run that fails alone too fails (or crashes).
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Hashable
 from functools import partial
 from typing import TYPE_CHECKING, Any, final
@@ -65,7 +64,6 @@ class Batches:
         self.alone: set[int] = set()
         self._sent: set[SentBatch] = set()
         self._lock = threading.Lock()
-        self._slots_seen = 0.0
 
     def wants(self, job: Job) -> bool:
         if job.kind == TIMED or batch_size_of(job.run.task, self.default) == 1:
@@ -123,7 +121,7 @@ class Batches:
         """Send the batches there are slots for."""
         if not len(self.queue):
             return
-        self._count_slots()
+        self.queue.follow_workers(_cpus, _DEPTH, _SLOTS_EVERY)
         driver = self.driver
         if driver._closing == "now":
             return
@@ -173,18 +171,6 @@ class Batches:
             self.jobs[follower.run.id] = follower
             batch.items.append(follower)
             last = follower
-
-    def _count_slots(self) -> None:
-        now = time.monotonic()
-        if now - self._slots_seen < _SLOTS_EVERY:
-            return
-        self._slots_seen = now
-        try:
-            resources: Any = ray.cluster_resources
-            cpus = int(resources().get("CPU", 1))
-        except Exception:  # Ray cannot be asked now: keep what was known
-            return
-        self.queue.slots = max(_DEPTH, _DEPTH * cpus)
 
     def _send_one(self, batch: Batch[Job], job: Job) -> None:
         driver = self.driver
@@ -314,3 +300,9 @@ def _fits(key: Hashable, default: int | None, job: Job) -> bool:
 def _key(job: Job) -> Hashable:
     task = job.run.task
     return (id(task), task.name, job.kind, freeze(job.ray_options))
+
+
+def _cpus() -> int:
+    """The CPUs of the Ray cluster."""
+    resources: Any = ray.cluster_resources
+    return int(resources().get("CPU", 1))
