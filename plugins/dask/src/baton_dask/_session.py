@@ -170,11 +170,9 @@ class Session:
         inputs: list[Any] = []
         waiting: list[Future[Any]] = []
         native = self.native
-        # One upstream waiting in the batches (a chain) leaves them to go alone, so that
-        # this run can take its Dask future; several (a fan-in) go in their batches, and
-        # this run goes once they ended.
-        batched = self._batching.waiting
-        claim = sum(1 for u in upstreams if u.task_run_id in batched) <= 1
+        # One upstream waiting in the batches (a chain) goes alone, for its Dask future;
+        # several (a fan-in) go in their batches, and this run once they have ended.
+        claim = sum(1 for u in upstreams if u.task_run_id in self._batching.waiting) <= 1
         for index, upstream in enumerate(upstreams):
             state = upstream.task_run.state
             final = state.type in _FINAL
@@ -206,7 +204,7 @@ class Session:
             self.enqueue(run, call, upstreams, allowed, inputs, placement, attempt)
 
     def key_of(self, run: TaskRun, number: int) -> str:
-        """The Dask key of submission `number` of `run` (a run sent again gets a new one)."""
+        """Dask key of submission `number`: new each time, or a resent run meets its erred task."""
         return f"{run.task.name}-{self.token}-{number}"
 
     def enqueue(
@@ -221,8 +219,6 @@ class Session:
     ) -> None:
         if run.state.type in _FINAL:
             return  # cancelled while it waited
-        # A new key for every submission: a run sent again (after a crash) must not meet the
-        # erred task of its earlier submission on the scheduler.
         number = next(self._keys)
         client = self.client
         shut = False
