@@ -86,9 +86,18 @@ def test_the_short_path_builds_what_the_general_one_does(
     assert all(run.name != f"run #{run.id}" for run in short.runs.values())
 
 
+def _unheard(starts: list[Any]) -> None:
+    del starts[3:6]  # the second run's RUNNING, as if it was never heard
+
+
+def _nowhere(starts: list[Any]) -> None:
+    starts[5] = None  # the second run's RUNNING, heard without its worker
+
+
 @pytest.mark.parametrize("runner", ["thread", "sync"])
+@pytest.mark.parametrize("change", [None, _unheard, _nowhere])
 def test_a_flow_run_of_lone_runs_is_written_as_from_its_record(
-    runner: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+    runner: str, change: Any, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     seen: list[Any] = []
     build = _model.FlowRecord.build.__func__  # type: ignore[attr-defined]
@@ -109,6 +118,9 @@ def test_a_flow_run_of_lone_runs_is_written_as_from_its_record(
 
     lone()
     [(flow_run, state, recorder)] = seen
+    if change is not None:
+        change(recorder.starts)
+        path.write_text(chrome_trace(_model.FlowRecord.build(flow_run, state, recorder)))
     text = _flat_trace(flow_run, state, recorder)
     assert text is not None
     assert text == path.read_text()
