@@ -362,6 +362,29 @@ def test_tagged_runs_limited_on_the_process_runner_from_flow_and_workers() -> No
     assert most_at_once(intervals) <= 2
 
 
+def test_a_warm_worker_keeps_no_limits_of_a_flow_run_for_the_next_one() -> None:
+    # The worker keeps the scope of the runs a task submits from one run to the next:
+    # what one flow run's limits set on it must not carry over to another's runs.
+    runner = baton.get_runner("process", max_workers=1)
+
+    @flow(concurrency_limits={"db": 2}, task_runner=runner)
+    def limited() -> list[Any]:
+        return concurrency_block.map("db", range(2), 0.0).result()
+
+    @flow(task_runner=runner)
+    def unlimited() -> list[State]:
+        runs = concurrency_block.map("db", range(2), 0.0)
+        runs.wait()
+        return [run.state for run in runs]
+
+    [(_, _, worker), *_] = limited()
+    states = unlimited()
+    assert all(state.type is StateType.FAILED for state in states)
+    assert all(isinstance(state.error, LimitError) for state in states)
+    assert "concurrency_limits={'db': 2}" in str(states[0].error)
+    assert limited()[0][2] == worker  # the same warm worker served all three
+
+
 def test_a_block_that_gets_no_slot_in_time_raises_timeout_error() -> None:
     import asyncio
 

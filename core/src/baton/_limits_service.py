@@ -89,12 +89,13 @@ class RunLimits:
     """The limits part of a `RunCall`: how a worker reaches the flow's limiter, and the
     limits whose slot the run holds (which the runs it submits share)."""
 
-    __slots__ = ("_packed", "handle", "held")
+    __slots__ = ("_client", "_packed", "handle", "held")
 
     def __init__(self, handle: LimiterHandle, held: frozenset[str]) -> None:
         self.handle = handle
         self.held = held
         self._packed: bytes | None = None
+        self._client: LimiterClient | None = None
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (_unpack, (self.to_bytes(),))
@@ -116,7 +117,13 @@ class RunLimits:
 
     def limiter(self) -> Limiter:
         """The flow's limiter: itself in the flow's process, a client of it elsewhere."""
-        return self.handle.limiter()
+        client = self._client
+        if client is not None and not client.closed:
+            return client  # a worker's runs of one flow run, one after the other
+        limiter = self.handle.limiter()
+        if isinstance(limiter, LimiterClient):
+            self._client = limiter
+        return limiter
 
 
 # The RunLimits unpickled in this process, by their pickle: one object for the runs that

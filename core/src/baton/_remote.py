@@ -283,8 +283,13 @@ def run_call(
     token = scope.enter()
     limits = call.limits
     held = None
-    if limits is not None:
-        scope.set_limiter(limits.limiter())
+    if limits is None:
+        if scope.limiter is not None:
+            scope.set_limiter(None)
+    else:
+        limiter = limits.limiter()
+        if scope.limiter is not limiter:  # most often the one of the run before
+            scope.set_limiter(limiter)
         scope.limits_block = True
         if limits.held:
             held = _held.set(limits.held)
@@ -433,7 +438,6 @@ def _scope_for(call: RunCall, nested: TaskRunner | None) -> RunScope:
     if scope is not None and scope.runner is runner:
         _spare.scope = None
         scope.label = label
-        scope.set_limiter(None)
         return scope
     from baton._scope import RunScope
 

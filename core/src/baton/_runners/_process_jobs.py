@@ -35,6 +35,7 @@ __all__ = [
     "WorkerProcess",
     "end",
     "kill_group",
+    "packed_limits",
     "pickle_arguments",
     "pickle_task",
     "reap",
@@ -44,7 +45,6 @@ __all__ = [
 STOP_GRACE = 10.0  # seconds a worker gets to exit after STOP before it is killed
 _PLAIN = frozenset({int, float, str, bytes, bool, type(None)})
 _NOTHING: frozenset[str] = frozenset()
-_UNKNOWN: Any = object()
 
 
 class Session:
@@ -96,6 +96,7 @@ class Job:
         "cancelled",
         "dispatched",
         "key",
+        "limits",
         "mark_running",
         "payload",
         "run",
@@ -117,6 +118,7 @@ class Job:
         self.key = key
         self.blob = blob
         self.payload, self.shared = payload
+        self.limits = packed_limits(run)
         self.timeout = timeout
         self.session = session
         self.attempts = Attempts(run)
@@ -205,25 +207,30 @@ def reap(worker: WorkerProcess, patient: bool) -> str:
 # -- what the parent sends ----------------------------------------------------------
 
 
-def pickle_arguments(run: TaskRun, lend: bool = False) -> tuple[bytes, BufferRef | None]:
-    """The run's arguments for the worker pickled, ``(args, kwargs)``, or ``(args,
-    kwargs, limits)`` in a flow run with limits (`RunCall.limits` as
-    `RunLimits.to_bytes`, or None); and where their large data is (see
-    _process_shm): removed when the run ends. With `lend` (the workers can read this
-    process's memory), large data that is only `bytes` is lent, and held until the run
-    ends."""
-    args, kwargs = run.args, run.kwargs
-    sent: tuple[Any, ...] = (args, kwargs)
+def packed_limits(run: TaskRun) -> bytes | None:
+    """The run's `RunCall.limits` as `RunLimits.to_bytes` (None: its flow run declares
+    no limits): one bytes object per flow run and held slots, so that the runs of a batch
+    that share it carry it once (pickle writes an object it has written before as a
+    reference to it)."""
     scope = run.scope
-    if scope.limiter is not None:
-        # Bytes made once per flow run (`RunLimits.to_bytes`): the worker unpickles them
-        # once, and the run's own pickle stays plain.
-        held = run.limits.held if run.limits is not None else _NOTHING
-        packed = scope.packed_limits.get(held, _UNKNOWN)
-        if packed is _UNKNOWN:
-            limits = run.run_limits()
-            packed = scope.packed_limits[held] = None if limits is None else limits.to_bytes()
-        sent = (args, kwargs, packed)
+    if scope.limiter is None:
+        return None
+    held = run.limits.held if run.limits is not None else _NOTHING
+    known = scope.packed_limits
+    if held in known:
+        return known[held]
+    limits = run.run_limits()
+    packed = known[held] = None if limits is None else limits.to_bytes()
+    return packed
+
+
+def pickle_arguments(run: TaskRun, lend: bool = False) -> tuple[bytes, BufferRef | None]:
+    """The run's arguments for the worker pickled, ``(args, kwargs)``; and where their
+    large data is (see _process_shm): removed when the run ends. With `lend` (the
+    workers can read this process's memory), large data that is only `bytes` is lent,
+    and held until the run ends."""
+    args, kwargs = run.args, run.kwargs
+    sent = (args, kwargs)
     if not kwargs:
         for value in args:
             if type(value) not in _PLAIN or (type(value) is bytes and len(value) >= LARGE_BYTES):

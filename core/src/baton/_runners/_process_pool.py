@@ -440,6 +440,7 @@ class WorkerPool(PoolStopping):
                 timed,
                 job.payload,
                 job.shared,
+                job.limits,
             )
             if run.trace is not None:  # OpenTelemetry on: the run's trace context goes along
                 item += (run.trace.carrier(),)

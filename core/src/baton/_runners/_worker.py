@@ -10,10 +10,11 @@ parent -> worker
     parent holds bytes to read, see `_process_shm.probe`), then
     ``(BATCH, new_tasks, forget, items, sys_path, context)``: tasks the worker has
     not seen yet as ``(key, cloudpickled Task)``, keys of tasks it may forget, runs as
-    ``(run_id, name, task_key, attempt, timed, pickled (args, kwargs), buffers)``
-    (with the run's `RunCall.limits` third in the pickle in a flow run with limits,
-    as `RunLimits.to_bytes`;
-    `buffers`: where the arguments' out-of-band data is, see `_process_shm`), the
+    ``(run_id, name, task_key, attempt, timed, pickled (args, kwargs), buffers,
+    limits)`` (`buffers`: where the arguments' out-of-band data is, see
+    `_process_shm`; `limits`: the run's `RunCall.limits` as `RunLimits.to_bytes`, one
+    object that the runs of a batch sharing it share in the frame, or None; then the
+    run's trace context when OpenTelemetry is on), the
     parent's sys.path if it changed (None if not), and the environment variables,
     working directory and sys.argv of the runner the runs come from, if they changed
     (None if not: a warm worker serves runner after runner);
@@ -275,6 +276,7 @@ class _Worker:
         timed: bool,
         payload: bytes,
         shared: tuple[Any, ...] | None,
+        limits: bytes | None,
         trace_context: dict[str, str] | None = None,
     ) -> None:
         task = self.tasks[key]
@@ -292,10 +294,6 @@ class _Worker:
             result = RemoteResult(State.failed(error), attempt=attempt)
             self._send_result(run_id, result, task.name, name)
             return
-        # (args, kwargs), or (args, kwargs, limits) in a flow run with limits
-        limits = loaded[2] if len(loaded) > 2 else None
-        if limits is not None:
-            limits = RunLimits.from_bytes(limits)
         call = RunCall(
             task,
             run_id,
@@ -303,7 +301,7 @@ class _Worker:
             loaded[0],
             loaded[1],
             trace_context=trace_context,
-            limits=limits,
+            limits=None if limits is None else RunLimits.from_bytes(limits),
         )
         del loaded
         result = run_call(
