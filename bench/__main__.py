@@ -419,8 +419,11 @@ def tracing(sizes: list[int], repeats: int) -> list[Row]:
                 # second is the steadier measure of what tracing costs.
                 times: dict[str, list[tuple[float, float]]] = {"off": [], "on": []}
                 # Each side goes first in every other pair: the second run of a pair
-                # pays for the first one's pool still winding down.
-                for turn in range(max(repeats, 2)):
+                # pays for the first one's pool still winding down. Three times the
+                # pairs of other scenarios: the thread pool's cost per run swings by a
+                # third from one run to the next (as its threads hand the GIL to each
+                # other more or less often), and the difference sought is a few %.
+                for turn in range(max(3 * repeats, 2)):
                     pair = (("off", batch), ("on", on))
                     for side, call in pair if turn % 2 == 0 else pair[::-1]:
                         wall, cpu = time.perf_counter(), time.process_time()

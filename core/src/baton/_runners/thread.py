@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+from collections import deque
 from collections.abc import Callable
 from queue import Empty, SimpleQueue
 from typing import TYPE_CHECKING, Final, final
@@ -54,7 +55,9 @@ class ThreadPool:
         self._ranked: RunQueue[Work] = RunQueue()
         self._ranked_lock = threading.Lock()
         self._lock = threading.Lock()
-        self._idle = threading.Semaphore(0)
+        # One token per worker back for more work; deque's append and pop are atomic,
+        # so neither side takes a lock that the other may hold when the GIL changes hands.
+        self._idle: deque[None] = deque()
         self._threads: set[threading.Thread] = set()
         self._seceded = 0
         self._closed = False
@@ -68,7 +71,11 @@ class ThreadPool:
             self._work.put(_RANKED)
         else:
             self._work.put(work)
-        if self._idle.acquire(blocking=False):
+        try:
+            self._idle.pop()
+        except IndexError:
+            pass
+        else:
             return
         if len(self._threads) - self._seceded < self.max_workers:
             with self._lock:
@@ -108,7 +115,7 @@ class ThreadPool:
                     if len(self._threads) - self._seceded > self.max_workers:
                         self._threads.discard(threading.current_thread())
                         break
-            idle.release()
+            idle.append(None)
 
     def _rank(self, taken: Work | _Ranked) -> Work:
         """The work to do now: the top of the ranked queue, once `taken` is queued there
