@@ -254,6 +254,17 @@ def collect_futures(
     return obj
 
 
+def _plain(obj: Any) -> bool:
+    """Whether `obj` surely holds no future: a value of an atomic type, a tuple of them,
+    or an empty dict (the arguments and keyword arguments of most runs)."""
+    kind = type(obj)
+    if kind in _ATOMIC:
+        return True
+    if kind is tuple:
+        return all(type(v) in _ATOMIC for v in obj)
+    return kind is dict and not obj
+
+
 def resolve(
     obj: Any,
     result_of: Callable[[Future[Any], bool], Any],
@@ -267,9 +278,9 @@ def resolve(
     passed through as the same object. `quote` is unwrapped (kept with
     `keep_quotes`), untraversed.
     """
-    kind = type(obj)
-    if kind in _ATOMIC or (kind is tuple and all(type(v) in _ATOMIC for v in obj)):
+    if _plain(obj):
         return obj  # the arguments of most runs: nothing to look into
+    kind = type(obj)
     from baton._futures import Future
 
     if kind is Future:
@@ -317,6 +328,8 @@ class Upstream:
 def to_portable(obj: Any, upstreams: list[Future[Any]]) -> Any:
     """`obj` with each future replaced by an `Upstream` placeholder; the futures are
     appended to `upstreams` (each once) in placeholder order."""
+    if _plain(obj):
+        return obj
     positions = {id(f): i for i, f in enumerate(upstreams)}
 
     def place(future: Future[Any], allowed: bool) -> Upstream:

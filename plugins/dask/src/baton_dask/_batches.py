@@ -32,7 +32,15 @@ from baton.runners import (
 from distributed import KilledWorker
 
 from baton_dask._items import cancel_reason, cannot_load
-from baton_dask._worker import PICK, RunEnded, batch_outcomes, decode, pick_value, run_batch_task
+from baton_dask._worker import (
+    PICK,
+    RunEnded,
+    Runs,
+    batch_outcomes,
+    decode,
+    pick_value,
+    run_batch_task,
+)
 
 if TYPE_CHECKING:
     from baton import Future, TaskRun
@@ -209,13 +217,17 @@ class Batches:
         key = f"baton-batch-{first.run.task.name}-{session.token}-{number}"
         submit: Any = client.submit
         try:
+            runs = Runs(
+                [item.call for item in items],
+                [item.attempt.number for item in items],
+                [item.number for item in items],
+            )
+            inputs = [item.inputs for item in items]
             future = submit(
                 run_batch_task,
-                [item.call for item in items],
-                [item.inputs for item in items],
-                [item.attempt.number for item in items],
+                runs,
+                inputs if any(inputs) else None,
                 session.topic,
-                [item.number for item in items],
                 key=key,
                 pure=False,
                 **extra,

@@ -52,6 +52,7 @@ __all__ = [
     "Finished",
     "Large",
     "RunEnded",
+    "Runs",
     "batch_outcomes",
     "pick_value",
     "run_batch_task",
@@ -164,15 +165,31 @@ def pick_value(batch: BatchValues, index: int) -> Any:
     return batch.values[index]
 
 
-def run_batch_task(
-    calls: list[RunCall],
-    inputs: list[list[Any]],
-    attempts: list[int],
-    topic: str = "",
-    numbers: list[int] | None = None,
-) -> BatchValues:
-    """The Dask task of a batch of runs: each runs as it would alone (`run_batch`)."""
-    values_in = [[as_input(v) for v in each] if each else () for each in inputs]
+@final
+class Runs:
+    """The runs of a batch, as its Dask task takes them: one argument that Dask does not
+    look into (it would look at each of a thousand calls for a Dask future to wait for;
+    their upstream values, which may be Dask futures, go beside it)."""
+
+    __slots__ = ("attempts", "calls", "numbers")
+
+    def __init__(self, calls: list[RunCall], attempts: list[int], numbers: list[int]) -> None:
+        self.calls = calls
+        self.attempts = attempts
+        self.numbers = numbers
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (Runs, (self.calls, self.attempts, self.numbers))
+
+
+def run_batch_task(runs: Runs, inputs: list[list[Any]] | None, topic: str = "") -> BatchValues:
+    """The Dask task of a batch of runs: each runs as it would alone (`run_batch`).
+    `inputs`: each run's upstream values, None when no run has any."""
+    calls, attempts, numbers = runs.calls, runs.attempts, runs.numbers
+    if inputs is None:
+        values_in: list[Any] = [()] * len(calls)
+    else:
+        values_in = [[as_input(v) for v in each] if each else () for each in inputs]
     reporters = [_reporter(topic, n) for n in numbers] if topic and numbers else None
 
     def on_state(index: int, state: State) -> None:
