@@ -127,10 +127,12 @@ class Batches:
             return
         back: list[Batch[Job]] = []
         for batch in self.queue.take():
-            jobs = [job for job in batch.items if not job.run.future.done()]
+            jobs = []
             for job in batch.items:
                 if job.run.future.done():
                     self.jobs.pop(job.run.id, None)
+                else:
+                    jobs.append(job)
             batch.items = jobs
             # At most max_pending runs are in Ray: what has no room waits here, by
             # priority, and goes as runs end.
