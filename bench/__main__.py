@@ -6,9 +6,9 @@ Every figure of Baton is measured beside the raw engine underneath it in the sam
 process, in interleaved pairs so that drift of the machine hits both alike, and
 reported as µs per task and as the ratio Baton / raw. Scenarios:
 
-  overhead  N no-op tasks through `.map` and a `.submit` loop (µs per task); on Dask and
-            Ray, `.map` also beside the raw engine batched by hand (chunks of items,
-            one engine call per chunk)
+  overhead  N no-op tasks through `.map` and a `.submit` loop (µs per task); on process,
+            Dask and Ray, `.map` also beside the raw engine batched by hand (chunks of
+            items, one engine call per chunk)
   graphs    a dependency chain of tasks, and a fan-out feeding one fan-in task
   long      on Dask and Ray: 16 tasks of 0.25 s each, on 2 workers (seconds in all)
   startup   `import baton`, an empty flow run, and a small flow run (3 tiny tasks) on
@@ -135,12 +135,12 @@ def overhead(
                 }
             )
             print(_line(rows[-1]), flush=True)
-            if mode == "map" and isinstance(raw, LocalityEngine):
+            if mode == "map" and raw.chunk_size is not None:
                 rows.append(_chunked(engine, raw, run, n, repeats))
     return rows
 
 
-def _chunked(engine: Engine, raw: LocalityEngine, run: Any, n: int, repeats: int) -> Row:
+def _chunked(engine: Engine, raw: RawEngine, run: Any, n: int, repeats: int) -> Row:
     """Baton's `.map` beside the raw engine batched by hand."""
     raw_times, baton_times = _interleaved(partial(raw.chunked, n), partial(run, n), repeats)
     raw_us = statistics.median(raw_times) / n * 1e6

@@ -57,6 +57,16 @@ class RawEngine:
 
     task_runner: str | baton.TaskRunner
 
+    chunk_size: int | None = None
+    """Items per engine call when batched by hand (`chunked`), None for an engine that
+    is not measured so; each engine sets the one that was fastest for 10,000 items on a
+    2-core machine, among 250, 500, 1,000 and 2,500."""
+
+    def chunked(self, n: int) -> None:
+        """n no-op items batched by hand: chunks of `chunk_size`, one engine call each,
+        every result gathered."""
+        raise NotImplementedError
+
     def map(self, n: int) -> None:
         """n no-op tasks through the engine's own map (a submit loop where it has none)."""
         raise NotImplementedError
@@ -81,15 +91,7 @@ class RawEngine:
 class LocalityEngine(RawEngine):
     """A cluster engine: the result of one task can feed another without the driver."""
 
-    chunk_size = 1000
-    """Items per engine call when batched by hand (`chunked`); each engine sets the one
-    that was fastest for 10,000 items on a 2-core machine, among 250, 500, 1,000 and
-    2,500."""
-
-    def chunked(self, n: int) -> None:
-        """n no-op items batched by hand: chunks of `chunk_size`, one engine call each,
-        every result gathered."""
-        raise NotImplementedError
+    chunk_size: int | None = 1000
 
     def direct(self, nbytes: int) -> int:
         """A task makes `nbytes` bytes, another returns their length; the engine's own
@@ -113,9 +115,20 @@ class Engine:
 
 
 class _Executor(RawEngine):
-    def __init__(self, pool: cf.Executor, task_runner: str | baton.TaskRunner) -> None:
+    def __init__(
+        self,
+        pool: cf.Executor,
+        task_runner: str | baton.TaskRunner,
+        chunk_size: int | None = None,
+    ) -> None:
         self.pool = pool
         self.task_runner = task_runner
+        self.chunk_size = chunk_size
+
+    def chunked(self, n: int) -> None:
+        # The executor's own knob for it: `ProcessPoolExecutor.map(chunksize=)`.
+        for _ in self.pool.map(noop, range(n), chunksize=self.chunk_size or 1):
+            pass
 
     def map(self, n: int) -> None:
         for _ in self.pool.map(noop, range(n)):
@@ -157,7 +170,7 @@ def _process_pool() -> Iterator[RawEngine]:
         cf.ProcessPoolExecutor(max_workers=workers) as pool,
         baton.get_runner("process", max_workers=workers) as runner,
     ):
-        engine = _Executor(pool, runner)
+        engine = _Executor(pool, runner, chunk_size=2500)
         engine.submit(100)  # start the workers outside the timing
         yield engine
 

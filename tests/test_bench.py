@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -42,7 +43,7 @@ def test_quick_benchmark_writes_every_scenario(tmp_path: Path) -> None:
         per_runner = {r["scenario"] for r in rows if r.get("runner") == runner}
         expected = {"overhead-map", "overhead-submit", "chain", "fan-out-in"}
         if runner == "process":
-            expected.add("long-tasks")
+            expected |= {"long-tasks", "map-vs-hand-batched"}
         assert per_runner == expected, runner
     scenarios = {row["scenario"] for row in rows}
     assert {"import baton", "empty flow run"} <= scenarios
@@ -54,7 +55,10 @@ def test_quick_benchmark_writes_every_scenario(tmp_path: Path) -> None:
         if "ratio" in row:
             assert row["ratio"] > 0
             sizes = {"long-tasks": 16}
-            expected_n = 200 if row["scenario"].startswith("overhead") else 100
+            mapped = (
+                row["scenario"].startswith("overhead") or row["scenario"] == "map-vs-hand-batched"
+            )
+            expected_n = 200 if mapped else 100
             assert row["n"] == sizes.get(row["scenario"], expected_n)
     # Locality needs a cluster runner; without one it is reported as skipped, with why.
     [skipped] = got["skipped"]
@@ -63,7 +67,7 @@ def test_quick_benchmark_writes_every_scenario(tmp_path: Path) -> None:
     assert got["machine"]["cpus"] >= 1
     assert got["command"].startswith("python -m bench --quick")
     # The closing table has a header line for each kind of row.
-    assert "scenario         runner   raw" in done.stdout
+    assert re.search(r"^scenario +runner +raw +n +baton_us_per_task", done.stdout, re.MULTILINE)
     assert "skipped:\n  locality on thread,sync,process: needs the dask or ray runner" in (
         done.stdout
     )
