@@ -137,6 +137,7 @@ class ProcessRunner(TaskRunner):
         initargs: tuple[Any, ...] | list[Any] = (),
         idle_timeout: float | None = DEFAULT_IDLE_TIMEOUT,
         resources: Mapping[str, float] | None = None,
+        batch_size: int | None = None,
     ) -> None:
         problems: list[str] = []
         if idle_timeout is not None and (
@@ -158,6 +159,13 @@ class ProcessRunner(TaskRunner):
             problems.append(
                 f"  initargs: must be a tuple of arguments for the initializer (got {initargs!r})"
             )
+        if batch_size is not None and (
+            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
+        ):
+            problems.append(
+                f"  batch_size: must be None (sized from the runs' durations) or a whole "
+                f"number >= 1 (1 sends each run alone) (got {batch_size!r})"
+            )
         if problems:
             raise InvalidOptionsError(
                 "Invalid options for task runner 'process':\n" + "\n".join(problems)
@@ -167,6 +175,7 @@ class ProcessRunner(TaskRunner):
         self.initargs = tuple(initargs)
         self.idle_timeout = idle_timeout
         self.resources = check_capacities("process", resources)
+        self.batch_size = batch_size
         self._pool: WorkerPool | None = None
         self._session: Session | None = None
         self._warm = False
@@ -206,13 +215,15 @@ class ProcessRunner(TaskRunner):
             from baton._runners._process_shared import lease
 
             key = (workers, init_blob, self.idle_timeout)
-            self._pool, self._session = lease(key, workers, init_blob, self.idle_timeout)
+            self._pool, self._session = lease(
+                key, workers, init_blob, self.idle_timeout, self.batch_size
+            )
             self._warm = True
             return
         from baton._runners._process_pool import WorkerPool
 
         self._pool = WorkerPool(workers, init_blob)
-        self._session = self._pool.open_session()
+        self._session = self._pool.open_session(batch_size=self.batch_size)
         self._warm = False
 
     def on_shutdown(self, wait: bool) -> None:
