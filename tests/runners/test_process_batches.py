@@ -8,6 +8,7 @@ their worker's pid and when they started and ended.
 
 from __future__ import annotations
 
+import itertools
 import os
 import time
 from collections.abc import Iterator
@@ -108,7 +109,7 @@ def test_long_runs_go_one_by_one_and_spread_over_every_worker(
     assert max(counts) - min(counts) <= 2, counts  # about half each (a busy machine may lag)
     for runs in by_worker.values():  # a worker runs one run at a time
         runs.sort()
-        assert all(a[1] <= b[0] for a, b in zip(runs, runs[1:]))
+        assert all(a[1] <= b[0] for a, b in itertools.pairwise(runs))
     # Each run went alone to a worker that held nothing: none waited on a busy worker.
     assert [(s.runs, s.held) for s in sent] == [(1, 0)] * 16
 
