@@ -75,7 +75,7 @@ class PoolSending:
         waiting = len(queue)
         sizes: dict[tuple[int, Session], int] = {}
         size = self._size(queue.peek(), waiting, sizes)
-        target = DEPTH * size if size else 1
+        target = DEPTH * size if size > 1 else 1
         workers = [w for w in self._workers if w.kill_reason is None and w.timed is None]
         room = sum(max(0, target - len(w.jobs)) for w in workers)
         if waiting > room and len(self._workers) < self.max_workers:
@@ -95,7 +95,7 @@ class PoolSending:
             size = self._size(queue.peek(), waiting, sizes)
             if size and jobs and not self._size(jobs[-1], waiting, sizes):
                 continue  # it runs a long run: small runs would wait behind it
-            space = (DEPTH * size if size else 1) - len(jobs)
+            space = (DEPTH * size if size > 1 else 1) - len(jobs)
             if space > 0:
                 session = jobs[0].session if jobs else None
                 batch = self._take(min(space, max(1, size)), session, waiting, sizes)
