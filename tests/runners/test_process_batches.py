@@ -60,6 +60,7 @@ class Sent:
     task: str
     runs: int
     held: int  # runs the worker held already (sent, not reported)
+    behind: str | None  # the task of the last of those
 
 
 @pytest.fixture
@@ -69,7 +70,8 @@ def sent(monkeypatch: pytest.MonkeyPatch) -> list[Sent]:
 
     def spy(pool: WorkerPool, worker: WorkerProcess, batch: list[Job]) -> None:
         name = batch[0].run.task.name
-        seen.append(Sent(id(pool), worker.pid, name, len(batch), len(worker.jobs)))
+        behind = worker.jobs[-1].run.task.name if worker.jobs else None
+        seen.append(Sent(id(pool), worker.pid, name, len(batch), len(worker.jobs), behind))
         send(pool, worker, batch)
 
     monkeypatch.setattr(WorkerPool, "_send_batch", spy)
@@ -123,6 +125,27 @@ def test_a_task_not_measured_yet_goes_one_by_one_then_small_runs_go_in_batches(
     assert max(sizes) > 1
     assert len(sizes) < 1000
     assert max(sizes) <= 64
+
+
+def test_small_runs_do_not_wait_behind_a_long_run(runner: ProcessRunner, sent: list[Sent]) -> None:
+    _map(runner, nap, [LONG] * 2)
+    _map(runner, tiny, list(range(100)))
+    sent.clear()
+
+    @flow(task_runner=runner)
+    def mixed() -> tuple[int, list[int]]:
+        long = nap.submit(3 * LONG)
+        gate = tiny.submit(-1)  # the small runs are ready together, once it ended
+        small = tiny.map(range(1000), wait_for=[gate])
+        return long.result()[0], small.result()
+
+    long_pid, values = mixed()
+    assert values == list(range(1000))
+    small = [s for s in sent if s.task == "tiny"]
+    assert max(s.runs for s in small) > 1
+    # None went to the worker running the long run until it had ended.
+    assert not [s for s in small if s.behind == "nap"]
+    assert long_pid in {s.worker for s in sent if s.task == "nap"}
 
 
 def test_runs_of_a_task_with_batch_size_1_go_one_by_one(
