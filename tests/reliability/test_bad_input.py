@@ -158,7 +158,7 @@ def test_an_option_the_runner_does_not_take_lists_the_ones_it_does(name: str) ->
     accepted = {
         "thread": "max_workers, resources",
         "sync": "resources",
-        "process": "max_workers, initializer, initargs, idle_timeout, resources",
+        "process": "max_workers, initializer, initargs, idle_timeout, resources, batch_size",
         "dask": "address, cluster_class, cluster_kwargs, adapt_kwargs, client_kwargs, "
         "performance_report_path, no_workers_timeout, batch_size",
         "ray": "address, init_kwargs, max_pending, batch_size",

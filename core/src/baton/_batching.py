@@ -96,6 +96,10 @@ class BatchSizer:
         weight = min(1.0, self.weight * len(seconds))
         self._means[key] = old + weight * (mean - old)
 
+    def forget(self, key: Hashable) -> None:
+        """Drop what is known of `key` (its task is gone)."""
+        self._means.pop(key, None)
+
     def estimate(self, key: Hashable) -> float | None:
         """The seconds a run of `key` takes, as far as known (None: nothing yet)."""
         return self._means.get(key)

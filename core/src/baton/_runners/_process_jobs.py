@@ -50,11 +50,13 @@ _NOTHING: frozenset[str] = frozenset()
 class Session:
     """The runs one runner (one flow run) sends to a pool, which may be shared with
     other runners: what its shutdown waits for, or stops, and the environment its
-    workers run them in (as it was when the runner started)."""
+    workers run them in (as it was when the runner started), and the runner's
+    `batch_size` option (see _process_sending)."""
 
-    __slots__ = ("_prune_at", "aborted", "context", "runs")
+    __slots__ = ("_prune_at", "aborted", "batch_size", "context", "runs")
 
-    def __init__(self, warm: bool = False) -> None:
+    def __init__(self, warm: bool = False, batch_size: int | None = None) -> None:
+        self.batch_size = batch_size
         self.runs: dict[int, TaskRun] = {}
         self._prune_at = 1024
         self.aborted = False

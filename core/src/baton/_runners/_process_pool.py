@@ -38,6 +38,7 @@ from baton._runners._process_jobs import (
     reap,
     shutdown_state,
 )
+from baton._runners._process_sending import PoolSending, new_sizer
 from baton._runners._process_shm import (
     open_buffers,
     probe,
@@ -47,7 +48,6 @@ from baton._runners._process_shm import (
 )
 from baton._runners._process_stopping import PoolStopping
 from baton._runners._worker import (
-    BATCH,
     HELLO,
     INIT_FAILED,
     READY,
@@ -72,9 +72,6 @@ __all__ = ["WorkerPool"]
 
 logger = logging.getLogger("baton")
 
-# Runs per message when many wait: enough to make messaging cheap per run, few
-# enough that runs queued behind a slow one in a worker do not wait long.
-_MAX_BATCH = 64
 _RECV_SIZE = 1 << 18
 _LIVENESS_POLL = 1.0  # seconds between checks that busy workers are alive
 _START_FAILURES = 3  # workers in a row that die before they are ready: give up
@@ -101,7 +98,7 @@ def _forget_task(pool_ref: weakref.ref[WorkerPool], task_id: int, key: int) -> N
         pool.task_gone(task_id, key)
 
 
-class WorkerPool(PoolStopping):
+class WorkerPool(PoolSending, PoolStopping):
     """Worker processes plus one dispatcher thread that owns them.
 
     The dispatcher sends runs to workers, reads their reports, and watches each
@@ -139,6 +136,8 @@ class WorkerPool(PoolStopping):
         self._selector = selectors.DefaultSelector()
         self._selector.register(self._wake_r, selectors.EVENT_READ, None)
         self._queue: RunQueue[Job] = RunQueue()  # by priority, FIFO within one
+        self.sizer = new_sizer()  # how many runs go in one message (see _process_sending)
+        self._measured: dict[int, list[float]] = {}
         self._timers: list[tuple[float, int, Job]] = []
         self._sequence = itertools.count()
         self._workers: list[WorkerProcess] = []
@@ -184,11 +183,12 @@ class WorkerPool(PoolStopping):
         job.cancelled = True
         return True
 
-    def open_session(self, warm: bool = False) -> Session:
+    def open_session(self, warm: bool = False, batch_size: int | None = None) -> Session:
         """A new runner uses this pool (for a shared pool, `warm`: the caller counts
-        `leases`, and the workers take on the runner's environment)."""
+        `leases`, and the workers take on the runner's environment), with its
+        `batch_size` option."""
         self._idle_deadline = None
-        return Session(warm)
+        return Session(warm, batch_size)
 
     def close_session(self, session: Session, wait: bool) -> None:
         """A runner using this pool shuts down: wait for its runs to end, or (without
@@ -327,6 +327,8 @@ class WorkerPool(PoolStopping):
                 key = self._forgotten.get_nowait()
             except Empty:
                 return
+            self.sizer.forget(key)
+            self._measured.pop(key, None)
             for worker in self._workers:
                 if key in worker.known:
                     worker.known.discard(key)
@@ -354,118 +356,6 @@ class WorkerPool(PoolStopping):
                 self._queue.appendleft(job, job.run.priority)
 
     # -- sending work -------------------------------------------------------------------
-
-    def _assign(self) -> None:
-        queue = self._queue
-        while queue and queue.peek().cancelled:
-            queue.popleft()
-        if not queue or self._broken is not None or self._stop == "now":
-            return
-        waiting = len(queue)
-        chunk = max(1, min(_MAX_BATCH, waiting // (4 * self.max_workers)))
-        target = 2 * chunk if chunk > 1 else 1
-        workers = [w for w in self._workers if w.kill_reason is None and w.timed is None]
-        room = sum(max(0, target - len(w.jobs)) for w in workers)
-        if waiting > room and len(self._workers) < self.max_workers:
-            needed = -(-(waiting - room) // target)
-            for _ in range(min(needed, self.max_workers - len(self._workers))):
-                worker = self._spawn()
-                if worker is None:
-                    break
-                workers.append(worker)
-        workers.sort(key=lambda w: len(w.jobs))
-        for worker in workers:
-            if not queue:
-                break
-            space = target - len(worker.jobs)
-            if space > 0:
-                session = worker.jobs[0].session if worker.jobs else None
-                batch = self._take(min(space, chunk), session)
-                if batch:
-                    self._send_batch(worker, batch)
-
-    def _take(self, limit: int, session: Session | None) -> list[Job]:
-        """Runs from the head of the queue for a worker that is idle (`session` None) or
-        holds runs of `session`: of one runner only, so that stopping that runner's
-        runs kills no other's."""
-        queue = self._queue
-        batch: list[Job] = []
-        idle = session is None
-        while queue and len(batch) < limit:
-            job = queue.peek()
-            if job.cancelled:
-                queue.popleft()
-                continue
-            if session is None:
-                session = job.session
-            elif job.session is not session:
-                break
-            if job.timeout is not None:
-                # A run with a timeout goes alone to an idle worker: killing the worker
-                # at its deadline must not hit any other run.
-                if not batch and idle:
-                    batch.append(queue.popleft())
-                break
-            batch.append(queue.popleft())
-        return batch
-
-    def _send_batch(self, worker: WorkerProcess, batch: list[Job]) -> None:
-        items: list[tuple[Any, ...]] = []
-        new_tasks: list[tuple[int, bytes]] = []
-        sent: list[Job] = []
-        cancellable = self._cancellable
-        where = f"pid {worker.pid}"
-        for job in batch:
-            run = job.run
-            cancellable.pop(run.id, None)
-            if job.cancelled:
-                continue
-            if job.mark_running:
-                if not run.set_running(where):
-                    continue  # cancelled meanwhile
-                job.mark_running = False
-            elif run.future.done():
-                continue
-            job.dispatched = True
-            key = job.key
-            if key not in worker.known:
-                worker.known.add(key)
-                new_tasks.append((key, job.blob))
-            timed = job.timeout is not None
-            item: tuple[Any, ...] = (
-                run.id,
-                run.name,
-                key,
-                job.attempts.number,
-                timed,
-                job.payload,
-                job.shared,
-                job.limits,
-            )
-            if run.trace is not None:  # OpenTelemetry on: the run's trace context goes along
-                item += (run.trace.carrier(),)
-            items.append(item)
-            sent.append(job)
-        if not sent:
-            return
-        worker.jobs.extend(sent)
-        if sent[0].timeout is not None:
-            worker.timed = sent[0]
-        forget, worker.forget = worker.forget, []
-        path: list[str] | None = parent_sys_path()
-        if path == worker.path:
-            path = None  # unchanged: nothing to send
-        else:
-            worker.path = path or []
-        context: tuple[Any, ...] | None = sent[0].session.context
-        if context is None or context is worker.context:
-            context = None
-        else:
-            if context == worker.context:
-                context = None
-            worker.context = sent[0].session.context
-        message = (BATCH, new_tasks, forget, items, path, context)
-        self._send(worker, pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
 
     def _send(self, worker: WorkerProcess, data: bytes) -> None:
         worker.out.append(frame(data))
@@ -554,7 +444,7 @@ class WorkerPool(PoolStopping):
     def _on_message(self, worker: WorkerProcess, message: tuple[Any, ...]) -> None:
         kind = message[0]
         if kind == RESULT:
-            _, run_id, blob, ref = message
+            _, run_id, blob, ref, seconds = message
             buffers: list[Any] | Exception | None
             if ref is not None and ref[0] == "lent":
                 try:
@@ -573,6 +463,11 @@ class WorkerPool(PoolStopping):
             job = worker.jobs.popleft()
             if job.run.id != run_id:
                 raise RuntimeError(f"result for run {run_id}, expected {job.run.id}")
+            measured = self._measured.get(job.key)
+            if measured is None:
+                self._measured[job.key] = [seconds]
+            else:
+                measured.append(seconds)
             if worker.timed is job:
                 worker.timed = None
                 worker.deadline = None

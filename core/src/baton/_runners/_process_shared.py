@@ -27,16 +27,22 @@ _pools: dict[Hashable, WorkerPool] = {}
 
 
 def lease(
-    key: Hashable, max_workers: int, init_blob: bytes | None, idle_timeout: float | None
+    key: Hashable,
+    max_workers: int,
+    init_blob: bytes | None,
+    idle_timeout: float | None,
+    batch_size: int | None = None,
 ) -> tuple[WorkerPool, Session]:
-    """The warm pool for `key` (started if there is none), and a session on it."""
+    """The warm pool for `key` (started if there is none), and a session on it for a
+    runner with `batch_size` (which does not shape the workers: runners that differ
+    only in it share a pool)."""
     with _lock:
         pool = _pools.get(key)
         if pool is None or pool.retired:
             pool = WorkerPool(max_workers, init_blob, idle_timeout, _retire)
             _pools[key] = pool
         pool.leases += 1
-        return pool, pool.open_session(warm=True)
+        return pool, pool.open_session(warm=True, batch_size=batch_size)
 
 
 def give_back(pool: WorkerPool, session: Session, wait: bool) -> None:

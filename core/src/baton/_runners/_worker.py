@@ -26,9 +26,11 @@ worker -> parent
     ``(INIT_FAILED, traceback_text)`` if the initializer raised;
     ``(STARTED, run_id)`` as a run with a timeout starts; ``(STATE, run_id, state)``
     for a Retrying or Running state between attempts; and one
-    ``(RESULT, run_id, pickled RemoteResult, buffers)`` per run, in the order
-    received (`buffers`: where its out-of-band data is, see `_process_shm`); after
-    one whose buffers are lent, the worker waits for the answer before it goes on.
+    ``(RESULT, run_id, pickled RemoteResult, buffers, seconds)`` per run, in the
+    order received (`buffers`: where its out-of-band data is, see `_process_shm`;
+    `seconds`: how long the run took here, from loading its arguments to its
+    outcome, which sizes the next batches of its task); after one whose buffers
+    are lent, the worker waits for the answer before it goes on.
 
 The worker runs one task run at a time and reports each result as soon as it has
 it, so the parent always knows which run a worker is running: the oldest one it
@@ -47,6 +49,7 @@ import threading
 import traceback
 from collections import deque
 from collections.abc import Callable
+from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
 from baton import BatonError, State
@@ -279,10 +282,11 @@ class _Worker:
         limits: bytes | None,
         trace_context: dict[str, str] | None = None,
     ) -> None:
+        started = perf_counter()
         task = self.tasks[key]
         if isinstance(task, WorkerLoadError):
             result = RemoteResult(State.failed(_with_run(task, name)), attempt=attempt)
-            self._send_result(run_id, result, "?", name)
+            self._send_result(run_id, result, "?", name, perf_counter() - started)
             return
         try:
             loaded = _load(payload, shared)
@@ -292,7 +296,7 @@ class _Worker:
                 f"unpickled in the worker process: {type(exc).__name__}: {exc}"
             )
             result = RemoteResult(State.failed(error), attempt=attempt)
-            self._send_result(run_id, result, task.name, name)
+            self._send_result(run_id, result, task.name, name, perf_counter() - started)
             return
         call = RunCall(
             task,
@@ -307,8 +311,9 @@ class _Worker:
         result = run_call(
             call, attempt=attempt, timeout="runner", on_state=self._state_reporter(run_id, timed)
         )
+        seconds = perf_counter() - started
         del call
-        self._send_result(run_id, result, task.name, name)
+        self._send_result(run_id, result, task.name, name, seconds)
 
     def _state_reporter(self, run_id: int, timed: bool) -> Callable[[State], None]:
         started = [False]
@@ -327,14 +332,14 @@ class _Worker:
         return report
 
     def _send_result(
-        self, run_id: int, result: RemoteResult, task_name: str, run_name: str
+        self, run_id: int, result: RemoteResult, task_name: str, run_name: str, seconds: float
     ) -> None:
         buffers: list[Any] = []
         blob = encode_result(result, task_name, run_name, buffers)
         del result
         if self.lending and can_lend(buffers):
             # The parent copies them out of this process's memory, then answers.
-            message = (RESULT, run_id, blob, lend_buffers(buffers))
+            message = (RESULT, run_id, blob, lend_buffers(buffers), seconds)
             self.channel.send(pickle.dumps(message, pickle.HIGHEST_PROTOCOL))
             if self._answer() == TAKEN:
                 return
@@ -342,7 +347,9 @@ class _Worker:
         ref = share_buffers(buffers, self.prefix)
         del buffers
         try:
-            self.channel.send(pickle.dumps((RESULT, run_id, blob, ref), pickle.HIGHEST_PROTOCOL))
+            self.channel.send(
+                pickle.dumps((RESULT, run_id, blob, ref, seconds), pickle.HIGHEST_PROTOCOL)
+            )
         except BaseException:
             remove_ref(ref)
             raise
