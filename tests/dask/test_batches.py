@@ -177,3 +177,29 @@ def test_a_fan_in_leaves_its_upstreams_in_their_batches_and_a_chain_takes_them_a
 
     assert chain() == 0
     assert claimed  # links waiting in the batches went alone, each taking its Dask future
+
+
+@task(batch_size=100)
+def tiny(x: int) -> int:
+    return x
+
+
+def test_the_calls_of_sent_batches_are_not_kept_alive_in_the_flows_process(
+    runner: DaskTaskRunner,
+) -> None:
+    # The client keeps the recent messages it sent to the scheduler (Dask's
+    # `distributed.admin.low-level-log-length`): a batch whose calls travelled in them
+    # as objects kept every call, its arguments included, alive that long (and the
+    # collector walked them all, run after run).
+    import gc
+
+    from baton.runners import RunCall
+
+    @flow(task_runner=runner)
+    def mapped() -> int:
+        return len(tiny.map(range(3000)).result())
+
+    assert mapped() == 3000
+    gc.collect()
+    alive = sum(1 for o in gc.get_objects() if type(o) is RunCall)
+    assert alive < 100, f"{alive} calls of ended runs are still alive"

@@ -217,7 +217,7 @@ class Batches:
         key = f"baton-batch-{first.run.task.name}-{session.token}-{number}"
         submit: Any = client.submit
         try:
-            runs = Runs(
+            runs = Runs.pack(
                 [item.call for item in items],
                 [item.attempt.number for item in items],
                 [item.number for item in items],

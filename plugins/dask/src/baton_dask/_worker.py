@@ -29,6 +29,7 @@ from baton.runners import (
     NestedFailure,
     RemoteResult,
     RunCall,
+    cloudpickle_dumps,
     decode_result,
     dumps,
     encode_result,
@@ -167,25 +168,34 @@ def pick_value(batch: BatchValues, index: int) -> Any:
 
 @final
 class Runs:
-    """The runs of a batch, as its Dask task takes them: one argument that Dask does not
-    look into (it would look at each of a thousand calls for a Dask future to wait for;
-    their upstream values, which may be Dask futures, go beside it)."""
+    """The runs of a batch, as its Dask task takes them: their calls pickled, in one
+    argument that Dask does not look into (it would look at each of a thousand calls for
+    a Dask future to wait for; their upstream values, which may be Dask futures, go
+    beside it). Pickled here, once: a scheduler in the flow's process keeps the recent
+    messages it sent to workers (``distributed.admin.low-level-log-length``), and those
+    would keep every call of a batch, its arguments included, alive for as long."""
 
-    __slots__ = ("attempts", "calls", "numbers")
+    __slots__ = ("blob",)
 
-    def __init__(self, calls: list[RunCall], attempts: list[int], numbers: list[int]) -> None:
-        self.calls = calls
-        self.attempts = attempts
-        self.numbers = numbers
+    def __init__(self, blob: bytes) -> None:
+        self.blob = blob
+
+    @classmethod
+    def pack(cls, calls: list[RunCall], attempts: list[int], numbers: list[int]) -> Runs:
+        return cls(cloudpickle_dumps((calls, attempts, numbers)))
+
+    def unpack(self) -> tuple[list[RunCall], list[int], list[int]]:
+        calls, attempts, numbers = pickle.loads(self.blob)
+        return calls, attempts, numbers
 
     def __reduce__(self) -> tuple[Any, ...]:
-        return (Runs, (self.calls, self.attempts, self.numbers))
+        return (Runs, (self.blob,))
 
 
 def run_batch_task(runs: Runs, inputs: list[list[Any]] | None, topic: str = "") -> BatchValues:
     """The Dask task of a batch of runs: each runs as it would alone (`run_batch`).
     `inputs`: each run's upstream values, None when no run has any."""
-    calls, attempts, numbers = runs.calls, runs.attempts, runs.numbers
+    calls, attempts, numbers = runs.unpack()
     if inputs is None:
         values_in: list[Any] = [()] * len(calls)
     else:
