@@ -125,6 +125,16 @@ class Batches:
         driver = self.driver
         if driver._closing == "now":
             return
+        # At most max_pending runs are in Ray: while there is no room, what waits stays
+        # in the batch queue, by priority, and goes as runs end (each end pumps again).
+        # Taking batches only to give them back made every run's end cost as much as
+        # the runs waiting: seconds of a flow run of 10,000.
+        room = driver.max_pending - len(driver._active) - self._in_ray()
+        if room <= 0:
+            return
+        # Each slot's share of the room: a batch that took it all would leave the other
+        # workers idle (with 1,000 pending and batches of 1,000, one batch at a time).
+        share = max(1, driver.max_pending // self.queue.slots)
         back: list[Batch[Job]] = []
         for batch in self.queue.take():
             jobs = []
@@ -134,17 +144,16 @@ class Batches:
                 else:
                     jobs.append(job)
             batch.items = jobs
-            # At most max_pending runs are in Ray: what has no room waits here, by
-            # priority, and goes as runs end.
-            room = driver.max_pending - len(driver._active) - self._in_ray()
             if not jobs:
                 self.queue.done(batch, ())
             elif room <= 0:
                 back.append(batch)
             else:
-                if len(jobs) > room:
-                    self.queue.give_back(batch, keep=room)
+                keep = min(room, share)
+                if len(jobs) > keep:
+                    self.queue.give_back(batch, keep=keep)
                 self._chain(batch, room)
+                room -= len(batch.items)
                 if len(batch.items) == 1:
                     self._send_one(batch, batch.items[0])
                 else:
