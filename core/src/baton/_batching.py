@@ -32,7 +32,14 @@ if TYPE_CHECKING:
     from baton._states import State
     from baton._task import Task
 
-__all__ = ["Batch", "BatchQueue", "BatchSizer", "batch_size_of", "run_batch"]
+__all__ = [
+    "Batch",
+    "BatchQueue",
+    "BatchSizer",
+    "batch_size_of",
+    "batch_size_problem",
+    "run_batch",
+]
 
 T = TypeVar("T")
 
@@ -326,6 +333,25 @@ def batch_size_of(task: Task[..., Any], default: int | None = None) -> int | Non
     off, n fixes the size."""
     size: int | None = getattr(task.options, "batch_size", None)
     return default if size is None else size
+
+
+def batch_size_problem(batch_size: object) -> str | None:
+    """What is wrong with a runner's ``batch_size`` option, as one line of its
+    `InvalidOptionsError`, or None when it is valid (None, or a whole number >= 1).
+
+    >>> batch_size_problem(4) is None
+    True
+    >>> batch_size_problem(True)[-10:]
+    '(got True)'
+    """
+    if batch_size is None or (
+        type(batch_size) is int and batch_size >= 1  # bool is not int here
+    ):
+        return None
+    return (
+        "batch_size: must be None (sized from the runs' durations) or a whole number "
+        f">= 1 (1 sends each run alone) (got {batch_size!r})"
+    )
 
 
 def run_batch(

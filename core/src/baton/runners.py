@@ -81,7 +81,14 @@ from baton._attempts import (
     timed_out,
     worker_lost,
 )
-from baton._batching import Batch, BatchQueue, BatchSizer, batch_size_of, run_batch
+from baton._batching import (
+    Batch,
+    BatchQueue,
+    BatchSizer,
+    batch_size_of,
+    batch_size_problem,
+    run_batch,
+)
 from baton._deadlines import Deadlines
 from baton._engine import RunInfo
 from baton._errors import RemoteTaskError, RemoteTraceback
@@ -142,6 +149,7 @@ __all__ = [
     "Upstream",
     "WorkerLostError",
     "batch_size_of",
+    "batch_size_problem",
     "blocking_section",
     "cloudpickle_dumps",
     "current_runner",

@@ -77,7 +77,13 @@ from baton import BatonError, InvalidOptionsError, RunnerClosedError
 from baton._resources import ResourcePool, check_capacities
 from baton._runners import _worker
 from baton._runners._worker import WorkerLoadError
-from baton.runners import Capability, RemoteTaskError, TaskRunner, cloudpickle_dumps
+from baton.runners import (
+    Capability,
+    RemoteTaskError,
+    TaskRunner,
+    batch_size_problem,
+    cloudpickle_dumps,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -170,13 +176,9 @@ class ProcessRunner(TaskRunner):
             problems.append(
                 f"  initargs: must be a tuple of arguments for the initializer (got {initargs!r})"
             )
-        if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-        ):
-            problems.append(
-                f"  batch_size: must be None (sized from the runs' durations) or a whole "
-                f"number >= 1 (1 sends each run alone) (got {batch_size!r})"
-            )
+        batch_problem = batch_size_problem(batch_size)
+        if batch_problem is not None:
+            problems.append(f"  {batch_problem}")
         if problems:
             raise InvalidOptionsError(
                 "Invalid options for task runner 'process':\n" + "\n".join(problems)

@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, final
 
 from baton import BatonError, Capability, InvalidOptionsError, RunnerClosedError, TaskRunner
+from baton.runners import batch_size_problem
 
 if TYPE_CHECKING:
     from baton import TaskRun
@@ -113,13 +114,9 @@ class RayTaskRunner(TaskRunner):
                         problems.append(f"  init_kwargs: pass {key!r} as {instead}")
         if isinstance(max_pending, bool) or not isinstance(max_pending, int) or max_pending < 1:
             problems.append(f"  max_pending: must be a whole number >= 1 (got {max_pending!r})")
-        if batch_size is not None and (
-            isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1
-        ):
-            problems.append(
-                f"  batch_size: must be None (sized from the runs' durations) or a whole "
-                f"number >= 1 (1 sends each run alone) (got {batch_size!r})"
-            )
+        batch_problem = batch_size_problem(batch_size)
+        if batch_problem is not None:
+            problems.append(f"  {batch_problem}")
         if problems:
             raise InvalidOptionsError(
                 "Invalid options for task runner 'ray':\n" + "\n".join(problems)
