@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from baton import State, _logging, _plugins, _progress, flow, task, wait
+from baton import State, _logging, _plugins, _progress, flow, get_runner, task, wait
 
 if TYPE_CHECKING:
     from conftest import Site
@@ -206,6 +206,66 @@ def test_a_hook_that_raises_is_logged_and_the_flow_goes_on(
     assert any("task_run_state_changed hook raised" in m for m in messages)
     errors = [r.exc_info[1] for r in caplog.records if r.exc_info]
     assert any(str(e) == "observer broke per task" for e in errors)
+
+
+_tries: dict[str, int] = {}
+
+
+@task(retries=1)
+def flaky_once(key: str) -> str:
+    _tries[key] = _tries.get(key, 0) + 1
+    if _tries[key] == 1:
+        raise ValueError("first try fails")
+    return key
+
+
+def test_a_lone_hook_that_raises_at_every_state_changes_no_run(
+    site: Site, quiet_logging: None, caplog: pytest.LogCaptureFixture
+) -> None:
+    # One plain hook is the flow run's observer itself (no wrapper): each place that
+    # calls it (a run starting, retrying, ending, cancelled before it ran) logs what it
+    # raises and goes on.
+    site.dist(
+        "lone-raiser-dist",
+        {"lone_raiser": "lone_raiser_pkg"},
+        {
+            "lone_raiser_pkg": """
+                from baton import hookimpl
+
+                @hookimpl
+                def task_run_state_changed(task_run, state):
+                    raise RuntimeError(f"observer broke at {state.name}")
+            """
+        },
+    )
+    _plugins.plugin_manager()
+    import threading
+
+    gate = threading.Event()
+
+    @task
+    def blocker() -> None:
+        gate.wait(10)
+
+    @flow(task_runner=get_runner("thread", max_workers=1))
+    def busy() -> list[str]:
+        first = blocker.submit()
+        queued = square.submit(2)
+        assert queued.cancel()
+        gate.set()
+        first.result()
+        return [queued.state.name, flaky_once.submit("a").result()]
+
+    with caplog.at_level(logging.ERROR, logger="baton"):
+        names = busy()
+    assert names == ["Cancelled", "a"]
+    errors = {str(r.exc_info[1]) for r in caplog.records if r.exc_info}
+    assert {
+        "observer broke at Running",
+        "observer broke at Retrying",
+        "observer broke at Completed",
+        "observer broke at Cancelled",
+    } <= errors
 
 
 class _NullStream:

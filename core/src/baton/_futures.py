@@ -237,7 +237,10 @@ class Future(Generic[R]):
         if observe is not None and not only_if_pending and self._state.type not in _FINAL_TYPES:
             # Observers hear of the final state before anyone can see it, so whatever a
             # downstream run does next is reported after this run's end, never before.
-            observe(self._run, state)
+            try:
+                observe(self._run, state)
+            except Exception:
+                observer_raised(self._run)
             observed_first = True
         with self._lock:
             current = self._state.type
@@ -254,6 +257,13 @@ class Future(Generic[R]):
             for fn in callbacks:
                 _call_back(fn, self)
         return True
+
+
+def observer_raised(task_run: TaskRun) -> None:
+    """Log that the flow run's observer raised on a state of `task_run`: it changes
+    nothing for the run. (The observer is called bare, without a wrapper frame of its
+    own, where it is one plain hook: see `make_observer`.)"""
+    logger.exception("A task_run_state_changed hook raised for %r", task_run)
 
 
 def _resolve_waiter(waiter: asyncio.Future[None]) -> None:

@@ -29,7 +29,7 @@ from baton._admission import (
 from baton._attempts import FINAL_STATE_TYPES
 from baton._context import current_task_run_var as _current_run
 from baton._errors import RunnerClosedError
-from baton._futures import Future, wait
+from baton._futures import Future, observer_raised, wait
 from baton._resolve import resolve
 from baton._states import LazyResult, State, StateType, upstream_failed
 
@@ -368,7 +368,10 @@ class RunScope:
     def run_finished(self, future: Future[Any], state: State, observe: bool = True) -> None:
         observer = self.observe if observe else None
         if observer is not None:
-            observer(future._run, state)
+            try:
+                observer(future._run, state)
+            except Exception:
+                observer_raised(future._run)
         if self.limiter is not None:
             limits = future._run.limits
             if limits is not None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any, final
 from baton import _admission
 from baton._context import current_task_run_var
 from baton._engine import run_async, run_sync
+from baton._futures import observer_raised
 from baton._remote import RunCall
 from baton._states import State, StateType
 
@@ -211,7 +212,10 @@ class TaskRun:
             self.worker = worker
         observe = self.scope.observe
         if observe is not None:
-            observe(self, self.future._state)
+            try:
+                observe(self, self.future._state)
+            except Exception:
+                observer_raised(self)
         return True
 
     def set_state(self, state: State, worker: str | None = None) -> None:
@@ -223,7 +227,10 @@ class TaskRun:
             self.future._set_interim(state)
             observe = self.scope.observe
             if observe is not None:
-                observe(self, state)
+                try:
+                    observe(self, state)
+                except Exception:
+                    observer_raised(self)
         else:
             if self._native_upstreams:
                 # A failed upstream was consumed here (this run ended UpstreamFailed, or

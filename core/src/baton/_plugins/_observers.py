@@ -35,6 +35,7 @@ def _observes_task_runs(plugin: object) -> bool:
 
 def make_observer(registry_pm: pluggy.PluginManager) -> Callable[[TaskRun, State], None] | None:
     """The per-task observer callable for a flow run, or None when nothing listens.
+    Where the core calls it, what it raises is logged and changes nothing.
 
     A plugin whose ``observes_task_runs()`` returns False as the flow run starts
     (the built-in logging below INFO, the progress bar off a terminal) is left out
@@ -57,17 +58,10 @@ def make_observer(registry_pm: pluggy.PluginManager) -> Callable[[TaskRun, State
         return observe_all
     # Plain implementations are called directly, in pluggy's order (the last registered
     # first): this is the per-task path, and one raising must not silence the others.
+    # One alone is the observer itself: where the core calls it, it logs what it raises.
     calls = [_positional(impl.function, impl.argnames) for impl in reversed(active)]
     if len(calls) == 1:
-        [call] = calls
-
-        def observe_one(task_run: TaskRun, state: State) -> None:
-            try:
-                call(task_run, state)
-            except Exception:
-                logger.exception("A task_run_state_changed hook raised for %r", task_run)
-
-        return observe_one
+        return calls[0]  # type: ignore[return-value]
 
     def observe(task_run: TaskRun, state: State) -> None:
         for call in calls:
