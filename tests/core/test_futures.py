@@ -210,6 +210,42 @@ def test_cancel_a_queued_run() -> None:
         queued.result()
 
 
+def test_a_run_marked_sent_cannot_be_cancelled_until_its_next_attempt() -> None:
+    """`TaskRun.mark_sent`: a runner sends the run where a cancellation cannot reach it
+    (a batch on a worker); cancel() then says False and the run goes on to its end. A
+    new attempt (Retrying) is cancellable again until it is sent."""
+    from baton import TaskRun, TaskRunner
+
+    held: list[TaskRun] = []
+
+    class Holding(TaskRunner):
+        name = "holding"
+
+        def submit(self, run: TaskRun) -> None:
+            held.append(run)
+
+    @flow(task_runner=Holding())
+    def body() -> list[object]:
+        sent, cancelled_first, running = inc.submit(1), inc.submit(2), inc.submit(3)
+        seen: list[object] = []
+        assert cancelled_first.cancel()
+        run, other, started = held
+        seen.append(other.mark_sent())  # cancelled before it was sent: do not send it
+        assert started.set_running()
+        seen.append(started.mark_sent())  # sent again after its worker died: it goes
+        started.set_state(State.completed(4))
+        seen.append(running.result())
+        seen.append(run.mark_sent())
+        seen.append(sent.cancel())
+        seen.append(sent.state.type)
+        run.set_state(State.pending("Retrying"))  # a new attempt, not sent yet
+        seen.append(sent.cancel())
+        seen.append(sent.state.type)
+        return seen
+
+    assert body() == [False, True, 4, True, False, StateType.PENDING, True, StateType.CANCELLED]
+
+
 def test_cancelling_a_run_counts_as_handling_it() -> None:
     """A run the flow cancelled on purpose is not an unhandled failure."""
     blocker_started, blocker_release = threading.Event(), threading.Event()

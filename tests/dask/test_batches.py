@@ -63,6 +63,49 @@ def total_of(values: list[float]) -> float:
     return sum(values)
 
 
+@task(batch_size=2)
+def hold_or_touch(index: int, folder: str) -> int:
+    """Run 0 holds its worker thread until the file ``release`` exists; the others
+    leave a file ``ran-<index>`` behind."""
+    if index == 0:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.path.join(folder, "release")):
+            if time.monotonic() > deadline:
+                raise TimeoutError("never released")
+            time.sleep(0.01)
+    else:
+        with open(os.path.join(folder, f"ran-{index}"), "w"):
+            pass
+    return index
+
+
+def test_a_run_queued_in_a_sent_batch_cannot_be_cancelled_and_runs(
+    runner: DaskTaskRunner, tmp_path: Any
+) -> None:
+    # Run 1 waits on the worker behind run 0, in the same batch (8 runs over the 4
+    # batch slots of 2 worker threads: batches of 2): a cancellation cannot reach it
+    # there, so cancel() must say False and the run must say how it ended (it was
+    # reported CANCELLED, "before it started", and ran anyway).
+    @flow(task_runner=runner)
+    def body() -> tuple[StateType, bool, StateType]:
+        held, queued, *_ = hold_or_touch.map(range(8), str(tmp_path))
+        deadline = time.monotonic() + 20
+        while held.state.type is not StateType.RUNNING and time.monotonic() < deadline:
+            time.sleep(0.01)
+        before = queued.state.type
+        cancelled = queued.cancel()
+        (tmp_path / "release").touch()
+        held.wait(20)
+        queued.wait(20)
+        return before, cancelled, queued.state.type
+
+    before, cancelled, after = body()
+    assert before is StateType.PENDING, "both runs should have gone in one batch"
+    assert not cancelled
+    assert after is StateType.COMPLETED
+    assert (tmp_path / "ran-1").exists()
+
+
 def _batch_keys(runner: DaskTaskRunner) -> list[str]:
     def keys(dask_scheduler: Any) -> list[str]:
         return [str(k) for k in dask_scheduler.tasks if str(k).startswith("baton-batch-")]

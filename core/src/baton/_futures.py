@@ -85,7 +85,16 @@ class Future(Generic[R]):
     another task to make that task wait for this one and receive its result.
     """
 
-    __slots__ = ("__weakref__", "_callbacks", "_lock", "_observed", "_run", "_state", "_waiters")
+    __slots__ = (
+        "__weakref__",
+        "_callbacks",
+        "_lock",
+        "_observed",
+        "_run",
+        "_sent",
+        "_state",
+        "_waiters",
+    )
 
     def __init__(self, run: TaskRun) -> None:
         self._run = run
@@ -94,6 +103,9 @@ class Future(Generic[R]):
         self._waiters: list[threading.Event] | None = None
         self._callbacks: list[Callable[[Future[R]], None]] | None = None
         self._observed = False
+        # Set while the run is on its way to a worker from where `cancel` cannot take
+        # it back (see `TaskRun.mark_sent`): cancel() then leaves it to run.
+        self._sent = False
 
     # -- read ---------------------------------------------------------------------
 
@@ -178,7 +190,9 @@ class Future(Generic[R]):
         _call_back(fn, self)
 
     def cancel(self) -> bool:
-        """Cancel the run if it has not started. Returns True if it is now cancelled."""
+        """Cancel the run if it has not started. Returns True if it is now cancelled:
+        then it never runs. False if it is final, running, or sent where it may start
+        before a cancellation could reach it (a batch on a worker): it runs to its end."""
         if not self._set_final(
             State.cancelled(f"Task run {self._run.name!r} was cancelled before it started."),
             only_if_pending=True,
@@ -228,6 +242,18 @@ class Future(Generic[R]):
             if self._state.type in _FINAL_TYPES:
                 return
             self._state = state
+            if state.type is _PENDING:
+                self._sent = False  # waits for its next attempt where it can be cancelled
+
+    def _mark_sent(self) -> bool:
+        """Mark a PENDING run sent (see `TaskRun.mark_sent`). False if it is final."""
+        with self._lock:
+            current = self._state.type
+            if current in _FINAL_TYPES:
+                return False
+            if current is _PENDING:
+                self._sent = True
+        return True
 
     def _set_final(self, state: State, only_if_pending: bool = False) -> bool:
         """Make `state` the run's final state. The first final state wins."""
@@ -244,7 +270,9 @@ class Future(Generic[R]):
             observed_first = True
         with self._lock:
             current = self._state.type
-            if current in _FINAL_TYPES or (only_if_pending and current is not _PENDING):
+            if current in _FINAL_TYPES or (
+                only_if_pending and (current is not _PENDING or self._sent)
+            ):
                 return False
             self._state = state
             waiters, self._waiters = self._waiters, None

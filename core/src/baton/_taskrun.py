@@ -218,6 +218,20 @@ class TaskRun:
                 observer_raised(self)
         return True
 
+    def mark_sent(self) -> bool:
+        """Record that the run is leaving for a worker from where a cancellation could
+        not take it back before it starts (a batch of runs that the worker runs one
+        after another, say): from now on `Future.cancel()` returns False for it and it
+        runs, reporting RUNNING when it starts, as usual. Returns False if the run is
+        final (it was cancelled meanwhile): do not send it. A run that is RUNNING (sent
+        again after its worker died) is left as it is.
+
+        A runner that can still withdraw a run it sent (its engine drops a task that
+        has not started) need not call this; a runner that marks a run RUNNING as it
+        sends it (`set_running`) need not either. A new attempt (``Retrying``) can be
+        cancelled again until it is sent."""
+        return self.future._mark_sent()
+
     def set_state(self, state: State, worker: str | None = None) -> None:
         """Record a state the run reached (final ones complete the future); `worker`,
         if given, is where it runs now (a RUNNING state of a new attempt)."""

@@ -40,6 +40,9 @@ Batches of small runs
     `BatchSizer` from how long the task's runs take; `run_batch` runs a batch on the
     worker, each run through `run_call`; `batch_size_of` reads a task's
     ``batch_size`` option. See the runner-author guide for a worked outline.
+    Before a batch leaves, `TaskRun.mark_sent()` each of its runs (leave out those
+    it says were cancelled): a cancellation cannot reach a run queued behind others
+    on a worker, so `cancel()` must then say False.
 
 Attempts, crashes and hard timeouts
     `Attempts` is the one retry rule, for the engine and for every runner that

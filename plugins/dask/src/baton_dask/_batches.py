@@ -178,12 +178,15 @@ class Batches:
         singles: list[Item] = []
         for batch in self.queue.take():
             items = []
+            several = len(batch.items) > 1
             for item in batch.items:
                 self.waiting.pop(item.run.id, None)
-                if item.run.state.type in _FINAL:
-                    session._items.pop(item.number, None)  # cancelled while it waited
-                else:
+                # A batch's runs wait on the worker behind one another, where Dask
+                # cannot drop them: once sent, cancel() leaves them to run.
+                if item.run.mark_sent() if several else item.run.state.type not in _FINAL:
                     items.append(item)
+                else:
+                    session._items.pop(item.number, None)  # cancelled while it waited
             batch.items = items
             if not items:
                 self.queue.done(batch, ())

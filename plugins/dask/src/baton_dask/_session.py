@@ -279,10 +279,10 @@ class Session:
         with self._lock:
             if self._batching.cancel(run):
                 return True
+        if type(self.native.get(run.future)) is tuple:
+            # In a batch already sent (`TaskRun.mark_sent`): it runs on to its end there.
+            return False
         future = self.native.pop(run.future, None)
-        if type(future) is tuple:
-            # In a batch already sent: its task runs on; the run's result is dropped.
-            return True
         if future is None:
             return not self._closed
         with self._lock:
