@@ -120,7 +120,7 @@ class Job:
         self.key = key
         self.blob = blob
         self.payload, self.shared = payload
-        self.limits = packed_limits(run)
+        self.limits = None if run.scope.limiter is None else packed_limits(run)
         self.timeout = timeout
         self.session = session
         self.attempts = Attempts(run)
