@@ -3,6 +3,7 @@ would have alone (its state, its result on the cluster, its failure, its crash).
 
 from __future__ import annotations
 
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -104,6 +105,57 @@ def test_a_run_queued_in_a_sent_batch_cannot_be_cancelled_and_runs(
     assert not cancelled
     assert after is StateType.COMPLETED
     assert (tmp_path / "ran-1").exists()
+
+
+@task(batch_size=1)
+def mark_then_hold(folder: str) -> str:
+    with open(os.path.join(folder, "started"), "w"):
+        pass
+    deadline = time.monotonic() + 30
+    while not os.path.exists(os.path.join(folder, "release")):
+        if time.monotonic() > deadline:
+            raise TimeoutError("never released")
+        time.sleep(0.01)
+    return "done"
+
+
+def _report_starts_after(seconds: float) -> None:
+    import baton_dask._worker
+
+    baton_dask._worker.REPORT_SECONDS = seconds
+
+
+def test_a_run_cancelled_as_it_starts_on_its_worker_is_said_to_run_on(
+    runner: DaskTaskRunner, tmp_path: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    # A worker reports the runs it starts a few milliseconds later; a run cancelled in
+    # between reads Cancelled while Dask runs it on. Nothing can stop it there: the
+    # flow's process says so when it hears the start (workers here report after 3 s).
+    def warned() -> bool:
+        return any("was cancelled as it started" in r.getMessage() for r in caplog.records)
+
+    @flow(task_runner=runner)
+    def body() -> tuple[StateType, bool]:
+        future = mark_then_hold.submit(str(tmp_path))
+        deadline = time.monotonic() + 20
+        while not (tmp_path / "started").exists() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        before = future.state.type
+        cancelled = future.cancel()
+        deadline = time.monotonic() + 20
+        while not warned() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        (tmp_path / "release").touch()
+        return before, cancelled
+
+    runner.client.run(_report_starts_after, 3.0)
+    try:
+        with caplog.at_level(logging.WARNING, logger="baton.dask"):
+            before, cancelled = body()
+    finally:
+        runner.client.run(_report_starts_after, 0.005)
+    assert (before, cancelled) == (StateType.PENDING, True)
+    assert warned(), "the start of the cancelled run was not told"
 
 
 def _batch_keys(runner: DaskTaskRunner) -> list[str]:

@@ -80,6 +80,17 @@ _COMPLETED = StateType.COMPLETED
 _FINAL = FINAL_STATE_TYPES
 
 
+def _ran_cancelled(name: str, where: str | None) -> None:
+    """Say that a run cancelled in the moment before its start was heard did start."""
+    logger.warning(
+        "Task run %r was cancelled as it started on Dask worker %s: Dask cannot stop it "
+        "there, so its function runs to its end; its state stays Cancelled and its "
+        "result is dropped.",
+        name,
+        where,
+    )
+
+
 class Session:
     """What a started runner holds: its client (and the cluster it started), the Dask
     future of each of its runs, and the threads that move runs and outcomes."""
@@ -99,6 +110,9 @@ class Session:
         self._subscribed = False
         # The runs sent and not ended yet, by the number in their key.
         self._items: dict[int, Item] = {}
+        # Runs cancelled before their start was heard, by number: a worker may still
+        # report that it started one (Dask cannot stop it then); then it is told.
+        self._cancelled_unheard: dict[int, str] = {}
         self._events: collections.deque[Any] = collections.deque()
         self._keys = itertools.count(1)
         self.native: weakref.WeakKeyDictionary[Future[Any], Any] = weakref.WeakKeyDictionary()
@@ -471,7 +485,13 @@ class Session:
                     item = items.get(entry)
                     if item is not None:
                         item.started = True
-                        item.run.set_running(where, at)
+                        run = item.run
+                        if not run.set_running(where, at) and run.state.is_cancelled():
+                            _ran_cancelled(run.name, where)
+                    elif self._cancelled_unheard:
+                        name = self._cancelled_unheard.pop(entry, None)
+                        if name is not None:
+                            _ran_cancelled(name, where)
                     continue
                 if kind is float:
                     at = entry
@@ -493,6 +513,8 @@ class Session:
             self._batching.report(item)
             return
         self._items.pop(item.number, None)
+        if not item.started and item.run.state.is_cancelled():
+            self._cancelled_unheard[item.number] = item.run.name
         self._batching.ended(item)
         try:
             self._done(item)
