@@ -234,6 +234,31 @@ def batched_exit_at(x: int, fatal: int) -> int:
     return x
 
 
+@task(batch_size=2)
+def batched_hold_or_touch(index: int, folder: str, first: int) -> int:
+    """In batches of two. Runs below `first` hold their worker until the file
+    ``release-first`` exists; run `first` leaves ``started``, then holds until
+    ``release``; the others leave ``ran-<index>``."""
+
+    def hold(name: str) -> None:
+        deadline = time.monotonic() + 30
+        while not os.path.exists(os.path.join(folder, name)):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"never released: {name}")
+            time.sleep(0.01)
+
+    if index < first:
+        hold("release-first")
+    elif index == first:
+        with open(os.path.join(folder, "started"), "w"):
+            pass
+        hold("release")
+    else:
+        with open(os.path.join(folder, f"ran-{index}"), "w"):
+            pass
+    return index
+
+
 @task(batch_size=5)
 def batched_inverse(x: int) -> float:
     return 1 / x

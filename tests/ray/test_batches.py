@@ -3,12 +3,15 @@ would have alone (its state, its result in the store, its failure, its crash).""
 
 from __future__ import annotations
 
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 import ray_tasks as rt
 from baton import InvalidOptionsError, StateType, allow_failure, flow, wait
 from baton_ray import RayTaskRunner
+from raysetup import CPUS
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 
@@ -53,6 +56,40 @@ def test_large_results_of_a_batch_stay_in_the_store_and_feed_downstream_runs() -
 
     sizes, read = mapped()
     assert sizes == read == [k * 1024 for k in range(100, 900, 100)]
+
+
+def test_a_run_of_a_sent_batch_cannot_be_stopped_alone(tmp_path: Path) -> None:
+    # The first runs go alone, one per batch slot, and hold their workers; the rest
+    # wait and then go in batches of two: run `first` and the run after it in one Ray
+    # task, which runs them one after the other. Ray cannot stop one of them alone:
+    # runner.cancel() said True for both, and each then ran (or went on) to its end.
+    first = CPUS * 2  # the batch slots: two per CPU
+
+    with RayTaskRunner() as runner:
+
+        @flow(task_runner=runner)
+        def body() -> tuple[list[bool], bool, list[StateType]]:
+            futures = rt.batched_hold_or_touch.map(range(40), str(tmp_path), first)
+            held, queued = futures[first], futures[first + 1]
+            deadline = time.monotonic() + 30
+            while sum(f.state.is_running() for f in futures) < first:
+                assert time.monotonic() < deadline, "the first runs did not start"
+                time.sleep(0.01)
+            (tmp_path / "release-first").touch()
+            while not (tmp_path / "started").exists():
+                assert time.monotonic() < deadline, f"run {first} did not start"
+                time.sleep(0.01)
+            queued_ran = (tmp_path / f"ran-{first + 1}").exists()
+            stopped = [runner.cancel(held.task_run), runner.cancel(queued.task_run)]
+            (tmp_path / "release").touch()
+            wait(futures, timeout=30)
+            return stopped, queued_ran, [held.state.type, queued.state.type]
+
+        stopped, queued_ran, states = body()
+    assert not queued_ran, "the run after run `first` should wait behind it in their batch"
+    assert stopped == [False, False]
+    assert states == [StateType.COMPLETED, StateType.COMPLETED]
+    assert (tmp_path / f"ran-{first + 1}").exists()
 
 
 def test_batching_can_be_turned_off_or_fixed_for_the_runner() -> None:

@@ -612,7 +612,9 @@ class Driver:
                     self._idle.notify_all()
                 return True
             job = self._active.get(run.id) or self._batches.jobs.get(run.id)
-        if job is None:
+        if job is None or job.in_sent_batch():
+            # A run of a batch waits or runs inside the batch's one Ray task: Ray cannot
+            # stop it alone. It runs on and ends as it would have.
             return False
         job.stop = "cancel"
         job.cancel_in_ray()

@@ -93,8 +93,12 @@ class Job:
         # ObjectRefs of upstream runs still in Ray when it went, which Ray passes in.
         self.ray_options: Mapping[str, Any] = {}
 
+    def in_sent_batch(self) -> bool:
+        """Whether the run went to Ray inside a batch's one task (not as a run alone)."""
+        return self.batch is not None and self.outcome_ref is None and self.gen is None
+
     def cancel_in_ray(self) -> None:
-        if self.batch is not None and self.outcome_ref is None and self.gen is None:
+        if self.in_sent_batch():
             return  # in a batch: its other runs go on, this one's outcome is dropped
         handle = self.gen if self.kind == TIMED else self.outcome_ref
         if handle is None:
