@@ -158,6 +158,26 @@ def test_a_run_cancelled_as_it_starts_on_its_worker_is_said_to_run_on(
     assert warned(), "the start of the cancelled run was not told"
 
 
+def test_the_runner_leaves_a_run_it_cannot_stop_alone(
+    runner: DaskTaskRunner, tmp_path: Any
+) -> None:
+    # runner.cancel(run) of a running run (not cancelled through its future): Dask
+    # cannot stop it. The runner dropped its Dask task and said True; the run never got
+    # a final state and the flow waited for it forever.
+    @flow(task_runner=runner)
+    def body() -> tuple[bool, StateType]:
+        future = mark_then_hold.submit(str(tmp_path))
+        deadline = time.monotonic() + 20
+        while not future.state.is_running() and time.monotonic() < deadline:
+            time.sleep(0.01)
+        stopped = runner.cancel(future.task_run)
+        (tmp_path / "release").touch()
+        future.wait(20)
+        return stopped, future.state.type
+
+    assert body() == (False, StateType.COMPLETED)
+
+
 def _batch_keys(runner: DaskTaskRunner) -> list[str]:
     def keys(dask_scheduler: Any) -> list[str]:
         return [str(k) for k in dask_scheduler.tasks if str(k).startswith("baton-batch-")]

@@ -156,7 +156,11 @@ class TaskRunner(abc.ABC):
     def cancel(self, run: TaskRun) -> bool:
         """Try to stop a run; its future is already marked CANCELLED if it had not started.
 
-        Return True if the runner stopped or dropped the work.
+        Return True if the runner stopped or dropped the work. The core calls this once
+        a run's `Future.cancel()` has marked it; called directly for a run that is not
+        final, a runner must not drop work without giving the run a final state (the
+        run would be waited for for ever): without `Capability.CANCEL_RUNNING`, return
+        ``run.future.cancel()``, which marks it if it has not started and calls back.
         """
         return False
 

@@ -266,6 +266,10 @@ class ProcessRunner(TaskRunner):
             pool.submit(run, session)
 
     def cancel(self, run: TaskRun) -> bool:
+        if not run.future.done():
+            # Called directly: as the run's own cancel(), which marks it CANCELLED if it
+            # has not started and calls back here.
+            return run.future.cancel()
         pool = self._pool
         return pool is not None and pool.cancel(run)
 

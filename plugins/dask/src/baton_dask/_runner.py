@@ -317,8 +317,15 @@ class DaskTaskRunner(TaskRunner):
         session.submit(run, placement)
 
     def cancel(self, run: TaskRun) -> bool:
-        """Drop a run's Dask task (and its dependents). A task already running on a worker
-        runs to its end there (Dask cannot stop it); its result is dropped."""
+        """Drop the Dask task (and its dependents) of a run its future cancelled. A task
+        already running on a worker runs to its end there (Dask cannot stop it); its
+        result is dropped. For a run its future did not cancel, this is that cancel():
+        Dask cannot stop one that runs (False; the runner does not declare
+        `cancel-running`)."""
+        if not run.future.done():
+            # Called directly: as the run's own cancel(), which marks it CANCELLED if it
+            # has not started (or gone in a batch) and calls back here.
+            return run.future.cancel()
         session = self._session
         return session is not None and session.cancel(run)
 

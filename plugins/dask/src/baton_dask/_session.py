@@ -290,6 +290,9 @@ class Session:
             self._watchdog.start()
 
     def cancel(self, run: TaskRun) -> bool:
+        """Drop a run's place in the batches, or its Dask task. The caller gives the run
+        its final state (its future's cancel() did; the no-worker watch does next): a
+        run whose Dask task went away without one would be waited for for ever."""
         with self._lock:
             if self._batching.cancel(run):
                 return True

@@ -117,6 +117,8 @@ class PoolRunner(TaskRunner):
         pool.submit(run, payload)
 
     def cancel(self, run: TaskRun) -> bool:
+        if not run.future.done():
+            return run.future.cancel()  # called directly: cancel() calls back here
         pool = self._pool
         return pool is not None and pool.cancel(run)
 
