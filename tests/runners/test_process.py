@@ -805,7 +805,10 @@ def test_crash_without_retries_left_runs_failure_hooks_in_the_parent(
 # -- cancelling, shutting down, Ctrl-C -------------------------------------------------
 
 
-def test_cancel_drops_a_queued_run(tmp_path: Path) -> None:
+@pytest.mark.parametrize("through", ["future", "runner"])
+def test_cancel_drops_a_queued_run(tmp_path: Path, through: str) -> None:
+    """Through the run's future, or `runner.cancel(run)` called directly (which dropped
+    the queued run without a state: the flow waited for it for ever)."""
     release = tmp_path / "release"
     ran = tmp_path / "ran"
 
@@ -823,38 +826,7 @@ def test_cancel_drops_a_queued_run(tmp_path: Path) -> None:
         def body() -> tuple[bool, State, str]:
             first = blocker.submit()
             second = queued.submit()
-            cancelled = second.cancel()
-            release.touch()
-            return cancelled, second.state, first.result()
-
-        cancelled, state, first = run_in(one, body).result()
-    assert cancelled is True
-    assert state.type is StateType.CANCELLED
-    assert first == "released"
-    assert not ran.exists()
-
-
-def test_the_runner_cancels_a_queued_run_asked_directly(tmp_path: Path) -> None:
-    """`runner.cancel(run)` called directly, not through the run's future: it dropped
-    the queued run without a state, and the flow waited for it for ever."""
-    release = tmp_path / "release"
-    ran = tmp_path / "ran"
-
-    @task
-    def blocker() -> str:
-        wait_for_file(release)
-        return "released"
-
-    @task
-    def queued() -> None:
-        ran.touch()
-
-    with ProcessRunner(max_workers=1) as one:
-
-        def body() -> tuple[bool, State, str]:
-            first = blocker.submit()
-            second = queued.submit()
-            cancelled = one.cancel(second.task_run)
+            cancelled = second.cancel() if through == "future" else one.cancel(second.task_run)
             release.touch()
             second.wait(30)
             return cancelled, second.state, first.result()
