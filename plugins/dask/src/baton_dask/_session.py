@@ -26,7 +26,6 @@ import collections
 import functools
 import itertools
 import logging
-import pickle
 import secrets
 import threading
 import time
@@ -53,6 +52,7 @@ from baton_dask._items import (
     cancel_reason,
     cannot_load,
     forget,
+    report_started,
     shut_down,
     watch_workers,
 )
@@ -78,17 +78,6 @@ _LINGER_GAP_SECONDS = 0.0003
 _PENDING = StateType.PENDING
 _COMPLETED = StateType.COMPLETED
 _FINAL = FINAL_STATE_TYPES
-
-
-def _ran_cancelled(name: str, where: str | None) -> None:
-    """Say that a run cancelled in the moment before its start was heard did start."""
-    logger.warning(
-        "Task run %r was cancelled as it started on Dask worker %s: Dask cannot stop it "
-        "there, so its function runs to its end; its state stays Cancelled and its "
-        "result is dropped.",
-        name,
-        where,
-    )
 
 
 class Session:
@@ -465,51 +454,14 @@ class Session:
             wake.wait()
             wake.clear()
             while events:
-                self._started(events.popleft())
+                report_started(self, events.popleft())
             while finished:
                 # What a worker reported of a run comes before the run's end.
                 while events:
-                    self._started(events.popleft())
+                    report_started(self, events.popleft())
                 self._report(finished.popleft())
             if self._closed and not finished:
                 return
-
-    def _started(self, entries: Any) -> None:
-        """What a worker reported: its address, then the start time and number of each
-        run that started there, and `[number, state, address]` for a later state of one
-        (Retrying, then RUNNING again)."""
-        items = self._items
-        where: str | None = None
-        at: float | None = None
-        for entry in entries:
-            try:
-                kind = type(entry)
-                if kind is int:
-                    item = items.get(entry)
-                    if item is not None:
-                        item.started = True
-                        run = item.run
-                        if not run.set_running(where, at) and run.state.is_cancelled():
-                            _ran_cancelled(run.name, where)
-                    elif self._cancelled_unheard:
-                        name = self._cancelled_unheard.pop(entry, None)
-                        if name is not None:
-                            _ran_cancelled(name, where)
-                    continue
-                if kind is float:
-                    at = entry
-                    continue
-                if kind is str:
-                    where = entry
-                    continue
-                item = items.get(entry[0])
-                if item is None:
-                    continue
-                state: State = pickle.loads(entry[1])
-                item.attempt.note(state)
-                item.run.set_state(state, entry[2] if len(entry) > 2 else None)
-            except BaseException:  # an observer that raised: the run goes on regardless
-                logger.exception("Reporting that a task run started on Dask raised")
 
     def _report(self, item: Any) -> None:
         if type(item) is SentBatch:
