@@ -183,7 +183,8 @@ class Batches:
                 self.waiting.pop(item.run.id, None)
                 # A batch's runs wait on the worker behind one another, where Dask
                 # cannot drop them: once sent, cancel() leaves them to run.
-                if item.run.mark_sent() if several else item.run.state.type not in _FINAL:
+                going = item.run.mark_sent() if several else item.run.state.type not in _FINAL
+                if going:
                     items.append(item)
                 else:
                     session._items.pop(item.number, None)  # cancelled while it waited

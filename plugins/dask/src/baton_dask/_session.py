@@ -74,6 +74,9 @@ _FETCH_CHUNK = 10_000
 # How long the submitter waits for more runs while they keep coming, in all and between two.
 _LINGER_SECONDS = 0.002
 _LINGER_GAP_SECONDS = 0.0003
+# How many runs cancelled before their start was heard are remembered (the oldest go
+# first): most never started, and a long-lived runner must not keep them all.
+_UNHEARD_KEPT = 10_000
 
 _PENDING = StateType.PENDING
 _COMPLETED = StateType.COMPLETED
@@ -469,7 +472,10 @@ class Session:
             return
         self._items.pop(item.number, None)
         if not item.started and item.run.state.is_cancelled():
-            self._cancelled_unheard[item.number] = item.run.name
+            unheard = self._cancelled_unheard
+            unheard[item.number] = item.run.name
+            if len(unheard) > _UNHEARD_KEPT:
+                del unheard[next(iter(unheard))]
         self._batching.ended(item)
         try:
             self._done(item)
