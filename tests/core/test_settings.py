@@ -23,6 +23,19 @@ def test_settings_follow_the_environment_when_read(monkeypatch: pytest.MonkeyPat
     assert get_settings().task_runner == "thread"
 
 
+def test_settings_follow_variables_in_any_case_and_their_removal(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("BATON_TASK_RUNNER", raising=False)
+    monkeypatch.setenv("baton_task_runner", "sync")
+    assert get_settings().task_runner == "sync"
+    monkeypatch.setenv("Baton_Task_Runner", "process")
+    monkeypatch.delenv("baton_task_runner")
+    assert get_settings().task_runner == "process"
+    monkeypatch.delenv("Baton_Task_Runner")
+    assert get_settings().task_runner == "thread"
+
+
 def test_invalid_setting_names_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("BATON_THREAD_MAX_WORKERS", "0")
     with pytest.raises(ValidationError, match="thread_max_workers"):
