@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import re
+import signal
 import threading
+import time
 import typing
+import warnings
 from pathlib import Path
 
 import pytest
@@ -423,6 +427,58 @@ def test_a_done_callback_submits_to_the_flow_of_the_future(runner: str, tmp_path
 
 
 # -- ids, names, repr ------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
+def test_runs_in_a_process_forked_while_a_thread_held_the_futures_locks_do_not_wait() -> None:
+    # Futures share 256 locks, one per run id modulo 256: a fork copies a lock that
+    # another thread held as held, and a future of the child that took it would wait
+    # for ever. Here a thread holds them all as the process forks.
+    from baton import _futures
+
+    held, release = threading.Event(), threading.Event()
+
+    def holder() -> None:
+        locks = _futures._LOCKS
+        for lock in locks:
+            lock.acquire()
+        held.set()
+        release.wait(60)
+        for lock in locks:
+            lock.release()
+
+    thread = threading.Thread(target=holder)
+    thread.start()
+    try:
+        assert held.wait(10)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)  # fork beside threads
+            pid = os.fork()
+        if pid == 0:
+            code = 1
+            try:
+
+                @flow(task_runner="sync")
+                def in_the_child() -> list[int]:
+                    return inc.map(range(300)).result()
+
+                code = 0 if in_the_child() == list(range(1, 301)) else 2
+            finally:
+                os._exit(code)
+        deadline = time.monotonic() + 30
+        while True:
+            done, status = os.waitpid(pid, os.WNOHANG)
+            if done:
+                break
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                pytest.fail("the forked process waited for a lock held in its parent")
+            time.sleep(0.05)
+    finally:
+        release.set()
+        thread.join()
+    assert os.waitstatus_to_exitcode(status) == 0
 
 
 def test_task_run_ids_are_unique_ints() -> None:
