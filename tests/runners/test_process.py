@@ -982,7 +982,10 @@ def test_workers_exit_when_the_parent_process_dies(tmp_path: Path) -> None:
 
             @task
             def sleeper(_):
-                print(os.getpid(), flush=True)
+                # One write call per line: the two workers print at the same moment
+                # into one pipe, and print()'s line once came out as two pids run
+                # together ("88348833").
+                os.write(1, f"{os.getpid()}\\n".encode())
                 time.sleep(600)
 
             @flow(task_runner="process")

@@ -18,6 +18,7 @@ from baton._tags import tagged
 from baton._taskrun import TaskRun
 
 if TYPE_CHECKING:
+    from baton._admission import Plan
     from baton._scope import RunScope
     from baton._task import Task
 
@@ -193,10 +194,21 @@ def map_task(
     if max_in_flight is None and plan.sized():
         plan.check_lengths()
         futures: FutureList[R] = FutureList()
+        # Where the flow run has limits, its runs stand alike with them: asked once.
+        limits = scope.plan_of(plan.task)
         for index, (call_args, call_kwargs, values) in enumerate(plan.calls()):
             futures.append(
                 _submit_fast(
-                    plan, scope, call_args, call_kwargs, values, wait_for, wait_upstreams, index
+                    plan,
+                    scope,
+                    call_args,
+                    call_kwargs,
+                    values,
+                    wait_for,
+                    wait_upstreams,
+                    index,
+                    limits,
+                    True,
                 )
             )
         return futures
@@ -219,9 +231,11 @@ def _submit_fast(
     wait_for: tuple[Any, ...],
     wait_upstreams: list[Future[Any]],
     index: int,
+    limits: Plan | None = None,
+    planned: bool = False,
 ) -> Future[Any]:
     """Submit one mapped run (the `index`-th); only the mapped values are scanned for
-    futures."""
+    futures. With `planned`, `limits` is `scope.plan_of(plan.task)` already."""
     upstreams = plan.static_upstreams + wait_upstreams
     for value in values.values():
         if type(value) not in _ATOMIC:
@@ -229,7 +243,7 @@ def _submit_fast(
     run = TaskRun(plan.task, args, kwargs, scope, wait_for)
     run.map_id = plan.map_id
     run.map_index = index
-    return scope.submit(run, upstreams)
+    return scope.submit(run, upstreams, limits, planned)
 
 
 @final

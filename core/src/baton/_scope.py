@@ -40,6 +40,7 @@ if TYPE_CHECKING:
     from baton._otel import Trace
     from baton._remote import NestedFailure
     from baton._runner import TaskRunner
+    from baton._task import Task
     from baton._taskrun import TaskRun
 
 __all__ = ["RunScope", "current_scope", "flow_ended", "flow_started"]
@@ -158,8 +159,34 @@ class RunScope:
 
     # -- submitting ---------------------------------------------------------------
 
-    def submit(self, run: TaskRun, upstreams: list[Future[Any]]) -> Future[Any]:
-        """Track `run` and hand it to the runner once `upstreams` are final."""
+    def plan_of(self, task: Task[..., Any]) -> Plan | None:
+        """How runs of `task` submitted here now stand with the flow run's limits (None:
+        no limit concerns them, or the flow run declares none)."""
+        limiter = self.limiter
+        if limiter is None:
+            return None
+        tags = task.options.tags
+        held = _held.get()
+        if not held:
+            # What the task run submitting this holds, if any (`current_held`, inline).
+            current = _current_run.get()
+            if current is not None and current.limits is not None:
+                held = current.limits.held
+        plans = self._plans
+        plan = plans.get((tags, held) if held else tags) if plans is not None else None
+        if plan is None:
+            return admission_for(limiter, tags)
+        return plan if plan.held else None
+
+    def submit(
+        self,
+        run: TaskRun,
+        upstreams: list[Future[Any]],
+        plan: Plan | None = None,
+        planned: bool = False,
+    ) -> Future[Any]:
+        """Track `run` and hand it to the runner once `upstreams` are final. With
+        `planned`, `plan` is `plan_of(run.task)` already (the runs of a `.map` ask once)."""
         runner = self.runner
         if runner.closed:
             raise RunnerClosedError(
@@ -169,21 +196,9 @@ class RunScope:
             )
         future: Future[Any] = Future(run)
         run.future = future
-        limiter = self.limiter
-        if limiter is not None:
-            tags = run.task.options.tags
-            held = _held.get()
-            if not held:
-                # What the task run submitting this holds, if any (`current_held`, inline).
-                current = _current_run.get()
-                if current is not None and current.limits is not None:
-                    held = current.limits.held
-            plans = self._plans
-            plan = plans.get((tags, held) if held else tags) if plans is not None else None
-            if plan is None:
-                plan = admission_for(limiter, tags)
-            elif not plan.held:
-                plan = None
+        if self.limiter is not None:
+            if not planned:
+                plan = self.plan_of(run.task)
             run.limits = plan
             if plan is not None and plan.status == _NEW:
                 if self.limits_block:
