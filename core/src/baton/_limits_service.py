@@ -1,19 +1,25 @@
 """How workers reach the flow's limiter: a small service in the flow's process.
 
-`serve(limiter)` starts a `multiprocessing.connection.Listener` on 127.0.0.1, on a
-port the system picks, with a random authentication key; it starts only when a run
-of a flow with limits is first packed to travel (`TaskRun.call`), so flows that run
-in one process never open it. A `LimiterHandle` (its address and key) travels in
-each `RunCall`; on a worker, `LimiterHandle.limiter()` gives a `LimiterClient`, one
-connection per worker process, made when a run there first takes a slot or books a
-call, which speaks the `Limiter` protocol over it.
+One `multiprocessing.connection.Listener` per process, on 127.0.0.1, on a port the
+system picks, with a random authentication key, serves the limiters of every flow run
+of the process that workers need to reach. It starts when a run of a flow with limits
+is first packed to travel (`TaskRun.call`), so processes whose flows run in one
+process never open it, and stays for the life of the process: a flow run only adds
+its limiter to it (`serve`) and takes it out again as it ends (`stop`), which costs
+no thread and no socket. A `LimiterHandle` (the address, the key and the limiter's
+token) travels in each `RunCall`; on a worker, `LimiterHandle.limiter()` gives a
+`LimiterClient`, one connection per worker process and flow run, made when a run
+there first takes a slot or books a call, which speaks the `Limiter` protocol over
+it.
 
-Messages are pickled tuples. Client to service: ``("acquire", id, slots)``,
-answered ``("acquired", id)`` or ``("queued", id)``, then ``("granted", id)`` once
-granted; ``("cancel", id)``, answered ``("cancelled", id, withdrawn)``;
-``("release", slots)``; ``("reserve", id, name, occupy)``, answered
-``("delay", id, seconds)``. When a worker's connection closes (it died), the
-service gives back the slots it held and withdraws its queued requests.
+Messages are pickled tuples. A client first names its limiter: ``("limiter",
+token)``; the service closes a connection whose limiter it does not serve (any
+more). Then, client to service: ``("acquire", id, slots)``, answered ``("acquired",
+id)`` or ``("queued", id)``, then ``("granted", id)`` once granted; ``("cancel",
+id)``, answered ``("cancelled", id, withdrawn)``; ``("release", slots)``;
+``("reserve", id, name, occupy)``, answered ``("delay", id, seconds)``. When a
+worker's connection closes (it died), the service gives back the slots it held and
+withdraws its queued requests; when its flow run ends, the service closes it.
 """
 
 from __future__ import annotations
@@ -36,10 +42,10 @@ __all__ = ["LimiterClient", "LimiterHandle", "RunLimits", "serve", "stop"]
 
 logger = logging.getLogger("baton")
 
-# The limiters served by this process, by address: a handle that comes back here (a
-# runner that runs calls in the flow's own process) uses the limiter itself.
-_served: dict[tuple[str, int], _Service] = {}
-_clients: dict[tuple[str, int], LimiterClient] = {}
+# The service of this process, once a limiter was served; a handle that comes back
+# here (a runner that runs calls in the flow's own process) uses the limiter itself.
+_service: _Service | None = None
+_clients: dict[tuple[tuple[str, int], bytes], LimiterClient] = {}
 _lock = threading.Lock()
 
 
@@ -48,7 +54,7 @@ class LimiterHandle:
     """The address of a flow run's limiter: picklable, small, usable from any process
     that can reach the flow's process at that address."""
 
-    __slots__ = ("address", "authkey", "concurrency_limits", "rate_limits")
+    __slots__ = ("address", "authkey", "concurrency_limits", "rate_limits", "token")
 
     def __init__(
         self,
@@ -56,31 +62,37 @@ class LimiterHandle:
         authkey: bytes,
         concurrency_limits: Mapping[str, int],
         rate_limits: Mapping[str, str],
+        token: bytes = b"",
     ) -> None:
         self.address = address
         self.authkey = authkey
         self.concurrency_limits = dict(concurrency_limits)
         self.rate_limits = dict(rate_limits)
+        self.token = token
+        """Which of the limiters served at `address` this is."""
 
     def __reduce__(self) -> tuple[Any, ...]:
         return (
             LimiterHandle,
-            (self.address, self.authkey, self.concurrency_limits, self.rate_limits),
+            (self.address, self.authkey, self.concurrency_limits, self.rate_limits, self.token),
         )
 
     def __repr__(self) -> str:
         return f"<LimiterHandle {self.address[0]}:{self.address[1]}>"
 
     def limiter(self) -> Limiter:
-        service = _served.get(self.address)
-        if service is not None:
-            return service.limiter
-        client = _clients.get(self.address)
+        service = _service
+        if service is not None and service.address == self.address:
+            served = service.limiters.get(self.token)
+            if served is not None:
+                return served
+        key = (self.address, self.token)
+        client = _clients.get(key)
         if client is None or client.closed:
             with _lock:
-                client = _clients.get(self.address)
+                client = _clients.get(key)
                 if client is None or client.closed:
-                    client = _clients[self.address] = LimiterClient(self)
+                    client = _clients[key] = LimiterClient(self)
         return client
 
 
@@ -148,16 +160,36 @@ def _unpack(packed: bytes) -> RunLimits:
 
 @final
 class _Service:
-    def __init__(self, limiter: LocalLimiter) -> None:
-        self.limiter = limiter
+    """The process's service: accepts workers' connections and serves each the limiter
+    it names, for as long as that limiter's flow run goes on."""
+
+    def __init__(self) -> None:
+        self.limiters: dict[bytes, LocalLimiter] = {}
         self.authkey = os.urandom(32)
         self.listener = Listener(("127.0.0.1", 0), family="AF_INET", authkey=self.authkey)
         address = self.listener.address
         self.address: tuple[str, int] = (str(address[0]), int(address[1]))
-        self.connections: set[Connection] = set()
+        # Each open connection, with the token of the limiter it speaks to (None until
+        # it names it).
+        self.connections: dict[Connection, bytes | None] = {}
         self._connections_lock = threading.Lock()
         self.closed = False
         threading.Thread(target=self._accept, name="baton-limits", daemon=True).start()
+
+    def add(self, limiter: LocalLimiter) -> bytes:
+        """Serve `limiter`; the token its handle names it by."""
+        token = os.urandom(16)
+        self.limiters[token] = limiter
+        return token
+
+    def remove(self, token: bytes) -> None:
+        """Stop serving the limiter of `token` (its flow run ended): its connections close,
+        and what they held goes back to it."""
+        self.limiters.pop(token, None)
+        with self._connections_lock:
+            ended = [c for c, named in self.connections.items() if named == token]
+        for connection in ended:
+            self._close_once(connection)
 
     def _accept(self) -> None:
         while not self.closed:
@@ -169,13 +201,36 @@ class _Service:
                 logger.debug("A connection to the limits service failed", exc_info=True)
                 continue
             with self._connections_lock:
-                self.connections.add(connection)
+                self.connections[connection] = None
             threading.Thread(
                 target=self._serve, args=(connection,), name="baton-limits-client", daemon=True
             ).start()
 
+    def _limiter_named(self, connection: Connection) -> LocalLimiter | None:
+        """Read which limiter `connection` speaks to: None if this service does not serve
+        it (its flow run ended) or the connection says something else first."""
+        try:
+            hello = connection.recv()
+        except Exception:
+            return None
+        if not (isinstance(hello, tuple) and len(hello) == 2 and hello[0] == "limiter"):
+            return None
+        token = hello[1]
+        if self.limiters.get(token) is None:
+            return None
+        with self._connections_lock:
+            if connection not in self.connections:
+                return None  # closed meanwhile
+            self.connections[connection] = token
+        # Its flow run may have ended between the look-up and the line above, after
+        # `remove` closed the connections it knew of: read it again.
+        return self.limiters.get(token)
+
     def _serve(self, connection: Connection) -> None:
-        limiter = self.limiter
+        limiter = self._limiter_named(connection)
+        if limiter is None:
+            self._close_once(connection)
+            return
         send_lock = threading.Lock()
         held: dict[str, int] = {}
         tickets: dict[int, object] = {}
@@ -258,18 +313,19 @@ class _Service:
 
     def _close_once(self, connection: Connection) -> None:
         """Close `connection` unless it was closed already: by the thread serving it as
-        it ends, or by `close` as the flow run ends, whichever comes first (closing a
+        it ends, or by `remove` as its flow run ends, whichever comes first (closing a
         file descriptor twice could close another one that reused its number)."""
         with self._connections_lock:
             if connection not in self.connections:
                 return
-            self.connections.discard(connection)
+            del self.connections[connection]
         try:
             connection.close()
         except OSError:
             pass
 
     def close(self) -> None:
+        """Stop accepting and close every connection (the service is not used again)."""
         self.closed = True
         # Closing the listener does not wake a thread blocked in accept(): a connection
         # that says nothing does, and the accepting thread then sees `closed` and ends.
@@ -288,21 +344,36 @@ class _Service:
 
 
 def serve(limiter: LocalLimiter) -> LimiterHandle:
-    """Start serving `limiter` to workers; its handle."""
-    service = _Service(limiter)
+    """Serve `limiter` to workers (starting this process's service if need be); its
+    handle."""
+    global _service
     with _lock:
-        _served[service.address] = service
+        service = _service
+        if service is None or service.closed:
+            service = _service = _Service()
+    token = service.add(limiter)
     return LimiterHandle(
-        service.address, service.authkey, limiter.concurrency_limits, limiter.rate_limits
+        service.address, service.authkey, limiter.concurrency_limits, limiter.rate_limits, token
     )
 
 
 def stop(handle: LimiterHandle) -> None:
-    """Stop the service of `handle` (the flow run ended)."""
-    with _lock:
-        service = _served.pop(handle.address, None)
-    if service is not None:
-        service.close()
+    """Stop serving the limiter of `handle` (the flow run ended)."""
+    service = _service
+    if service is not None and service.address == handle.address:
+        service.remove(handle.token)
+
+
+def _after_fork_in_child() -> None:
+    # A process forked from this one has the service's socket but not its threads: it
+    # starts a service of its own if it needs one.
+    global _service, _lock
+    _service = None
+    _lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 # -- the client (on a worker) -------------------------------------------------------------
@@ -343,6 +414,12 @@ class LimiterClient:
                     f"reached at {handle.address[0]}:{handle.address[1]} ({exc}): the flow "
                     "run ended, or this worker cannot connect to the flow's machine."
                 ) from exc
+            try:
+                connection.send(("limiter", handle.token))
+            except OSError as exc:
+                connection.close()
+                self.closed = True
+                raise ConnectionError(_LOST) from exc
             self._connection = connection
             threading.Thread(
                 target=self._read, args=(connection,), name="baton-limits-reader", daemon=True
@@ -351,7 +428,12 @@ class LimiterClient:
 
     def _send(self, message: tuple[Any, ...]) -> None:
         with self._send_lock:
-            self._connect().send(message)
+            connection = self._connect()
+            try:
+                connection.send(message)
+            except OSError as exc:
+                self.closed = True
+                raise ConnectionError(_LOST) from exc
 
     def _ask(self, message: tuple[Any, ...], request: int) -> Any:
         event = threading.Event()
@@ -367,10 +449,7 @@ class LimiterClient:
             raise
         event.wait()
         if not box:
-            raise ConnectionError(
-                "The connection to the flow's process, which keeps the flow run's limits, "
-                "was lost (the flow run ended, or its process is gone)."
-            )
+            raise ConnectionError(_LOST)
         return box[0]
 
     def _read(self, connection: Connection) -> None:
@@ -444,6 +523,12 @@ class LimiterClient:
         reply = self._ask(("reserve", request, name, occupy), request)
         delay: float = reply[2]
         return delay
+
+
+_LOST = (
+    "The connection to the flow's process, which keeps the flow run's limits, was lost "
+    "(the flow run ended, or its process is gone)."
+)
 
 
 def _nothing() -> None:
