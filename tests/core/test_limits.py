@@ -537,6 +537,19 @@ def test_workers_connect_to_the_limits_service_only_when_they_use_it() -> None:
     assert connections() == (0, 1)
 
 
+def test_a_worker_keeps_the_limiter_clients_of_a_bounded_number_of_flow_runs() -> None:
+    # A warm worker runs flow run after flow run: each flow run with limits gave it a
+    # client of that flow run's limiter, kept for ever (one more per flow run).
+    from baton import _limits_service
+    from baton._limits_service import LimiterHandle
+
+    for number in range(3000):
+        handle = LimiterHandle(("127.0.0.1", 9), b"k" * 32, {"db": 2}, {}, b"%d" % number)
+        assert isinstance(handle.limiter(), _limits_service.LimiterClient)
+        assert handle.limiter() is handle.limiter()  # one per flow run while it is kept
+    assert len(_limits_service._clients) <= _limits_service._MAX_CLIENTS
+
+
 def test_the_limits_that_travel_with_runs_are_pickled_once_and_unpickled_once() -> None:
     import pickle
 

@@ -46,6 +46,7 @@ logger = logging.getLogger("baton")
 # here (a runner that runs calls in the flow's own process) uses the limiter itself.
 _service: _Service | None = None
 _clients: dict[tuple[tuple[str, int], bytes], LimiterClient] = {}
+_MAX_CLIENTS = 1024
 _lock = threading.Lock()
 
 
@@ -92,6 +93,10 @@ class LimiterHandle:
             with _lock:
                 client = _clients.get(key)
                 if client is None or client.closed:
+                    if len(_clients) >= _MAX_CLIENTS:
+                        # Most are of flow runs long ended (a warm worker serves flow run
+                        # after flow run); a run that holds one keeps it in its RunLimits.
+                        _clients.clear()
                     client = _clients[key] = LimiterClient(self)
         return client
 
