@@ -28,7 +28,6 @@ import itertools
 import logging
 import os
 import pickle
-import socket
 import threading
 from collections.abc import Callable, Mapping
 from multiprocessing.connection import Client, Connection, Listener
@@ -178,7 +177,6 @@ class _Service:
         # it names it).
         self.connections: dict[Connection, bytes | None] = {}
         self._connections_lock = threading.Lock()
-        self.closed = False
         threading.Thread(target=self._accept, name="baton-limits", daemon=True).start()
 
     def add(self, limiter: LocalLimiter) -> bytes:
@@ -197,12 +195,10 @@ class _Service:
             self._close_once(connection)
 
     def _accept(self) -> None:
-        while not self.closed:
+        while True:  # for the life of the process
             try:
                 connection = self.listener.accept()
             except Exception:
-                if self.listener_closed():
-                    return
                 logger.debug("A connection to the limits service failed", exc_info=True)
                 continue
             with self._connections_lock:
@@ -297,8 +293,7 @@ class _Service:
         except Exception:
             # Closed under the reading thread as the flow run ended, or a message that
             # makes no sense: either way this connection is done.
-            if not self.listener_closed():
-                logger.debug("The limits service dropped a connection", exc_info=True)
+            logger.debug("The limits service dropped a connection", exc_info=True)
         finally:
             self._close_once(connection)
             # The worker is gone: what it held or asked for goes back.
@@ -313,9 +308,6 @@ class _Service:
             if left:
                 limiter.release(left)
 
-    def listener_closed(self) -> bool:
-        return self.closed
-
     def _close_once(self, connection: Connection) -> None:
         """Close `connection` unless it was closed already: by the thread serving it as
         it ends, or by `remove` as its flow run ends, whichever comes first (closing a
@@ -329,24 +321,6 @@ class _Service:
         except OSError:
             pass
 
-    def close(self) -> None:
-        """Stop accepting and close every connection (the service is not used again)."""
-        self.closed = True
-        # Closing the listener does not wake a thread blocked in accept(): a connection
-        # that says nothing does, and the accepting thread then sees `closed` and ends.
-        try:
-            socket.create_connection(self.address, timeout=1).close()
-        except OSError:
-            pass
-        try:
-            self.listener.close()
-        except OSError:
-            pass
-        with self._connections_lock:
-            connections = list(self.connections)
-        for connection in connections:
-            self._close_once(connection)
-
 
 def serve(limiter: LocalLimiter) -> LimiterHandle:
     """Serve `limiter` to workers (starting this process's service if need be); its
@@ -354,7 +328,7 @@ def serve(limiter: LocalLimiter) -> LimiterHandle:
     global _service
     with _lock:
         service = _service
-        if service is None or service.closed:
+        if service is None:
             service = _service = _Service()
     token = service.add(limiter)
     return LimiterHandle(
