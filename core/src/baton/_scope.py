@@ -292,20 +292,8 @@ class RunScope:
         """Resolve the run's inputs and hand it to the runner (or end it UpstreamFailed)."""
         if run.future._state.type is not StateType.PENDING:
             return  # cancelled while it waited for upstream runs
-        runner = self.runner
-        if runner.native_dependencies:
-            if runner.closed:
-                raise RunnerClosedError(
-                    f"Task run {run.name!r} could not start: task runner {runner.name!r} of "
-                    f"{self.label} was shut down while the run waited for its upstream runs."
-                )
-            plan = run.limits
-            if plan is not None and plan.status == _NEW:
-                if plan.take():  # type: ignore[union-attr]  # only a Plan is NEW
-                    run.limits = plan.holding  # type: ignore[union-attr]
-                elif not self._admit(run, _plan(plan)):
-                    return
-            runner.submit(run)
+        if self.runner.native_dependencies:
+            self._hand_over(run)  # the runner's engine resolves the inputs
             return
         try:
             if run.wait_for:
@@ -318,6 +306,11 @@ class RunScope:
         except _UpstreamFailed as failed:
             run.future._set_final(_upstream_failed_state(run, failed.future))
             return
+        self._hand_over(run)
+
+    def _hand_over(self, run: TaskRun) -> None:
+        """Take the run's concurrency slots and give it to the runner, or queue it for
+        its slots (it goes once they free)."""
         runner = self.runner
         if runner.closed:
             raise RunnerClosedError(
