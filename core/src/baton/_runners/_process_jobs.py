@@ -210,13 +210,11 @@ def reap(worker: WorkerProcess, patient: bool) -> str:
 
 
 def packed_limits(run: TaskRun) -> bytes | None:
-    """The run's `RunCall.limits` as `RunLimits.to_bytes` (None: its flow run declares
-    no limits): one bytes object per flow run and held slots, so that the runs of a batch
-    that share it carry it once (pickle writes an object it has written before as a
-    reference to it)."""
+    """The `RunCall.limits` of a run whose flow run declares limits, as
+    `RunLimits.to_bytes` (`Job` asks only for those): one bytes object per flow run and
+    held slots, so that the runs of a batch that share it carry it once (pickle writes
+    an object it has written before as a reference to it)."""
     scope = run.scope
-    if scope.limiter is None:
-        return None
     held = run.limits.held if run.limits is not None else _NOTHING
     known = scope.packed_limits
     if held in known:
