@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import math
 import os
 import platform
 import statistics
@@ -69,6 +70,16 @@ def _settle() -> None:
     whichever run comes next (the other side of a pair as often as not) and each
     costs that run 2 to 3 µs per task."""
     gc.collect()
+
+
+def _pairs(call: Callable[[], object], least: int, seconds: float = 1.0) -> int:
+    """How many pairs to time for a ratio of two sides as costly as `call()`: at least
+    `least` (and 2), and enough for `seconds` of runs on each side, up to 100."""
+    _settle()
+    started = time.perf_counter()
+    call()
+    once = time.perf_counter() - started
+    return max(least, 2, min(100, math.ceil(seconds / max(once, 1e-6))))
 
 
 def _interleaved(raw: Any, ours: Any, repeats: int) -> tuple[list[float], list[float]]:
@@ -262,9 +273,11 @@ def limits(engine: Engine, raw: RawEngine, sizes: list[int], repeats: int) -> li
         # a pair pays for the first one's pool still winding down. Wall time, and the CPU
         # time of the flow's process (all its threads; not the process runner's workers):
         # on a shared machine the second is the steadier measure of what limits cost.
-        # Three times the pairs of other scenarios: the difference sought is a few %.
+        # Three times the pairs of other scenarios, and at least a second of runs on
+        # each side: the difference sought is a few %, and how the runs of a small
+        # flow run happen to go together on `process` moves its time by more.
         times: dict[str, list[tuple[float, float]]] = {"plain": [], "limited": []}
-        for turn in range(max(3 * repeats, 2)):
+        for turn in range(_pairs(partial(limited, n), 3 * repeats)):
             order = ("plain", "limited") if turn % 2 == 0 else ("limited", "plain")
             for side in order:
                 call = plain if side == "plain" else limited
@@ -434,7 +447,7 @@ def tracing(sizes: list[int], repeats: int) -> list[Row]:
                 # pairs of other scenarios: the thread pool's cost per run swings by a
                 # third from one run to the next (as its threads hand the GIL to each
                 # other more or less often), and the difference sought is a few %.
-                for turn in range(max(3 * repeats, 2)):
+                for turn in range(_pairs(partial(on, n), 3 * repeats)):
                     pair = (("off", batch), ("on", on))
                     for side, call in pair if turn % 2 == 0 else pair[::-1]:
                         _settle()

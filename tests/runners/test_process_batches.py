@@ -127,6 +127,23 @@ def test_a_task_not_measured_yet_goes_one_by_one_then_small_runs_go_in_batches(
     assert max(sizes) <= 64
 
 
+def test_a_worker_that_holds_runs_is_sent_whole_batches_only(
+    runner: ProcessRunner, sent: list[Sent]
+) -> None:
+    # A worker holds the batch it runs and the next one. Topping it up with a few runs
+    # whenever one of its runs ends would start none of them sooner (they would wait
+    # behind the runs it holds) and cost a message each time: a busy worker gets
+    # runs only once there is room for a whole batch, that is, once it holds no more
+    # than it is sent.
+    _map(runner, tiny, list(range(200)))  # measure the task
+    sent.clear()
+    for _ in range(3):
+        assert _map(runner, tiny, list(range(5000))) == list(range(5000))
+    top_ups = [(s.held, s.runs) for s in sent if s.held]
+    assert top_ups, "no batch went to a worker that held runs"
+    assert all(held <= runs for held, runs in top_ups), top_ups
+
+
 def test_small_runs_do_not_wait_behind_a_long_run(runner: ProcessRunner, sent: list[Sent]) -> None:
     _map(runner, nap, [LONG] * 2)
     _map(runner, tiny, list(range(100)))

@@ -12,9 +12,13 @@ how long its runs take.
   free.
 - Small runs go in batches of about ``target_seconds`` (50 ms) of work, at most
   `MAX_BATCH` runs, and up to two batches' worth per worker, so that each worker
-  has its next runs at hand. A batch never takes so many runs that a worker would
-  be left idle while runs wait. Runs of other small tasks may share a batch, as
-  long as it holds no more than each of them may take.
+  has its next runs at hand. A worker that holds runs is sent more only once a
+  whole batch fits: a few runs sent sooner would wait behind the ones it holds, and
+  cost a message each (in a flow that submits runs more slowly than the workers run
+  them, topping workers up run by run cost three messages where one does). A batch
+  never takes so many runs that a worker would be left idle while runs wait. Runs of
+  other small tasks may share a batch, as long as it holds no more than each of them
+  may take.
 - A run with a timeout goes alone to an idle worker: killing that worker at its
   deadline must not hit any other run.
 - A batch size fixed by the task's ``batch_size`` option, else by the runner's
@@ -96,7 +100,7 @@ class PoolSending:
             if size and jobs and not self._size(jobs[-1], waiting, sizes):
                 continue  # it runs a long run: small runs would wait behind it
             space = (DEPTH * size if size > 1 else 1) - len(jobs)
-            if space > 0:
+            if space > 0 and (not jobs or space >= size):
                 session = jobs[0].session if jobs else None
                 batch = self._take(min(space, max(1, size)), session, waiting, sizes)
                 if batch:
