@@ -602,3 +602,24 @@ def test_a_worker_that_cannot_reach_the_flows_process_fails_only_runs_that_use_l
     error = failed.result(raise_on_failure=False)
     assert isinstance(error, ConnectionError)
     assert "could not be reached" in str(error)
+
+
+def test_a_run_on_a_worker_holds_its_limits_while_it_runs_and_the_next_run_none() -> None:
+    # A worker's runs share the scope their submissions go to, one after the other:
+    # what one run holds is in that scope while it runs, and never in the next run's.
+    from baton._admission import current_held
+    from baton._limits_service import LimiterHandle
+    from baton.runners import RunCall, RunLimits, run_call
+
+    handle = LimiterHandle(("127.0.0.1", 9), b"k" * 32, {"db": 2}, {})
+    limits = RunLimits(handle, frozenset({"db"}))
+
+    @task
+    def held() -> frozenset[str]:
+        return current_held()
+
+    first = run_call(RunCall(held, 1, "held-1", (), {}, limits=limits))
+    assert first.state.result() == frozenset({"db"})
+    second = run_call(RunCall(held, 2, "held-2", (), {}))
+    assert second.state.result() == frozenset()
+    assert current_held() == frozenset()

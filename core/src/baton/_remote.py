@@ -19,7 +19,6 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, final
 
-from baton._admission import _held
 from baton._attempts import Attempts, Retry, failure_state
 from baton._engine import run_async, run_sync
 from baton._states import LazyResult, State, StateType
@@ -43,6 +42,8 @@ __all__ = [
     "lend_slot",
     "run_call",
 ]
+
+_NOTHING: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -282,17 +283,18 @@ def run_call(
         trace = scope.trace = from_carrier(call.trace_context)
     token = scope.enter()
     limits = call.limits
-    held = None
     if limits is None:
         if scope.limiter is not None:
             scope.set_limiter(None)
+            scope.held = _NOTHING
     else:
         limiter = limits.limiter()
         if scope.limiter is not limiter:  # most often the one of the run before
             scope.set_limiter(limiter)
         scope.limits_block = True
-        if limits.held:
-            held = _held.set(limits.held)
+        # What the run holds, for the runs it submits and its `concurrency` blocks: in
+        # its scope, which is its own (cheaper than a context variable set and reset).
+        scope.held = limits.held
     try:
         if on_state is not None:
             on_state(State.running())
@@ -325,8 +327,6 @@ def run_call(
             state = Attempts(call, attempt).finish(failure_state(exc, call))
         del args, kwargs
     finally:
-        if held is not None:
-            _held.reset(held)
         scope.exit(token)
     retry = None
     if retries == "runner":

@@ -27,6 +27,7 @@ from baton._admission import (
     admission_for,
 )
 from baton._attempts import FINAL_STATE_TYPES
+from baton._context import current_scope_var
 from baton._context import current_task_run_var as _current_run
 from baton._errors import RunnerClosedError
 from baton._futures import Future, observer_raised, wait
@@ -50,9 +51,8 @@ logger = logging.getLogger("baton")
 _FAILED = FINAL_STATE_TYPES - {StateType.COMPLETED}
 _COMPLETED = StateType.COMPLETED
 
-_current_scope: contextvars.ContextVar[RunScope | None] = contextvars.ContextVar(
-    "baton_scope", default=None
-)
+_current_scope = current_scope_var
+_NOTHING: frozenset[str] = frozenset()
 
 Observer = Callable[["TaskRun", State], None]
 
@@ -133,6 +133,9 @@ class RunScope:
         # True in the scope of a run on a worker: its runs take their slots as they are
         # submitted, in the submitting task's thread (see `_limits.acquire_blocking`).
         self.limits_block = False
+        self.held: frozenset[str] = _NOTHING
+        """On a worker, in the scope of a run that holds slots of some limits: those
+        limits (the runs it submits share them; see `_admission.current_held`)."""
         self._plans: Plans | None = None
         self.run_limits_of: Callable[[frozenset[str]], RunLimits] | None = None
         """What a run submitted here that holds some limits carries to its worker (see
@@ -170,7 +173,9 @@ class RunScope:
         if not held:
             # What the task run submitting this holds, if any (`current_held`, inline).
             current = _current_run.get()
-            if current is not None and current.limits is not None:
+            if current is None:
+                held = self.held
+            elif current.limits is not None:
                 held = current.limits.held
         plans = self._plans
         plan = plans.get((tags, held) if held else tags) if plans is not None else None

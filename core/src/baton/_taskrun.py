@@ -8,7 +8,7 @@ import threading
 from typing import TYPE_CHECKING, Any, final
 
 from baton import _admission
-from baton._context import current_task_run_var
+from baton._context import current_scope_var, current_task_run_var
 from baton._engine import run_async, run_sync
 from baton._futures import observer_raised
 from baton._remote import RunCall
@@ -32,10 +32,12 @@ _current_task_run = current_task_run_var
 
 
 def _held_by_current_run() -> frozenset[str]:
-    """The limits the task run executing here holds (see `_admission.current_held`)."""
+    """The limits the task run executing here holds (see `_admission.current_held`): a
+    run on a worker has them in its scope (see `run_call`)."""
     run = _current_task_run.get()
     if run is None:
-        return _NOTHING
+        scope = current_scope_var.get()
+        return scope.held if scope is not None else _NOTHING
     limits = run.limits
     return limits.held if limits is not None else _NOTHING
 
