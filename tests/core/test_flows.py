@@ -167,6 +167,23 @@ def test_returning_a_state_sets_the_flow_state() -> None:
     assert state.is_failed() and state.message == "the flow chose to fail"
 
 
+@pytest.mark.parametrize("returned", [State.pending(), State.running()])
+def test_returning_a_non_final_state_fails_the_flow_saying_so(returned: State) -> None:
+    seen: list[State] = []
+
+    @flow(on_failure=[lambda flow, run, state: seen.append(state)])
+    def undecided() -> State:
+        return returned
+
+    state = undecided(return_state=True)
+    assert state.is_failed()
+    assert isinstance(state.error, TypeError)
+    assert "returned the non-final state" in str(state.error)
+    assert seen == [state]
+    with pytest.raises(TypeError, match="return a final state"):
+        undecided()
+
+
 def test_returning_a_failed_future_fails_the_flow() -> None:
     @flow
     def hands_back() -> object:

@@ -19,6 +19,7 @@ from baton import (
     MappingError,
     StateType,
     flow,
+    quote,
     task,
     unmapped,
 )
@@ -288,9 +289,22 @@ def test_mismatched_lazy_iterables_raise_on_the_way() -> None:
     assert "y ended after 2 items while x went on" in message
 
 
-def test_mismatched_lazy_iterables_found_while_filling_raise_from_map() -> None:
+def test_mismatched_lazy_iterables_found_while_filling_come_after_the_futures_before() -> None:
+    # `.map` fills the lazy map up front: the run it submitted before the lengths
+    # parted is handed out first (it ran), then the error is raised.
+    lazy = add.map(iter([1]), iter([1, 2, 3]))
+    assert next(lazy).result() == 2
     with pytest.raises(MappingError, match="x ended after 1 items while y went on"):
-        add.map(iter([1]), iter([1, 2, 3]))
+        next(lazy)
+
+
+def test_an_input_that_raises_before_any_run_went_raises_from_map() -> None:
+    def items() -> Iterator[int]:
+        raise RuntimeError("input broke at once")
+        yield 0  # a generator
+
+    with pytest.raises(RuntimeError, match="input broke at once"):
+        double.map(items())
 
 
 def test_mismatched_lazy_iterables_nobody_iterated_fail_the_flow() -> None:
@@ -329,6 +343,48 @@ def test_an_error_from_the_input_comes_after_the_futures_before_it() -> None:
         got.extend(future.result() for future in lazy)
     assert got == [2, 4]
     assert list(lazy) == []
+
+
+def test_an_error_from_the_input_while_map_fills_comes_after_the_futures_before_it() -> None:
+    # With the default max_in_flight, `.map` submits the first runs itself: those the
+    # input gave before it raised are handed out first, and they ran.
+    ran: list[int] = []
+
+    @task
+    def record(x: int) -> int:
+        ran.append(x)
+        return x
+
+    def items() -> Iterator[int]:
+        yield 1
+        yield 2
+        raise KeyError("input broke early")
+
+    @flow
+    def body() -> tuple[list[int], str]:
+        lazy = record.map(items())
+        got: list[int] = []
+        try:
+            got.extend(future.result() for future in lazy)
+        except KeyError as exc:
+            return got, str(exc)
+        return got, "no error"
+
+    assert body() == ([1, 2], "'input broke early'")
+    assert sorted(ran) == [1, 2]
+
+
+def test_a_lazy_map_drained_as_its_flow_ended_says_its_futures_are_gone() -> None:
+    @flow
+    def body() -> Any:
+        return quote(double.map(iter(range(5)), max_in_flight=2))
+
+    lazy = body().unquote()
+    assert lazy.submitted == 5
+    with pytest.raises(RuntimeError, match="were submitted as its flow ended"):
+        lazy.result()
+    with pytest.raises(RuntimeError, match="Read the map inside the flow"):
+        next(lazy)
 
 
 def test_an_error_from_an_input_nobody_iterated_fails_the_flow() -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import threading
+from typing import Any
 
 import pytest
 from baton import (
@@ -97,6 +98,25 @@ def test_wait_with_zero_timeout_does_not_block() -> None:
 
 def test_wait_on_nothing() -> None:
     assert wait([]) == (set(), set())
+
+
+@pytest.mark.parametrize("call", [wait, lambda futures: list(as_completed(futures))])
+def test_wait_and_as_completed_say_what_they_got_instead_of_futures(call: Any) -> None:
+    @flow
+    def body() -> list[str]:
+        future = inc.submit(1)
+        messages = []
+        for bad in (future, [future, 2], 3):
+            with pytest.raises(TypeError) as info:
+                call(bad)
+            messages.append(str(info.value))
+        future.result()
+        return messages
+
+    single, item, not_iterable = body()
+    assert "got the single future" in single and "pass [future]" in single
+    assert "item 1 is int 2" in item
+    assert "an iterable of futures" in not_iterable and "int 3" in not_iterable
 
 
 def test_wait_puts_failed_runs_in_done() -> None:

@@ -203,6 +203,13 @@ class Flow(Generic[P, R]):
             return self._failed(scope, exc)
         if isinstance(value, State):
             scope.wait_all()
+            if not value.is_final():
+                return State.failed(
+                    TypeError(
+                        f"The flow returned the non-final state {value!r}; return a final "
+                        "state (State.completed(...), State.failed(...)) or a plain value."
+                    )
+                )
             # A returned Completed state does not hide an unhandled failure.
             return (self._unhandled(scope) or value) if value.is_completed() else value
         try:

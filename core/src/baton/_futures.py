@@ -372,6 +372,28 @@ class DoneAndNotDone(NamedTuple):
     not_done: set[Future[Any]]
 
 
+def _futures_in(futures: object, caller: str) -> list[Future[Any]]:
+    """The futures `futures` holds, or a `TypeError` that says what was passed instead."""
+    if isinstance(futures, Future):
+        raise TypeError(
+            f"{caller}() takes an iterable of futures, and got the single future "
+            f"{futures!r}: pass [future], or call its .wait() or .result()."
+        )
+    if not isinstance(futures, Iterable):
+        raise TypeError(
+            f"{caller}() takes an iterable of futures (from .submit() or .map()), and got "
+            f"{type(futures).__name__} {futures!r:.80}."
+        )
+    items: list[Future[Any]] = list(futures)
+    for index, item in enumerate(items):
+        if not isinstance(item, Future):
+            raise TypeError(
+                f"{caller}() takes futures (from .submit() or .map()), and item {index} is "
+                f"{type(item).__name__} {item!r:.80}."
+            )
+    return items
+
+
 def wait(futures: Iterable[Future[Any]], timeout: float | None = None) -> DoneAndNotDone:
     """Wait until every future is final, or `timeout` seconds pass.
 
@@ -386,7 +408,7 @@ def wait(futures: Iterable[Future[Any]], timeout: float | None = None) -> DoneAn
     >>> sorted(f.result() for f in done), not_done
     ([2, 4, 6], set())
     """
-    items = list(futures)
+    items = _futures_in(futures, "wait")
     pending = [f for f in items if f._state.type not in _FINAL_TYPES]
     if pending:
         event = threading.Event()
@@ -420,7 +442,7 @@ def as_completed(futures: Iterable[Future[R]], timeout: float | None = None) -> 
 
     Raises `TimeoutError` if `timeout` seconds pass before all are final.
     """
-    items = list(dict.fromkeys(futures))
+    items = list(dict.fromkeys(_futures_in(futures, "as_completed")))
     finished: SimpleQueue[Future[R]] = SimpleQueue()
     for future in items:
         future.add_done_callback(finished.put)

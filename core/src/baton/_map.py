@@ -278,6 +278,7 @@ class LazyMap(Generic[R]):
         self._exhausted = False
         self._read = False
         self._error: Exception | None = None
+        self._dropped = False  # drained as the flow ended, its futures not kept
         self.submitted = 0
 
     def _release(self, _: Future[Any]) -> None:
@@ -320,10 +321,19 @@ class LazyMap(Generic[R]):
         return True
 
     def fill(self) -> None:
-        """Submit runs until `max_in_flight` are ahead of the consumer or the input ends."""
+        """Submit runs until `max_in_flight` are ahead of the consumer or the input ends.
+        If the input raises after some runs went, their futures are handed out first and
+        the error is raised where the map is iterated (at once if none went)."""
         with self._lock:
-            while len(self._ahead) < self.max_in_flight and self._submit_next():
-                pass
+            while len(self._ahead) < self.max_in_flight:
+                try:
+                    if not self._submit_next():
+                        return
+                except Exception as exc:
+                    if not self._ahead:
+                        raise
+                    self._error = exc
+                    return
 
     def __iter__(self) -> Iterator[Future[R]]:
         return self
@@ -335,6 +345,14 @@ class LazyMap(Generic[R]):
                 error, self._error = self._error, None
                 if error is not None:
                     raise error
+                if self._dropped:
+                    raise RuntimeError(
+                        f"The runs of this {self._plan.task.name}.map() were submitted as its "
+                        f"flow ended, with nothing reading the map, and their futures were not "
+                        "kept (a map over a long input would hold them all). Read the map "
+                        "inside the flow (iterate it, or call .result() or .wait() on it), "
+                        "or map over a list to get a FutureList that outlives the flow."
+                    )
                 if not self._submit_next():
                     raise StopIteration
             future = self._ahead.popleft()
@@ -366,6 +384,7 @@ class LazyMap(Generic[R]):
             while self._submit_next():
                 self._ahead.clear()
             self._ahead.clear()
+            self._dropped = self.submitted > 0
             error, self._error = self._error, None
             if error is not None:
                 raise error
