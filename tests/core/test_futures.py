@@ -426,6 +426,63 @@ def test_a_done_callback_submits_to_the_flow_of_the_future(runner: str, tmp_path
     assert value == len(str(gate)) + 1
 
 
+_WAITING_CALLBACK = """
+import sys, time
+from baton import flow, get_runner, task
+
+@task
+def nap(x, seconds):
+    time.sleep(seconds)
+    return x
+
+if __name__ == "__main__":
+    seen = []
+
+    def waits_for(other):
+        def callback(future):
+            try:
+                seen.append(other.result())
+            except RuntimeError as exc:
+                seen.append(str(exc))
+        return callback
+
+    @flow(task_runner=get_runner(sys.argv[1]))
+    def body():
+        fast = nap.submit(1, 0.05)
+        slow = nap.submit(2, 1.0)
+        fast.add_done_callback(waits_for(slow))
+        return [fast.result(), slow.result()]
+
+    print(body(), seen, flush=True)
+"""
+
+
+@pytest.mark.parametrize("runner", ["thread", "process"])
+def test_a_done_callback_that_waits_for_another_run_is_refused_not_left_hanging(
+    runner: str, tmp_path: Path
+) -> None:
+    # A done callback runs in the thread that made its run final: on `process` the one
+    # thread that reports every run's end, which then never heard of the run the
+    # callback waited for (the flow hung for ever). Waiting there raises instead, the
+    # same on every runner.
+    import subprocess
+    import sys
+
+    script = tmp_path / "waiting_callback.py"
+    script.write_text(_WAITING_CALLBACK)
+    done = subprocess.run(
+        [sys.executable, str(script), runner],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "BATON_LOG_LEVEL": "WARNING"},
+    )
+    assert done.returncode == 0, done.stderr
+    result, _, seen = done.stdout.partition(" ")
+    assert result == "[1," and seen.startswith('2] ["Done callback '), done.stdout
+    assert "waits for <Future 'nap-" in seen and "must not wait for another run" in seen
+
+
 # -- ids, names, repr ------------------------------------------------------------------
 
 

@@ -174,7 +174,8 @@ class Future(Generic[R]):
                 self._waiters = [event]
             else:
                 self._waiters.append(event)
-        _check_not_on_event_loop(self)
+        if timeout is None or timeout > 0:
+            _check_may_block(self)
         _wait_until(event.is_set, timeout, event.wait)
         return event.is_set()
 
@@ -198,7 +199,18 @@ class Future(Generic[R]):
         return state.result(raise_on_failure)  # type: ignore[no-any-return]
 
     def add_done_callback(self, fn: Callable[[Future[R]], None]) -> None:
-        """Call `fn(future)` once the run is final (at once, if it already is)."""
+        """Call `fn(future)` once the run is final (at once, if it already is).
+
+        It is called in the thread that made the run final (on some runners the one
+        thread that reports every run's end), so it must not wait for another run:
+        there, `.result()`, `.wait()`, `wait()` or `as_completed()` on a future that is
+        not final raise `RuntimeError` instead of waiting (for ever, on such a runner).
+        """
+        self._on_done(_DoneCallback(fn))
+
+    def _on_done(self, fn: Callable[[Future[R]], None]) -> None:
+        """`add_done_callback` for the core's own callbacks, which may wait (a run that
+        the `sync` runner executes in the callback that dispatches it)."""
         with self._lock:
             if self._state.type not in _FINAL_TYPES:
                 if self._callbacks is None:
@@ -232,7 +244,7 @@ class Future(Generic[R]):
             def wake(_: Future[R]) -> None:
                 loop.call_soon_threadsafe(_resolve_waiter, waiter)
 
-            self.add_done_callback(wake)
+            self._on_done(wake)
             yield from waiter.__await__()
         return self.result()
 
@@ -333,7 +345,42 @@ def _call_back(fn: Callable[[Future[Any]], None], future: Future[Any]) -> None:
         scope.exit(token)
 
 
-def _check_not_on_event_loop(future: Future[Any]) -> None:
+@final
+class _DoneCallback:
+    """A done callback added through the public `add_done_callback`: while it runs, its
+    thread may not wait for a run (see `_check_may_block`)."""
+
+    __slots__ = ("fn",)
+
+    def __init__(self, fn: Callable[[Future[Any]], None]) -> None:
+        self.fn = fn
+
+    def __call__(self, future: Future[Any]) -> None:
+        outer = getattr(_in_callback, "fn", None)
+        _in_callback.fn = self.fn
+        try:
+            self.fn(future)
+        finally:
+            _in_callback.fn = outer
+
+    def __repr__(self) -> str:
+        return repr(self.fn)
+
+
+_in_callback = threading.local()
+
+
+def _check_may_block(future: Future[Any]) -> None:
+    """Refuse to block where waiting would stall what reports runs' ends: a done
+    callback, or the event loop of async tasks."""
+    callback = getattr(_in_callback, "fn", None)
+    if callback is not None:
+        raise RuntimeError(
+            f"Done callback {callback!r} waits for {future!r}, which is not final. A done "
+            "callback runs in the thread that reports runs as they end (on the process "
+            "runner, the one thread that reports every run), so it must not wait for "
+            "another run. Read that result in the flow, or pass the future to a task."
+        )
     from baton._portal import on_portal_thread
 
     if on_portal_thread():
@@ -422,9 +469,10 @@ def wait(futures: Iterable[Future[Any]], timeout: float | None = None) -> DoneAn
                     event.set()
 
         for future in pending:
-            future.add_done_callback(one_done)
+            future._on_done(one_done)
         if not event.is_set():
-            _check_not_on_event_loop(pending[0])
+            if timeout is None or timeout > 0:
+                _check_may_block(pending[0])
             _wait_until(event.is_set, timeout, event.wait)
     done: set[Future[Any]] = set()
     not_done: set[Future[Any]] = set()
@@ -445,7 +493,7 @@ def as_completed(futures: Iterable[Future[R]], timeout: float | None = None) -> 
     items = list(dict.fromkeys(_futures_in(futures, "as_completed")))
     finished: SimpleQueue[Future[R]] = SimpleQueue()
     for future in items:
-        future.add_done_callback(finished.put)
+        future._on_done(finished.put)
     deadline = None if timeout is None else time.monotonic() + timeout
     for left in range(len(items), 0, -1):
         try:
@@ -465,7 +513,7 @@ def _next_finished(
 ) -> Future[R]:
     remaining = None if deadline is None else deadline - time.monotonic()
     if remaining is None or remaining > 0:
-        _check_not_on_event_loop(sample)
+        _check_may_block(sample)
         taken: list[Future[R]] = []
 
         def take(timeout: float | None) -> None:

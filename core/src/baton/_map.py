@@ -315,7 +315,7 @@ class LazyMap(Generic[R]):
         except BaseException:
             self._slots.release()
             raise
-        future.add_done_callback(self._release)
+        future._on_done(self._release)
         self._ahead.append(future)
         self.submitted += 1
         return True

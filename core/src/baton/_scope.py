@@ -258,7 +258,7 @@ class RunScope:
                 self._dispatch_later(run)
 
         for upstream in waiting:
-            upstream.add_done_callback(upstream_done)
+            upstream._on_done(upstream_done)
         upstream_done(waiting[0])  # the registration's own count
 
     def _admit(self, run: TaskRun, plan: Plan) -> bool:
