@@ -219,6 +219,39 @@ def test_direct_call_of_an_async_task_returns_a_coroutine() -> None:
     assert state.is_failed()
 
 
+@pytest.mark.parametrize("runner", RUNNERS)
+def test_an_async_task_submits_maps_and_returns_async_runs_it_awaits(runner: str) -> None:
+    # On `sync` the submitting thread is then the event loop that runs async tasks:
+    # the submitted async runs go on that loop and run as the task awaits them (they
+    # failed, "run synchronously from inside the event loop").
+    @task
+    async def inner(x: int) -> int:
+        await asyncio.sleep(0.01)
+        return x + 1
+
+    @task
+    async def submits() -> int:
+        return await inner.submit(1)
+
+    @task
+    async def maps() -> list[int]:
+        return [await future for future in inner.map([1, 2, 3])]
+
+    @task
+    async def returns_a_future() -> Any:
+        return inner.submit(5)
+
+    @flow(task_runner=runner)
+    def body() -> tuple[int, list[int], int]:
+        return (
+            submits.submit().result(),
+            maps.submit().result(),
+            returns_a_future.submit().result(),
+        )
+
+    assert body() == (2, [2, 3, 4], 6)
+
+
 def test_wait_for_must_be_a_list() -> None:
     @task
     def f() -> None: ...
