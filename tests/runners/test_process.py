@@ -1009,6 +1009,54 @@ def test_workers_exit_when_the_parent_process_dies(tmp_path: Path) -> None:
     assert not [p for p in alive if _alive(p.pid)]
 
 
+def test_a_worker_that_sends_a_result_out_of_turn_crashes_its_run_and_loses_none(
+    tmp_path: Path,
+) -> None:
+    # A task that forks and returns in the child as well: the child's copy of the
+    # worker loop sends run 1's result again while the worker runs the next run. The
+    # pool took that next run off the worker's list before it saw the mismatch, so it
+    # never ended and the flow waited for ever (Ctrl-C too). Now it crashes, saying
+    # why, and the runs behind it run on another worker.
+    script = tmp_path / "forks.py"
+    script.write_text(
+        textwrap.dedent(
+            """
+            import os, time
+            from baton import flow, get_runner, task
+
+            @task
+            def forks(x):
+                if os.fork() == 0:
+                    time.sleep(0.5)  # the worker has gone on to the next run by then
+                return x
+
+            @task
+            def slow(x):
+                time.sleep(1.5)
+                return x
+
+            @flow(task_runner=get_runner("process", max_workers=1))
+            def body():
+                forks.submit(1).wait()
+                runs = slow.map(range(3))
+                runs.wait()
+                return [(run.state.name, run.state.message) for run in runs]
+
+            for name, message in body():
+                print(name, message, flush=True)
+            """
+        )
+    )
+    done = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=60, env=ENV
+    )
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert len(lines) == 3, done.stdout
+    assert lines[0].startswith("Crashed ") and "could not make sense of" in lines[0]
+    assert lines[1:] == ["Completed None", "Completed None"]
+
+
 @task(resources={"GPU": 1})
 def gpu_leaf(x: int) -> int:
     return x + 1

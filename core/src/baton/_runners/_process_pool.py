@@ -460,9 +460,13 @@ class WorkerPool(PoolSending, PoolStopping):
             except Exception as exc:
                 remove_ref(ref)
                 buffers = exc
-            job = worker.jobs.popleft()
-            if job.run.id != run_id:
-                raise RuntimeError(f"result for run {run_id}, expected {job.run.id}")
+            jobs = worker.jobs
+            if not jobs or jobs[0].run.id != run_id:
+                # Left at the head of the worker's runs: killing the worker settles it
+                # with the others (a run taken off first was lost, its flow waiting).
+                expected = f"run {jobs[0].run.id}" if jobs else "no result"
+                raise RuntimeError(f"a result for run {run_id}, where {expected} was due")
+            job = jobs.popleft()
             measured = self._measured.get(job.key)
             if measured is None:
                 self._measured[job.key] = [seconds]
@@ -574,7 +578,14 @@ class WorkerPool(PoolSending, PoolStopping):
             self._requeue(list(jobs))  # none of them started
             return
         head = jobs.popleft()
-        if reason == "timeout" and head is worker.timed:
+        if reason == "protocol":
+            state = worker_lost(
+                f"Task run {head.run.name!r} crashed: its worker process (pid {worker.pid}) "
+                "sent a message the runner could not make sense of while running it (the "
+                "'baton' logger says which), so it was killed and replaced. A task that "
+                "forks and returns in the child as well as the parent does this."
+            )
+        elif reason == "timeout" and head is worker.timed:
             assert head.timeout is not None
             state = timed_out(
                 head.run.name,
