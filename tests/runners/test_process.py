@@ -37,6 +37,7 @@ from baton import (
     wait,
 )
 from baton._runners.process import ProcessRunner, RemoteTaskError, WorkerLoadError
+from baton.runners import RemoteTraceback
 
 ENV = {**os.environ, "BATON_LOG_LEVEL": "WARNING"}
 
@@ -612,6 +613,9 @@ def test_exceptions_that_cannot_travel_keep_type_message_and_traceback(
         assert f"{type_name}: {text}" in str(error)
         assert line in error.traceback_text  # the real source line, not <dynamic-code>
         assert __file__ in error.traceback_text
+        # As for exceptions that travel, the worker's traceback is the cause.
+        assert isinstance(error.__cause__, RemoteTraceback)
+        assert error.__cause__.text == error.traceback_text
 
 
 def test_exceptions_carry_the_worker_traceback(runner: ProcessRunner) -> None:

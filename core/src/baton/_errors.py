@@ -78,6 +78,9 @@ class RemoteTaskError(BatonError):
         self.type_name = type_name
         self.message = message
         self.traceback_text = traceback_text
+        if traceback_text:
+            # As for exceptions that travel: tracebacks show the worker's side too.
+            self.__cause__ = RemoteTraceback(traceback_text)
 
     def __str__(self) -> str:
         detail = f"{self.type_name}: {self.message}" if self.message else self.type_name
