@@ -376,7 +376,7 @@ def _set_limits(scope: RunScope, options: FlowOptions, settings: Any) -> None:
     (a subflow) the one of the flow run it runs in; else one from the settings."""
     own = options.concurrency_limits or options.rate_limits
     if not own:
-        from baton._scope import _current_scope
+        from baton._context import current_scope_var as _current_scope
 
         parent = _current_scope.get()
         if parent is not None and parent.limiter is not None:

@@ -174,8 +174,7 @@ class Future(Generic[R]):
                 self._waiters = [event]
             else:
                 self._waiters.append(event)
-        if timeout is None or timeout > 0:
-            _check_may_block(self)
+        _check_may_block(self, timeout)
         _wait_until(event.is_set, timeout, event.wait)
         return event.is_set()
 
@@ -370,9 +369,11 @@ class _DoneCallback:
 _in_callback = threading.local()
 
 
-def _check_may_block(future: Future[Any]) -> None:
+def _check_may_block(future: Future[Any], timeout: float | None = None) -> None:
     """Refuse to block where waiting would stall what reports runs' ends: a done
-    callback, or the event loop of async tasks."""
+    callback, or the event loop of async tasks. A `timeout` of 0 only looks: allowed."""
+    if timeout is not None and timeout <= 0:
+        return
     callback = getattr(_in_callback, "fn", None)
     if callback is not None:
         raise RuntimeError(
@@ -471,8 +472,7 @@ def wait(futures: Iterable[Future[Any]], timeout: float | None = None) -> DoneAn
         for future in pending:
             future._on_done(one_done)
         if not event.is_set():
-            if timeout is None or timeout > 0:
-                _check_may_block(pending[0])
+            _check_may_block(pending[0], timeout)
             _wait_until(event.is_set, timeout, event.wait)
     done: set[Future[Any]] = set()
     not_done: set[Future[Any]] = set()

@@ -274,7 +274,8 @@ class LocalLimiter:
 
 def current_limiter() -> Limiter | None:
     """The limiter of the flow run the calling code belongs to, if it declares limits."""
-    from baton._scope import _current_scope, _running_flow_scope
+    from baton._context import current_scope_var as _current_scope
+    from baton._scope import _running_flow_scope
 
     scope: RunScope | None = _current_scope.get()
     if scope is None:

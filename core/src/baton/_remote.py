@@ -19,6 +19,7 @@ from collections.abc import Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, Protocol, final
 
+from baton._admission import _NOTHING
 from baton._attempts import Attempts, Retry, failure_state
 from baton._engine import run_async, run_sync
 from baton._states import LazyResult, State, StateType
@@ -42,8 +43,6 @@ __all__ = [
     "lend_slot",
     "run_call",
 ]
-
-_NOTHING: frozenset[str] = frozenset()
 
 
 @dataclass(frozen=True)
@@ -220,7 +219,7 @@ def current_runner() -> TaskRunner | None:
     """The runner that runs submitted here go to: the innermost running flow's, or on a
     worker inside `run_call`, the one for the running task's nested runs. None
     outside of both."""
-    from baton._scope import _current_scope
+    from baton._context import current_scope_var as _current_scope
 
     scope = _current_scope.get()
     return scope.runner if scope is not None else None

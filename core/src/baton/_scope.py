@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from baton._admission import (
     _DIRECT,
     _NEW,
+    _NOTHING,
     AWAITING_SLOT,
     _held,
     acquire_blocking,
@@ -27,7 +28,7 @@ from baton._admission import (
     admission_for,
 )
 from baton._attempts import FINAL_STATE_TYPES
-from baton._context import current_scope_var
+from baton._context import current_scope_var as _current_scope
 from baton._context import current_task_run_var as _current_run
 from baton._errors import RunnerClosedError
 from baton._futures import Future, observer_raised, wait
@@ -51,8 +52,6 @@ logger = logging.getLogger("baton")
 _FAILED = FINAL_STATE_TYPES - {StateType.COMPLETED}
 _COMPLETED = StateType.COMPLETED
 
-_current_scope = current_scope_var
-_NOTHING: frozenset[str] = frozenset()
 
 Observer = Callable[["TaskRun", State], None]
 
